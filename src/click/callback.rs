@@ -1,0 +1,338 @@
+//! From a parsed form to a typed Click callback, or the reason it is malformed.
+//!
+//! Which fields are required and how they look is set by the Click SHOP-API field list
+//! (see `click-protocol.md`): ids are decimal integers up to 64 bits (never floats), `amount` is
+//! decimal text, `action` is `0` (Prepare) or `1` (Complete), Complete adds
+//! `merchant_prepare_id`. Values keep their exact text, since that text is what was signed.
+
+use super::form::Form;
+use super::respond::RejectReason;
+use super::sign::SignedFields;
+
+/// Prepare (`action=0`) or Complete (`action=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Prepare,
+    Complete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Prepare => "prepare",
+            Action::Complete => "complete",
+        }
+    }
+}
+
+/// A callback whose fields are all present and well-formed; not yet verified.
+#[derive(Debug, Clone)]
+pub struct Callback<'a> {
+    pub action: Action,
+    pub service_id: u64,
+    pub click_trans_id: u64,
+    pub click_paydoc_id: &'a str,
+    pub error: &'a str,
+    pub error_note: &'a str,
+    pub sign_string: &'a str,
+    /// The values that were hashed, as decoded.
+    pub signed: SignedFields<'a>,
+    /// The same values as they stood in the body before decoding (for the diagnosis).
+    pub signed_raw: SignedFields<'a>,
+}
+
+/// What can be echoed in an error answer, read even from a callback that is otherwise
+/// malformed: `click_trans_id` when it is a number, `merchant_trans_id` when sent once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Echo<'a> {
+    pub click_trans_id: Option<u64>,
+    pub merchant_trans_id: Option<&'a str>,
+}
+
+impl<'a> Echo<'a> {
+    pub fn from_form(form: &'a Form<'a>) -> Self {
+        let single = |name| {
+            let mut values = form.values(name);
+            match (values.next(), values.next()) {
+                (Some(f), None) => Some(&*f.value),
+                _ => None,
+            }
+        };
+        Echo {
+            click_trans_id: single("click_trans_id").and_then(parse_id),
+            merchant_trans_id: single("merchant_trans_id").filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+/// Required in every callback, non-empty. `error_note` is required but may be empty: it is
+/// free text that Click does not sign, and refusing a payment over it would help nobody.
+const REQUIRED: [&str; 9] = [
+    "click_trans_id",
+    "service_id",
+    "click_paydoc_id",
+    "merchant_trans_id",
+    "amount",
+    "action",
+    "error",
+    "sign_time",
+    "sign_string",
+];
+
+impl<'a> Callback<'a> {
+    /// Checks the form in a fixed order, so a given body always gets the same answer:
+    /// repeated names, missing fields (`-8`); `action` (`-3`); `merchant_prepare_id` for a
+    /// Complete and the shape of every id and the amount (`-8`).
+    pub fn from_form(form: &'a Form<'a>) -> Result<Callback<'a>, RejectReason> {
+        if let Some(name) = form.first_duplicate() {
+            return Err(RejectReason::DuplicateField(clip(name)));
+        }
+        let get = |name: &'static str| form.values(name).next();
+        for name in REQUIRED {
+            match get(name) {
+                None => return Err(RejectReason::MissingField(name)),
+                Some(f) if f.value.is_empty() => return Err(RejectReason::EmptyField(name)),
+                Some(_) => {}
+            }
+        }
+        let error_note = get("error_note").ok_or(RejectReason::MissingField("error_note"))?;
+        let value = |name| get(name).map(|f| &*f.value).unwrap_or_default();
+        let raw = |name| {
+            get(name)
+                .map(|f| std::str::from_utf8(f.raw_value).unwrap_or(&f.value))
+                .unwrap_or_default()
+        };
+
+        let action = match value("action") {
+            "0" => Action::Prepare,
+            "1" => Action::Complete,
+            _ => return Err(RejectReason::UnknownAction),
+        };
+        let prepare_id = match (action, get("merchant_prepare_id")) {
+            (Action::Complete, None) => {
+                return Err(RejectReason::MissingField("merchant_prepare_id"))
+            }
+            (Action::Complete, Some(f)) if f.value.is_empty() => {
+                return Err(RejectReason::EmptyField("merchant_prepare_id"))
+            }
+            (Action::Complete, Some(f)) => {
+                parse_id(&f.value).ok_or(RejectReason::MalformedId("merchant_prepare_id"))?;
+                Some(f)
+            }
+            // A Prepare carries no merchant_prepare_id; one sent anyway is not signed.
+            (Action::Prepare, _) => None,
+        };
+
+        let id = |name: &'static str| parse_id(value(name)).ok_or(RejectReason::MalformedId(name));
+        let click_trans_id = id("click_trans_id")?;
+        let service_id = id("service_id")?;
+        id("click_paydoc_id")?;
+        if !is_integer(value("error")) {
+            return Err(RejectReason::MalformedField("error"));
+        }
+        if !is_amount(value("amount")) {
+            return Err(RejectReason::MalformedField("amount"));
+        }
+
+        let signed = SignedFields {
+            click_trans_id: value("click_trans_id"),
+            service_id: value("service_id"),
+            merchant_trans_id: value("merchant_trans_id"),
+            merchant_prepare_id: prepare_id.map(|f| &*f.value),
+            amount: value("amount"),
+            action: value("action"),
+            sign_time: value("sign_time"),
+        };
+        let signed_raw = SignedFields {
+            click_trans_id: raw("click_trans_id"),
+            service_id: raw("service_id"),
+            merchant_trans_id: raw("merchant_trans_id"),
+            merchant_prepare_id: prepare_id
+                .map(|f| std::str::from_utf8(f.raw_value).unwrap_or(&f.value)),
+            amount: raw("amount"),
+            action: raw("action"),
+            sign_time: raw("sign_time"),
+        };
+        Ok(Callback {
+            action,
+            service_id,
+            click_trans_id,
+            click_paydoc_id: value("click_paydoc_id"),
+            error: value("error"),
+            error_note: &error_note.value,
+            sign_string: value("sign_string"),
+            signed,
+            signed_raw,
+        })
+    }
+}
+
+/// Field names echoed in reasons are attacker-chosen: keep them short.
+fn clip(name: &str) -> String {
+    name.chars().take(40).collect()
+}
+
+/// A decimal id up to 64 bits: ASCII digits only (no sign, no spaces, no exponent).
+pub fn parse_id(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Click's `error` field: an integer, possibly negative (`-5017` for a failed debit).
+fn is_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Decimal text in soums: `1000`, `1000.00`, `1000.5`.
+pub fn is_amount(text: &str) -> bool {
+    let (int, frac) = match text.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (text, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(int) && frac.is_none_or(digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::form::parse_urlencoded;
+    use super::*;
+
+    const V1: &str = "click_trans_id=2103045678&service_id=12345&click_paydoc_id=3302114455&merchant_trans_id=order-1001&amount=1000.00&action=0&error=0&error_note=Success&sign_time=2024-05-01+12%3A30%3A45&sign_string=4c30b2304e2d17ef17eec7d8710e914c";
+
+    fn check(body: &str) -> Result<Action, RejectReason> {
+        let form = parse_urlencoded(body.as_bytes()).unwrap();
+        Callback::from_form(&form).map(|c| c.action)
+    }
+
+    fn with(field: &str, value: &str) -> String {
+        V1.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k == field => format!("{k}={value}"),
+                _ => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    fn without(field: &str) -> String {
+        V1.split('&')
+            .filter(|kv| !kv.starts_with(&format!("{field}=")))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    #[test]
+    fn well_formed_prepare() {
+        let form = parse_urlencoded(V1.as_bytes()).unwrap();
+        let cb = Callback::from_form(&form).unwrap();
+        assert_eq!(cb.action, Action::Prepare);
+        assert_eq!((cb.service_id, cb.click_trans_id), (12345, 2103045678));
+        assert_eq!(cb.signed.sign_time, "2024-05-01 12:30:45");
+        assert_eq!(cb.signed_raw.sign_time, "2024-05-01+12%3A30%3A45");
+        assert_eq!(cb.signed.merchant_prepare_id, None);
+    }
+
+    #[test]
+    fn every_required_field_missing_or_empty() {
+        for name in REQUIRED {
+            assert_eq!(check(&without(name)), Err(RejectReason::MissingField(name)));
+            assert_eq!(check(&with(name, "")), Err(RejectReason::EmptyField(name)));
+        }
+        assert_eq!(
+            check(&without("error_note")),
+            Err(RejectReason::MissingField("error_note"))
+        );
+        assert_eq!(check(&with("error_note", "")), Ok(Action::Prepare));
+    }
+
+    #[test]
+    fn action_must_be_exactly_0_or_1() {
+        for bad in ["2", "00", "-1", "+0", "prepare", "0 "] {
+            assert_eq!(
+                check(&with("action", bad)),
+                Err(RejectReason::UnknownAction),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn complete_needs_merchant_prepare_id() {
+        let complete = with("action", "1");
+        assert_eq!(
+            check(&complete),
+            Err(RejectReason::MissingField("merchant_prepare_id"))
+        );
+        assert_eq!(
+            check(&format!("{complete}&merchant_prepare_id=")),
+            Err(RejectReason::EmptyField("merchant_prepare_id"))
+        );
+        assert_eq!(
+            check(&format!("{complete}&merchant_prepare_id=5x")),
+            Err(RejectReason::MalformedId("merchant_prepare_id"))
+        );
+        assert_eq!(
+            check(&format!("{complete}&merchant_prepare_id=5001")),
+            Ok(Action::Complete)
+        );
+    }
+
+    #[test]
+    fn ids_are_64_bit_decimal() {
+        assert_eq!(
+            check(&with("click_trans_id", "18446744073709551615")),
+            Ok(Action::Prepare)
+        );
+        for bad in ["18446744073709551616", "1e3", "-1", "12.0", "%2B1", "0x10"] {
+            assert_eq!(
+                check(&with("click_trans_id", bad)),
+                Err(RejectReason::MalformedId("click_trans_id")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check(&with("service_id", "12a")),
+            Err(RejectReason::MalformedId("service_id"))
+        );
+        assert_eq!(
+            check(&with("click_paydoc_id", "x")),
+            Err(RejectReason::MalformedId("click_paydoc_id"))
+        );
+    }
+
+    #[test]
+    fn amount_and_error_shapes() {
+        for ok in ["1000", "1000.00", "0.5"] {
+            assert!(is_amount(ok), "{ok}");
+        }
+        for bad in ["1,000", "1000.", ".5", "1e3", "-5", " 1000", "1.2.3"] {
+            assert_eq!(
+                check(&with("amount", bad)),
+                Err(RejectReason::MalformedField("amount"))
+            );
+        }
+        assert_eq!(check(&with("error", "-5017")), Ok(Action::Prepare));
+        assert_eq!(
+            check(&with("error", "x")),
+            Err(RejectReason::MalformedField("error"))
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_and_echo_needs_a_single_value() {
+        let body = format!("{V1}&amount=1");
+        assert_eq!(
+            check(&body),
+            Err(RejectReason::DuplicateField("amount".into()))
+        );
+        let twice = format!("{V1}&click_trans_id=7");
+        let form = parse_urlencoded(twice.as_bytes()).unwrap();
+        let echo = Echo::from_form(&form);
+        assert_eq!(echo.click_trans_id, None);
+        assert_eq!(echo.merchant_trans_id, Some("order-1001"));
+    }
+}

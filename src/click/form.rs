@@ -1,0 +1,475 @@
+//! Strict form parsing over the raw body bytes, for the two encodings Django's `request.POST`
+//! accepts: `application/x-www-form-urlencoded` (what Click sends) and `multipart/form-data`
+//! (which some integrations document).
+//!
+//! The goal is parity with what the backend will read: wherever Django would read something
+//! different from what this parser sees (an invalid `%` escape that Python keeps literally,
+//! bytes that are not UTF-8 and that Python replaces with U+FFFD, a field whose name is itself
+//! percent-encoded), this parser either decodes exactly as Django does or refuses the body.
+//! Duplicate names are kept here and refused by the caller, since Django reads the *last* value
+//! of a repeated key (`QueryDict.__getitem__`) and a verifier reading the first would be bypassed.
+
+use std::borrow::Cow;
+
+/// Django's default `DATA_UPLOAD_MAX_NUMBER_FIELDS` is 1000; a Click callback has 11 fields.
+/// Capping far lower keeps duplicate detection cheap on hostile bodies.
+pub const MAX_FIELDS: usize = 64;
+
+/// Why a body is not a form this gateway will verify. Every variant is answered `-8`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    #[error("invalid percent-encoding at byte {0}")]
+    BadPercent(usize),
+    #[error("field {0:?} is not valid UTF-8 once decoded")]
+    NotUtf8(String),
+    #[error("more than {MAX_FIELDS} fields")]
+    TooManyFields,
+    #[error("malformed multipart body: {0}")]
+    Multipart(&'static str),
+}
+
+/// The form encodings accepted on callback paths, from the request's `Content-Type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormKind {
+    UrlEncoded,
+    Multipart { boundary: String },
+}
+
+impl FormKind {
+    /// Reads a `Content-Type` value (RFC 9110 §8.3). A `charset` other than UTF-8 is refused:
+    /// the signature is defined over UTF-8 bytes.
+    pub fn from_content_type(value: &str) -> Result<FormKind, &'static str> {
+        let mut parts = value.split(';');
+        let essence = parts.next().unwrap_or("").trim();
+        let mut boundary = None;
+        for param in parts {
+            if param.trim().is_empty() {
+                continue;
+            }
+            let Some((name, val)) = param.split_once('=') else {
+                return Err("malformed content-type parameter");
+            };
+            let name = name.trim();
+            let val = unquote(val.trim()).ok_or("malformed content-type parameter")?;
+            if name.eq_ignore_ascii_case("charset") {
+                if !val.eq_ignore_ascii_case("utf-8") && !val.eq_ignore_ascii_case("utf8") {
+                    return Err("charset is not UTF-8");
+                }
+            } else if name.eq_ignore_ascii_case("boundary") {
+                boundary = Some(val);
+            }
+        }
+        if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            Ok(FormKind::UrlEncoded)
+        } else if essence.eq_ignore_ascii_case("multipart/form-data") {
+            // RFC 2046 §5.1.1: 1 to 70 characters.
+            match boundary {
+                Some(b) if !b.is_empty() && b.len() <= 70 => {
+                    Ok(FormKind::Multipart { boundary: b })
+                }
+                _ => Err("multipart/form-data without a valid boundary"),
+            }
+        } else {
+            Err("content-type is not a form")
+        }
+    }
+}
+
+fn unquote(v: &str) -> Option<String> {
+    match v.strip_prefix('"') {
+        None => Some(v.to_owned()),
+        Some(rest) => {
+            let inner = rest.strip_suffix('"')?;
+            // Quoted-pairs are legal but nobody sends them in a boundary; refuse rather than guess.
+            (!inner.contains(['"', '\\'])).then(|| inner.to_owned())
+        }
+    }
+}
+
+/// One decoded field, with the raw bytes of its value as they stood in the body (used by the
+/// diagnosis to tell "the signer hashed the still-encoded value").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field<'a> {
+    pub name: Cow<'a, str>,
+    pub value: Cow<'a, str>,
+    pub raw_value: &'a [u8],
+}
+
+/// The fields of a body in the order they were sent, duplicates included.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Form<'a> {
+    pub fields: Vec<Field<'a>>,
+}
+
+impl<'a> Form<'a> {
+    pub fn parse(kind: &FormKind, body: &'a [u8]) -> Result<Form<'a>, FormError> {
+        match kind {
+            FormKind::UrlEncoded => parse_urlencoded(body),
+            FormKind::Multipart { boundary } => parse_multipart(body, boundary.as_bytes()),
+        }
+    }
+
+    /// All values sent under `name`.
+    pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s Field<'a>> + 's {
+        self.fields.iter().filter(move |f| f.name == name)
+    }
+
+    /// The first name that occurs more than once.
+    pub fn first_duplicate(&self) -> Option<&str> {
+        self.fields.iter().enumerate().find_map(|(i, f)| {
+            self.fields[..i]
+                .iter()
+                .any(|g| g.name == f.name)
+                .then_some(&*f.name)
+        })
+    }
+}
+
+/// Parses `application/x-www-form-urlencoded` the way Python's `urllib.parse.parse_qsl` does
+/// for Django (`keep_blank_values=True`, separator `&` only): empty segments are skipped, a
+/// segment without `=` is a name with an empty value, `+` is a space and `%XX` a byte, in
+/// names and values alike. Unlike Python, an invalid `%` escape or a value that is not UTF-8
+/// after decoding is an error rather than something silently kept or replaced.
+pub fn parse_urlencoded(body: &[u8]) -> Result<Form<'_>, FormError> {
+    let mut fields = Vec::new();
+    let mut offset = 0;
+    for segment in body.split(|&b| b == b'&') {
+        let start = offset;
+        offset += segment.len() + 1;
+        if segment.is_empty() {
+            continue;
+        }
+        if fields.len() == MAX_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
+        let (raw_name, raw_value, value_at) = match segment.iter().position(|&b| b == b'=') {
+            Some(eq) => (&segment[..eq], &segment[eq + 1..], start + eq + 1),
+            None => (segment, &segment[segment.len()..], start + segment.len()),
+        };
+        let name = decode_component(raw_name, start)?;
+        let value = decode_component(raw_value, value_at)?;
+        let name = into_utf8(name, || String::from_utf8_lossy(raw_name).into_owned())?;
+        let value = into_utf8(value, || name_for_error(&name))?;
+        fields.push(Field {
+            name,
+            value,
+            raw_value,
+        });
+    }
+    Ok(Form { fields })
+}
+
+fn name_for_error(name: &str) -> String {
+    name.chars().take(40).collect()
+}
+
+/// Decodes `+` and `%XX`; borrows when there is nothing to decode (the common case for ids).
+fn decode_component(raw: &[u8], at: usize) -> Result<Cow<'_, [u8]>, FormError> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = raw.get(i + 1).and_then(|&b| hex_value(b));
+                let lo = raw.get(i + 2).and_then(|&b| hex_value(b));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                    _ => return Err(FormError::BadPercent(at + i)),
+                }
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Ok(Cow::Owned(out))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn into_utf8(
+    bytes: Cow<'_, [u8]>,
+    name: impl FnOnce() -> String,
+) -> Result<Cow<'_, str>, FormError> {
+    match bytes {
+        Cow::Borrowed(b) => std::str::from_utf8(b)
+            .map(Cow::Borrowed)
+            .map_err(|_| FormError::NotUtf8(name())),
+        Cow::Owned(v) => String::from_utf8(v)
+            .map(Cow::Owned)
+            .map_err(|_| FormError::NotUtf8(name())),
+    }
+}
+
+/// Parses `multipart/form-data` (RFC 7578) holding plain text fields only.
+///
+/// Deliberately narrower than RFC 2046 so that there is one reading of the body: it must start
+/// with the first delimiter (no preamble) and end with the close delimiter (optionally followed
+/// by CRLF, nothing else); each part has a `Content-Disposition: form-data; name=...` without
+/// `filename`, an optional `Content-Type: text/plain` in UTF-8, and no `Content-Transfer-Encoding`
+/// other than an identity one (Django would base64-decode such a field; the signer would not).
+pub fn parse_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Result<Form<'a>, FormError> {
+    use FormError::Multipart as Bad;
+    let mut delimiter = Vec::with_capacity(boundary.len() + 4);
+    delimiter.extend_from_slice(b"\r\n--");
+    delimiter.extend_from_slice(boundary);
+    // The first delimiter has no leading CRLF.
+    let first = &delimiter[2..];
+    let mut rest = body
+        .strip_prefix(first)
+        .ok_or(Bad("body does not start with the boundary"))?;
+    let mut fields = Vec::new();
+    loop {
+        if let Some(after) = rest.strip_prefix(b"--") {
+            return match after {
+                b"" | b"\r\n" => Ok(Form { fields }),
+                _ => Err(Bad("data after the closing boundary")),
+            };
+        }
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .ok_or(Bad("boundary not followed by CRLF"))?;
+        let end = find(rest, &delimiter).ok_or(Bad("part without a closing boundary"))?;
+        let part = &rest[..end];
+        rest = &rest[end + delimiter.len()..];
+        if fields.len() == MAX_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
+        fields.push(parse_part(part)?);
+    }
+}
+
+fn parse_part(part: &[u8]) -> Result<Field<'_>, FormError> {
+    use FormError::Multipart as Bad;
+    let split = find(part, b"\r\n\r\n").ok_or(Bad("part headers not terminated"))?;
+    let (head, value) = (&part[..split], &part[split + 4..]);
+    let head = std::str::from_utf8(head).map_err(|_| Bad("part headers are not UTF-8"))?;
+    let mut name = None;
+    for line in head.split("\r\n") {
+        let (hname, hvalue) = line.split_once(':').ok_or(Bad("malformed part header"))?;
+        let hvalue = hvalue.trim();
+        if hname.eq_ignore_ascii_case("content-disposition") {
+            if name.is_some() {
+                return Err(Bad("repeated Content-Disposition"));
+            }
+            name = Some(disposition_name(hvalue)?);
+        } else if hname.eq_ignore_ascii_case("content-type") {
+            let mut params = hvalue.split(';');
+            let essence = params.next().unwrap_or("").trim();
+            if !essence.eq_ignore_ascii_case("text/plain") {
+                return Err(Bad("part is not text/plain"));
+            }
+            for p in params {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or(Bad("malformed part Content-Type"))?;
+                let v = v.trim().trim_matches('"');
+                if k.trim().eq_ignore_ascii_case("charset")
+                    && !v.eq_ignore_ascii_case("utf-8")
+                    && !v.eq_ignore_ascii_case("utf8")
+                {
+                    return Err(Bad("part charset is not UTF-8"));
+                }
+            }
+        } else if hname.eq_ignore_ascii_case("content-transfer-encoding") {
+            if !["7bit", "8bit", "binary"]
+                .iter()
+                .any(|e| hvalue.eq_ignore_ascii_case(e))
+            {
+                return Err(Bad("part has a Content-Transfer-Encoding"));
+            }
+        } else {
+            return Err(Bad("unexpected part header"));
+        }
+    }
+    let name = name.ok_or(Bad("part without Content-Disposition"))?;
+    let text = std::str::from_utf8(value).map_err(|_| FormError::NotUtf8(name_for_error(&name)))?;
+    Ok(Field {
+        name: Cow::Owned(name),
+        value: Cow::Borrowed(text),
+        raw_value: value,
+    })
+}
+
+/// `form-data; name="field"` (RFC 7578 §4.2). File parts (`filename`) and RFC 2231 `name*`
+/// are refused: a callback carries none, and each is a place where parsers disagree.
+fn disposition_name(value: &str) -> Result<String, FormError> {
+    use FormError::Multipart as Bad;
+    let mut params = value.split(';');
+    if !params
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("form-data"))
+    {
+        return Err(Bad("Content-Disposition is not form-data"));
+    }
+    let mut name = None;
+    for p in params {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or(Bad("malformed Content-Disposition"))?;
+        if !k.trim().eq_ignore_ascii_case("name") || name.is_some() {
+            return Err(Bad(
+                "Content-Disposition has parameters other than one name",
+            ));
+        }
+        name = Some(unquote(v.trim()).ok_or(Bad("malformed field name"))?);
+    }
+    name.filter(|n| !n.is_empty())
+        .ok_or(Bad("part without a field name"))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(form: &Form<'_>) -> Vec<(String, String)> {
+        form.fields
+            .iter()
+            .map(|f| (f.name.to_string(), f.value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn decodes_plus_and_percent_in_names_and_values() {
+        let form = parse_urlencoded(b"a=1+2&sign%5Ftime=2024-05-01+12%3A30%3A45&x=%D0%B7").unwrap();
+        assert_eq!(
+            pairs(&form),
+            [
+                ("a", "1 2"),
+                ("sign_time", "2024-05-01 12:30:45"),
+                ("x", "з")
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        assert_eq!(form.fields[1].raw_value, b"2024-05-01+12%3A30%3A45");
+        assert!(matches!(form.fields[0].name, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn blank_segments_and_bare_names_follow_parse_qsl() {
+        let form = parse_urlencoded(b"&a&&b=&c=3&").unwrap();
+        assert_eq!(
+            pairs(&form),
+            [("a", ""), ("b", ""), ("c", "3")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        assert_eq!(parse_urlencoded(b"").unwrap().fields.len(), 0);
+    }
+
+    #[test]
+    fn rejects_bad_escapes_and_non_utf8() {
+        assert_eq!(parse_urlencoded(b"a=%zz"), Err(FormError::BadPercent(2)));
+        assert_eq!(parse_urlencoded(b"a=1&b=%4"), Err(FormError::BadPercent(6)));
+        assert_eq!(parse_urlencoded(b"a=%"), Err(FormError::BadPercent(2)));
+        assert_eq!(
+            parse_urlencoded(b"amount=%FF"),
+            Err(FormError::NotUtf8("amount".into()))
+        );
+        assert!(matches!(
+            parse_urlencoded(b"a=\xff"),
+            Err(FormError::NotUtf8(_))
+        ));
+        assert!(matches!(
+            parse_urlencoded(b"%C3=1"),
+            Err(FormError::NotUtf8(_))
+        ));
+    }
+
+    #[test]
+    fn encoded_name_is_a_duplicate_of_the_plain_one() {
+        let form = parse_urlencoded(b"action=0&%61ction=1").unwrap();
+        assert_eq!(form.first_duplicate(), Some("action"));
+        assert_eq!(
+            parse_urlencoded(b"a=1&b=2").unwrap().first_duplicate(),
+            None
+        );
+    }
+
+    #[test]
+    fn caps_field_count() {
+        let body = "a=1&".repeat(MAX_FIELDS + 1);
+        assert_eq!(
+            parse_urlencoded(body.as_bytes()),
+            Err(FormError::TooManyFields)
+        );
+        let body = (0..MAX_FIELDS)
+            .map(|i| format!("f{i}=1"))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(
+            parse_urlencoded(body.as_bytes()).unwrap().fields.len(),
+            MAX_FIELDS
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            FormKind::from_content_type("application/x-www-form-urlencoded; charset=UTF-8"),
+            Ok(FormKind::UrlEncoded)
+        );
+        assert_eq!(
+            FormKind::from_content_type("multipart/form-data; boundary=\"xYz\""),
+            Ok(FormKind::Multipart {
+                boundary: "xYz".into()
+            })
+        );
+        assert!(
+            FormKind::from_content_type("application/x-www-form-urlencoded; charset=latin1")
+                .is_err()
+        );
+        assert!(FormKind::from_content_type("multipart/form-data").is_err());
+        assert!(FormKind::from_content_type("application/json").is_err());
+        assert!(FormKind::from_content_type("").is_err());
+    }
+
+    const MP: &[u8] = b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1 2\r\n--XX\r\ncontent-disposition: form-data; name=b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\xd0\xb7\r\n--XX--\r\n";
+
+    #[test]
+    fn multipart_text_fields() {
+        let form = parse_multipart(MP, b"XX").unwrap();
+        assert_eq!(
+            pairs(&form),
+            [("a", "1 2"), ("b", "з")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+    }
+
+    #[test]
+    fn multipart_refuses_ambiguous_shapes() {
+        let cases: &[&[u8]] = &[
+            b"preamble\r\n--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"; filename=\"f\"\r\n\r\n1\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name*=utf-8''a\r\n\r\n1\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: base64\r\n\r\nMQ==\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Type: application/octet-stream\r\n\r\n1\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XX--\r\ntrailing",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n",
+            b"--XX\r\n\r\n1\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\xff\r\n--XX--",
+        ];
+        for body in cases {
+            assert!(
+                parse_multipart(body, b"XX").is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Secret keys per Click service, and the only ways they may be shown: a short fingerprint.
+//!
+//! A [`Secret`] has no `Display` and a redacting `Debug`, so a key cannot end up in a log line,
+//! an error message or a panic by accident. Ops identify a key by its [`Fingerprint`], the first
+//! 8 hex characters of its md5, which they can reproduce with
+//! `printf '%s' "$KEY" | md5sum | cut -c1-8` to answer "is this the key I think it is?".
+//! The fingerprint tells an attacker nothing a captured signed callback would not: both are md5
+//! digests over the key, and the callback's is longer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use md5::{Digest, Md5};
+
+/// A Click secret key, taken byte for byte from its source.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl Secret {
+    /// Wraps a key as read from its source: no trimming, no re-typing.
+    pub fn new(key: impl Into<Box<str>>) -> Self {
+        Secret(key.into())
+    }
+
+    /// The key's bytes, for hashing only.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The key's short fingerprint (see the module docs).
+    pub fn fingerprint(&self) -> Fingerprint {
+        let digest = Md5::digest(self.0.as_bytes());
+        let mut fp = [0u8; 8];
+        for (i, b) in digest.iter().take(4).enumerate() {
+            fp[2 * i] = HEX[usize::from(b >> 4)];
+            fp[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        Fingerprint(fp)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(fp={})", self.fingerprint())
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// First 8 lowercase hex characters of `md5(key)`: names a key without revealing it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint([u8; 8]);
+
+impl Fingerprint {
+    pub fn as_str(&self) -> &str {
+        // Always ASCII hex, built above.
+        std::str::from_utf8(&self.0).unwrap_or("????????")
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a key was configured; shown by `check` and in conflict errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `[services.<id>] secret_keys` in `click.keys_file`.
+    KeysFile(PathBuf),
+    /// A `CLICK_SERVICE_<id>_SECRET_KEY` line of `click.env_file`.
+    EnvFile { path: PathBuf, line: usize },
+    /// The process environment variable of that name.
+    ProcessEnv(String),
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::KeysFile(path) => write!(f, "keys_file {}", path.display()),
+            KeySource::EnvFile { path, line } => write!(f, "env_file {}:{line}", path.display()),
+            KeySource::ProcessEnv(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// One configured key of a service. Its position in [`ServiceKeys::keys`] is its slot.
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    pub secret: Secret,
+    pub fingerprint: Fingerprint,
+    /// Every source that configured this key (several when sources agree).
+    pub sources: Vec<KeySource>,
+}
+
+impl KeyEntry {
+    pub fn new(secret: Secret, source: KeySource) -> Self {
+        KeyEntry {
+            fingerprint: secret.fingerprint(),
+            secret,
+            sources: vec![source],
+        }
+    }
+}
+
+/// The keys of one Click service, in order of preference (slot 0 first).
+#[derive(Clone, Debug)]
+pub struct ServiceKeys {
+    pub keys: Vec<KeyEntry>,
+}
+
+/// Every configured service and its keys: the verifier's whole view of secrets.
+#[derive(Clone, Debug, Default)]
+pub struct KeySet {
+    services: BTreeMap<u64, ServiceKeys>,
+}
+
+impl KeySet {
+    pub fn new(services: BTreeMap<u64, ServiceKeys>) -> Self {
+        KeySet { services }
+    }
+
+    pub fn get(&self, service_id: u64) -> Option<&ServiceKeys> {
+        self.services.get(&service_id)
+    }
+
+    /// Services in ascending id order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &ServiceKeys)> {
+        self.services.iter().map(|(id, keys)| (*id, keys))
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_md5_prefix() {
+        // printf '%s' TEST_SECRET_aB3dE5 | md5sum
+        let s = Secret::new("TEST_SECRET_aB3dE5");
+        let full = format!("{:x}", Md5::digest(b"TEST_SECRET_aB3dE5"));
+        assert_eq!(s.fingerprint().as_str(), &full[..8]);
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let s = Secret::new("TEST_SECRET_aB3dE5");
+        let shown = format!(
+            "{s:?} {:?}",
+            KeyEntry::new(s.clone(), KeySource::ProcessEnv("X".into()))
+        );
+        assert!(!shown.contains("TEST_SECRET"), "{shown}");
+        assert!(shown.contains(s.fingerprint().as_str()));
+    }
+}

@@ -1,0 +1,77 @@
+//! `click-gateway check`: load and validate exactly as `serve` and a reload do, then list what
+//! would run (like `nginx -t`). Answers "is the key for service 82154 loaded?" in one command.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use crate::config::{self, Environment, Loaded};
+
+/// Prints the configuration summary to `out`, or every problem to `err`. Returns success.
+pub fn run(
+    path: &Path,
+    env: &Environment,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<bool> {
+    match config::load(path, env) {
+        Ok(loaded) => {
+            summary(path, &loaded, out)?;
+            for w in &loaded.warnings {
+                writeln!(err, "warning: {w}")?;
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            for p in &e.problems {
+                writeln!(err, "error: {p}")?;
+            }
+            writeln!(
+                err,
+                "{}: {} problem(s); nothing would start or reload",
+                path.display(),
+                e.problems.len()
+            )?;
+            Ok(false)
+        }
+    }
+}
+
+fn summary(path: &Path, loaded: &Loaded, out: &mut dyn Write) -> io::Result<()> {
+    let s = &loaded.settings;
+    let none = || "(none)".to_owned();
+    writeln!(out, "{}: configuration ok", path.display())?;
+    writeln!(out, "  listen          {}", s.server.listen)?;
+    writeln!(
+        out,
+        "  upstream        {} (connect {}, response {}, pool idle {} x{})",
+        s.upstream.url,
+        s.upstream.connect_timeout,
+        s.upstream.response_timeout,
+        s.upstream.pool_idle_timeout,
+        s.upstream.pool_max_idle
+    )?;
+    writeln!(out, "  callback paths  {}", s.click.paths.join(" "))?;
+    let show =
+        |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(none, |p| p.display().to_string());
+    writeln!(out, "  keys_file       {}", show(&s.click.keys_file))?;
+    writeln!(out, "  env_file        {}", show(&s.click.env_file))?;
+    writeln!(out, "services: {}", loaded.keys.len())?;
+    for (id, svc) in loaded.keys.iter() {
+        let n = svc.keys.len();
+        writeln!(
+            out,
+            "  service {id}: {n} key{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for (slot, k) in svc.keys.iter().enumerate() {
+            let sources: Vec<String> = k.sources.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "    slot {slot}  fp {}  from {}",
+                k.fingerprint,
+                sources.join(", ")
+            )?;
+        }
+    }
+    Ok(())
+}

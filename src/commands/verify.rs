@@ -1,0 +1,40 @@
+//! `click-gateway verify`: judges a captured callback body against the configured keys and
+//! explains a failure the same way the gateway's log line does.
+
+use std::io::{self, Write};
+
+use crate::click::{self, Form, FormKind, KeySet, RejectReason};
+
+/// Writes the verdict on `body`; returns whether it verifies.
+pub fn run(body: &[u8], kind: &FormKind, keys: &KeySet, out: &mut dyn Write) -> io::Result<bool> {
+    let form = match Form::parse(kind, body) {
+        Ok(f) => f,
+        Err(e) => return rejected(&RejectReason::Form(e), out),
+    };
+    let verdict = click::judge(&form, keys);
+    match verdict.outcome {
+        Ok(v) => {
+            let action = verdict.callback.as_ref().map_or("?", |c| c.action.as_str());
+            writeln!(
+                out,
+                "verified: {action} for service {}, key slot {} (fp {})",
+                v.service_id, v.slot, v.fingerprint
+            )?;
+            Ok(true)
+        }
+        Err(reason) => rejected(&reason, out),
+    }
+}
+
+fn rejected(reason: &RejectReason, out: &mut dyn Write) -> io::Result<bool> {
+    let e = reason.click_error();
+    writeln!(
+        out,
+        "rejected: error {} ({}), reason {}",
+        e.code(),
+        e.note(),
+        reason.label()
+    )?;
+    writeln!(out, "why: {reason}")?;
+    Ok(false)
+}

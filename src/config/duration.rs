@@ -1,0 +1,82 @@
+//! Durations in config files: an integer with a unit, `250ms`, `10s`, `5m`, `1h`.
+//! A bare number is refused, so `timeout = 30` cannot be read as milliseconds by one person
+//! and seconds by another.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{de, Deserialize, Deserializer};
+
+/// A [`Duration`] read from `"<integer><ms|s|m|h>"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+impl Span {
+    pub const fn secs(s: u64) -> Self {
+        Span(Duration::from_secs(s))
+    }
+
+    pub const fn millis(ms: u64) -> Self {
+        Span(Duration::from_millis(ms))
+    }
+
+    pub fn parse(text: &str) -> Result<Span, String> {
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m or h)"))?;
+        let (num, unit) = text.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m or h)")),
+        };
+        Ok(Span(d))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl fmt::Debug for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Span::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(Span::parse("250ms"), Ok(Span::millis(250)));
+        assert_eq!(Span::parse("10s"), Ok(Span::secs(10)));
+        assert_eq!(Span::parse("2m"), Ok(Span::secs(120)));
+        assert_eq!(Span::parse("1h"), Ok(Span::secs(3600)));
+        for bad in ["10", "s", "1.5s", "10 s", "-1s", "10sec", ""] {
+            assert!(Span::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Span::millis(1500).to_string(), "1500ms");
+        assert_eq!(Span::secs(2).to_string(), "2s");
+    }
+}

@@ -1,0 +1,569 @@
+//! Configuration: `gateway.toml` through figment (TOML file, then `CLICK_GATEWAY_<SECTION>__<KEY>`
+//! environment overrides), and the secret keys through [`keys`], which never lets figment
+//! re-type a secret.
+//!
+//! [`load`] is the one way configuration is read: `serve`, `check` and a reload all call it,
+//! so what `check` accepts is exactly what the gateway will run with. It collects every problem
+//! it can find instead of stopping at the first, the way `nginx -t` reports.
+
+pub mod dotenv;
+pub mod duration;
+pub mod keys;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use http::uri::{Authority, Uri};
+use serde::Deserialize;
+
+use crate::click::KeySet;
+pub use duration::Span;
+
+/// Prefix of the environment variables that override `gateway.toml` settings.
+pub const ENV_OVERRIDE_PREFIX: &str = "CLICK_GATEWAY_";
+
+/// Everything `gateway.toml` sets. Unknown settings are errors, so a typo cannot silently
+/// leave a default in place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    #[serde(default)]
+    pub click: ClickSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Plain HTTP listener.
+    pub listen: SocketAddr,
+    /// Time allowed for a request's headers to arrive, from accept or from the end of the
+    /// previous response on a keep-alive connection (hyper's `header_read_timeout`).
+    pub header_read_timeout: Span,
+    /// Time allowed for a callback body to arrive once its headers are in.
+    pub body_read_timeout: Span,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub drain_timeout: Span,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Span::secs(10),
+            body_read_timeout: Span::secs(10),
+            drain_timeout: Span::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// The backend, `http://host:port` (no path: requests keep their own).
+    pub url: UpstreamUrl,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Span,
+    /// Time from sending a request until the backend's response headers arrive.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Span,
+    /// Idle pooled connections are closed after this; keep it below the backend's keep-alive
+    /// (gunicorn's `keepalive`, 2 s by default) so the backend never closes one under us.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Span,
+    /// Idle connections kept per backend; 0 disables pooling (right for gunicorn sync workers,
+    /// which close every connection anyway).
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+}
+
+fn default_connect_timeout() -> Span {
+    Span::secs(2)
+}
+fn default_response_timeout() -> Span {
+    Span::secs(30)
+}
+fn default_pool_idle_timeout() -> Span {
+    Span::secs(1)
+}
+fn default_pool_max_idle() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickSettings {
+    /// Request paths (percent-decoded, exact match) whose POSTs are Click callbacks. Either
+    /// action may arrive on any of them.
+    pub paths: Vec<String>,
+    /// TOML file of `[services.<id>] secret_keys = [...]`. Relative paths are resolved against
+    /// the directory of `gateway.toml`.
+    pub keys_file: Option<PathBuf>,
+    /// The backend's dotenv file, read for `CLICK_SERVICE_<id>_SECRET_KEY` lines.
+    pub env_file: Option<PathBuf>,
+}
+
+impl Default for ClickSettings {
+    fn default() -> Self {
+        ClickSettings {
+            paths: vec!["/click/prepare/".into(), "/click/complete/".into()],
+            keys_file: None,
+            env_file: None,
+        }
+    }
+}
+
+/// The backend's address: an `http://` URL with nothing after the authority.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct UpstreamUrl {
+    pub authority: Authority,
+}
+
+impl TryFrom<String> for UpstreamUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let uri: Uri = text.parse().map_err(|e| format!("not a URL ({e})"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err("must start with http:// (the backend is reached in plain HTTP)".into());
+        }
+        let authority = uri.authority().ok_or("has no host")?.clone();
+        if authority.as_str().contains('@') {
+            return Err("must not carry user:password".into());
+        }
+        if authority.port_u16().is_none() && authority.as_str().ends_with(':') {
+            return Err("has an empty port".into());
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(
+                "must not have a path or query: requests are forwarded with their own".into(),
+            );
+        }
+        Ok(UpstreamUrl { authority })
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.authority)
+    }
+}
+
+/// One thing wrong with the configuration: where (file or variable, and setting), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub origin: String,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(origin: &str, key: Option<String>, message: String) -> Problem {
+        Problem {
+            origin: origin.to_owned(),
+            key,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: {}: {}", self.origin, key, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+/// The configuration could not be loaded; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", display_problems(.problems))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+fn display_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A snapshot of environment variables, passed in rather than read inside, so tests stay
+/// independent of the process environment and a reload reads what startup read.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    vars: Vec<(String, String)>,
+}
+
+impl Environment {
+    /// The process environment (variables that are not UTF-8 are skipped).
+    pub fn from_process() -> Environment {
+        Environment {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Environment {
+        Environment {
+            vars: pairs.into_iter().collect(),
+        }
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.vars.iter().map(|(k, v)| (k, v))
+    }
+}
+
+/// One `CLICK_GATEWAY_<SECTION>__<KEY>` variable as a figment provider, so an error in its
+/// value names the variable.
+struct EnvOverride {
+    var: String,
+    key: String,
+    value: String,
+}
+
+impl Provider for EnvOverride {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("environment variable {}", self.var))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        // Parsed the way figment's own `Env` provider does (arrays, numbers, booleans).
+        let value: Value = self
+            .value
+            .parse()
+            .unwrap_or_else(|_| Value::from(self.value.clone()));
+        let dict = figment::util::nest(&self.key, value)
+            .into_dict()
+            .ok_or_else(|| figment::Error::from(format!("{} names no setting", self.var)))?;
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+fn env_overrides(env: &Environment) -> Vec<EnvOverride> {
+    env.vars()
+        .filter_map(|(var, value)| {
+            let rest = var.strip_prefix(ENV_OVERRIDE_PREFIX)?;
+            Some(EnvOverride {
+                var: var.clone(),
+                key: rest.to_ascii_lowercase().replace("__", "."),
+                value: value.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Settings and keys, validated together.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// With `keys_file`/`env_file` resolved against the config file's directory.
+    pub settings: Settings,
+    pub keys: KeySet,
+    pub warnings: Vec<String>,
+}
+
+/// Reads `path`, applies the environment overrides, validates, then reads every key source.
+pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
+    let origin = path.display().to_string();
+    let fail = |problems| Err(ConfigError { problems });
+    if let Err(e) = std::fs::metadata(path) {
+        return fail(vec![Problem::new(
+            &origin,
+            None,
+            format!("cannot read config file: {e}"),
+        )]);
+    }
+    let mut figment = Figment::new().merge(Toml::file_exact(path));
+    for o in env_overrides(env) {
+        figment = figment.merge(o);
+    }
+    let mut settings = extract(&figment, &origin)?;
+    let mut problems = validate(&settings, &origin);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &mut Option<PathBuf>| {
+        if let Some(p) = p {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    };
+    resolve(&mut settings.click.keys_file);
+    resolve(&mut settings.click.env_file);
+    let (keys, key_problems) = keys::load(
+        settings.click.keys_file.as_deref(),
+        settings.click.env_file.as_deref(),
+        env,
+    );
+    problems.extend(key_problems);
+    if !problems.is_empty() {
+        return fail(problems);
+    }
+    let mut warnings = Vec::new();
+    if keys.is_empty() {
+        warnings.push(
+            "no service has a key: every callback will be answered -1 SIGN CHECK FAILED!".into(),
+        );
+    }
+    Ok(Loaded {
+        settings,
+        keys,
+        warnings,
+    })
+}
+
+/// Extracts section by section, so one bad setting per section is reported rather than only
+/// the first of the whole file (serde stops at the first error).
+fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
+    let to_problems = |e: figment::Error| -> Vec<Problem> {
+        e.into_iter().map(|e| figment_problem(e, origin)).collect()
+    };
+    let root: Dict = figment.extract().map_err(|e| ConfigError {
+        problems: to_problems(e),
+    })?;
+    let mut problems = Vec::new();
+    for key in root.keys() {
+        if !["server", "upstream", "click"].contains(&key.as_str()) {
+            problems.push(Problem::new(
+                origin,
+                Some(key.clone()),
+                "unknown section (expected server, upstream, click)".into(),
+            ));
+        }
+    }
+    let section = |name: &str| root.contains_key(name);
+    let server = if section("server") {
+        figment.extract_inner("server").map_err(to_problems)
+    } else {
+        Ok(ServerSettings::default())
+    };
+    let click = if section("click") {
+        figment.extract_inner("click").map_err(to_problems)
+    } else {
+        Ok(ClickSettings::default())
+    };
+    let upstream = if section("upstream") {
+        figment
+            .extract_inner::<UpstreamSettings>("upstream")
+            .map_err(to_problems)
+    } else {
+        Err(vec![Problem::new(
+            origin,
+            Some("upstream.url".into()),
+            "missing: the backend's address is required".into(),
+        )])
+    };
+    fn take<T>(r: Result<T, Vec<Problem>>, problems: &mut Vec<Problem>) -> Option<T> {
+        r.map_err(|p| problems.extend(p)).ok()
+    }
+    let server = take(server, &mut problems);
+    let upstream = take(upstream, &mut problems);
+    let click = take(click, &mut problems);
+    match (server, upstream, click) {
+        (Some(server), Some(upstream), Some(click)) if problems.is_empty() => Ok(Settings {
+            server,
+            upstream,
+            click,
+        }),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+fn figment_problem(e: figment::Error, config_origin: &str) -> Problem {
+    let origin = match &e.metadata {
+        Some(Metadata {
+            source: Some(figment::Source::File(p)),
+            ..
+        }) => p.display().to_string(),
+        Some(m) if m.name.starts_with("environment variable") => m.name.to_string(),
+        _ => config_origin.to_owned(),
+    };
+    // `extract_inner("server")` reports paths as [field, "server"]: put the section first.
+    let mut path = e.path.clone();
+    if path.len() > 1 && ["server", "upstream", "click"].contains(&path[path.len() - 1].as_str()) {
+        path.rotate_right(1);
+    }
+    let key = (!path.is_empty()).then(|| path.join("."));
+    Problem::new(&origin, key, e.kind.to_string())
+}
+
+fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut bad = |key: &str, message: &str| {
+        problems.push(Problem::new(
+            origin,
+            Some(key.to_owned()),
+            message.to_owned(),
+        ))
+    };
+    if s.click.paths.is_empty() {
+        bad("click.paths", "no callback path: nothing would be verified");
+    }
+    for (i, p) in s.click.paths.iter().enumerate() {
+        if !p.starts_with('/') || p.contains(['?', '#']) {
+            bad(
+                &format!("click.paths[{i}]"),
+                "must be a path starting with / (no query)",
+            );
+        }
+        if s.click.paths[..i].contains(p) {
+            bad(&format!("click.paths[{i}]"), "listed twice");
+        }
+    }
+    for (key, span) in [
+        ("server.header_read_timeout", s.server.header_read_timeout),
+        ("server.body_read_timeout", s.server.body_read_timeout),
+        ("upstream.connect_timeout", s.upstream.connect_timeout),
+        ("upstream.response_timeout", s.upstream.response_timeout),
+        ("upstream.pool_idle_timeout", s.upstream.pool_idle_timeout),
+    ] {
+        if span.0.is_zero() {
+            bad(key, "must be greater than zero");
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn dir(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("cg-config-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Environment {
+        Environment::from_pairs(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())))
+    }
+
+    #[test]
+    fn file_then_env_overrides_and_relative_key_paths() {
+        let d = dir("ok");
+        fs::write(d.join("keys.toml"), "[services.1]\nsecret_keys=[\"k\"]\n").unwrap();
+        let cfg = d.join("gateway.toml");
+        fs::write(
+            &cfg,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[upstream]\nurl = \"http://127.0.0.1:8000\"\n[click]\nkeys_file = \"keys.toml\"\n",
+        )
+        .unwrap();
+        let loaded = load(
+            &cfg,
+            &env(&[
+                ("CLICK_GATEWAY_UPSTREAM__URL", "http://127.0.0.1:8001"),
+                ("CLICK_GATEWAY_UPSTREAM__RESPONSE_TIMEOUT", "5s"),
+                ("CLICK_GATEWAY_CLICK__PATHS", "[\"/cb/\"]"),
+            ]),
+        )
+        .unwrap();
+        let s = &loaded.settings;
+        assert_eq!(s.server.listen.port(), 9000);
+        assert_eq!(s.upstream.url.authority.as_str(), "127.0.0.1:8001");
+        assert_eq!(s.upstream.response_timeout, Span::secs(5));
+        assert_eq!(s.click.paths, ["/cb/"]);
+        assert_eq!(
+            s.click.keys_file.as_deref(),
+            Some(d.join("keys.toml").as_path())
+        );
+        assert_eq!(loaded.keys.len(), 1);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn every_problem_names_its_origin_and_setting() {
+        let d = dir("bad");
+        let cfg = d.join("gateway.toml");
+        fs::write(
+            &cfg,
+            "[server]\nlisten = \"nope\"\n[upstream]\nurl = \"https://x\"\n[click]\npathz = []\n",
+        )
+        .unwrap();
+        let err = load(
+            &cfg,
+            &env(&[("CLICK_GATEWAY_UPSTREAM__CONNECT_TIMEOUT", "3")]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let origin = cfg.display().to_string();
+        assert!(
+            text.contains(&format!("{origin}: server.listen:")),
+            "{text}"
+        );
+        assert!(text.contains("pathz"), "{text}");
+        assert!(
+            text.contains("environment variable CLICK_GATEWAY_UPSTREAM__CONNECT_TIMEOUT"),
+            "{text}"
+        );
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn semantic_checks_and_missing_file() {
+        let d = dir("sem");
+        let cfg = d.join("gateway.toml");
+        fs::write(
+            &cfg,
+            "[upstream]\nurl = \"http://127.0.0.1:8000/api\"\n[click]\npaths = [\"x\", \"/a/\", \"/a/\"]\nkeys_file = \"missing.toml\"\n",
+        )
+        .unwrap();
+        let text = load(&cfg, &env(&[])).unwrap_err().to_string();
+        assert!(
+            text.contains("upstream.url: must not have a path"),
+            "{text}"
+        );
+        let cfg2 = d.join("g2.toml");
+        fs::write(
+            &cfg2,
+            "[upstream]\nurl = \"http://127.0.0.1:8000\"\n[click]\npaths = [\"x\", \"/a/\", \"/a/\"]\nkeys_file = \"missing.toml\"\n[server]\ndrain_timeout=\"1s\"\nheader_read_timeout=\"0s\"\n",
+        )
+        .unwrap();
+        let text = load(&cfg2, &env(&[])).unwrap_err().to_string();
+        for want in [
+            "click.paths[0]: must be a path",
+            "click.paths[2]: listed twice",
+            "server.header_read_timeout: must be greater than zero",
+            "missing.toml: cannot read keys file",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let text = load(&d.join("nope.toml"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("cannot read config file"), "{text}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let ok = |s: &str| UpstreamUrl::try_from(s.to_owned());
+        assert_eq!(
+            ok("http://127.0.0.1:8000").unwrap().to_string(),
+            "http://127.0.0.1:8000"
+        );
+        assert!(ok("http://localhost/").is_ok());
+        for bad in [
+            "127.0.0.1:8000",
+            "https://x",
+            "http://u:p@x",
+            "http://x/a",
+            "http://x/?q",
+            "http://x:",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+    }
+}

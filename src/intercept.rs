@@ -1,0 +1,159 @@
+//! The checkpoint on callback paths: read the body (bounded in size and time), judge it, then
+//! either answer in Click's format or forward the exact original bytes with the trust header.
+//!
+//! Transport failures are not Click errors: a body that never finishes arriving gets a plain
+//! `408`, so Click sees "no answer" and retries, exactly as it would if the merchant's server
+//! had timed out. Only the content of a callback earns a Click error code.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::click::{self, Echo, Form, FormKind, RejectReason, MAX_CALLBACK_BODY};
+use crate::gateway::{Gateway, Peer};
+use crate::proxy::{self, ProxyBody};
+use crate::runtime::Runtime;
+
+/// Handles a request to a callback path.
+pub async fn callback(
+    gw: &Gateway,
+    runtime: &Runtime,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let kind = match precheck(&req) {
+        Ok(kind) => kind,
+        Err(reason) => return reject(peer, &reason, &Echo::default(), None),
+    };
+    let (parts, body) = req.into_parts();
+    let collected = tokio::time::timeout(
+        gw.body_read_timeout,
+        Limited::new(body, MAX_CALLBACK_BODY).collect(),
+    )
+    .await;
+    let body: Bytes = match collected {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return reject(peer, &RejectReason::BodyTooLarge, &Echo::default(), None);
+        }
+        Ok(Err(e)) => {
+            tracing::info!(peer = %peer.addr, "callback body read failed: {e}");
+            return closing(proxy::plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"));
+        }
+        Err(_) => {
+            tracing::warn!(peer = %peer.addr, timeout = ?gw.body_read_timeout, "callback body did not arrive in time");
+            return closing(proxy::plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "408 Request Timeout\n",
+            ));
+        }
+    };
+
+    let form = match Form::parse(&kind, &body) {
+        Ok(form) => form,
+        Err(e) => return reject(peer, &RejectReason::Form(e), &Echo::default(), None),
+    };
+    let verdict = click::judge(&form, &runtime.keys);
+    let verified = match verdict.outcome {
+        Ok(v) => v,
+        Err(reason) => return reject(peer, &reason, &verdict.echo, verdict.callback.as_ref()),
+    };
+    let action = verdict.callback.as_ref().map(|c| c.action.as_str());
+    let click_trans_id = verdict.echo.click_trans_id;
+    let checked = started.elapsed();
+
+    let req = Request::from_parts(parts, Either::Right(Full::new(body.clone())));
+    let resp = gw.forward(peer, req, Some(verified.service_id)).await;
+    tracing::info!(
+        peer = %peer.addr,
+        service_id = verified.service_id,
+        click_trans_id,
+        action,
+        slot = verified.slot,
+        fp = %verified.fingerprint,
+        generation = runtime.generation,
+        status = resp.status().as_u16(),
+        verify_us = checked.as_micros() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "callback verified and forwarded"
+    );
+    resp
+}
+
+/// What can be refused from the headers alone, before reading any body.
+fn precheck(req: &Request<Incoming>) -> Result<FormKind, RejectReason> {
+    if req.method() != Method::POST {
+        return Err(RejectReason::MethodNotAllowed);
+    }
+    let headers = req.headers();
+    if headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(RejectReason::ContentEncoding);
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let kind = match (types.next(), types.next()) {
+        (Some(ct), None) => ct
+            .to_str()
+            .map_err(|_| "content-type is not ASCII")
+            .and_then(FormKind::from_content_type),
+        (None, _) => Err("no content-type: the body is not a form"),
+        (Some(_), Some(_)) => Err("more than one content-type"),
+    }
+    .map_err(RejectReason::ContentType)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_CALLBACK_BODY as u64) {
+        return Err(RejectReason::BodyTooLarge);
+    }
+    Ok(kind)
+}
+
+/// Answers a refused callback the way the merchant's server would, and logs why.
+fn reject(
+    peer: Peer,
+    reason: &RejectReason,
+    echo: &Echo<'_>,
+    cb: Option<&click::Callback<'_>>,
+) -> Response<ProxyBody> {
+    let error = reason.click_error();
+    let hint = match reason {
+        RejectReason::Signature(d) => d.hint_label(),
+        _ => None,
+    };
+    // A genuine signature in a log is material for guessing the key offline: 8 characters.
+    let sign_prefix = cb.map(|c| c.sign_string.get(..8).unwrap_or(c.sign_string));
+    tracing::warn!(
+        peer = %peer.addr,
+        error = error.code(),
+        reason = reason.label(),
+        hint,
+        service_id = cb.map(|c| c.service_id),
+        click_trans_id = echo.click_trans_id,
+        merchant_trans_id = echo.merchant_trans_id.map(tracing::field::debug),
+        action = cb.map(|c| c.action.as_str()),
+        sign_string = sign_prefix.map(tracing::field::debug),
+        "callback rejected: {reason}"
+    );
+    let body = click::respond::error_body(error, echo);
+    let mut resp = Response::new(Either::Right(Full::new(body)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}

@@ -1,0 +1,18 @@
+//! click-gateway: a reverse proxy that verifies Click (click.uz) payment callbacks before they
+//! reach the backend, and forwards everything else unchanged.
+//!
+//! One callback, top to bottom: [`server`] accepts and speaks HTTP, [`gateway`] picks the
+//! route, [`intercept`] reads and judges the body with [`click`], and [`proxy`] forwards it with
+//! the keys and settings of one [`runtime`] snapshot. [`config`] reads everything at startup
+//! and on reload; [`commands`] holds the `check`, `sign` and `verify` subcommands.
+
+pub mod click;
+pub mod commands;
+pub mod config;
+pub mod gateway;
+pub mod intercept;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+
+pub use gateway::Gateway;

@@ -1,0 +1,312 @@
+//! `click-gateway`: argument parsing, logging, signals and exit codes. Everything else lives in
+//! the library.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+use click_gateway::click::{Action, FormKind, Secret};
+use click_gateway::commands::{self, sign::SignRequest};
+use click_gateway::config::{self, Environment};
+use click_gateway::server::{self, ConnSettings};
+use click_gateway::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "click-gateway",
+    version,
+    about = "Verifies Click payment callbacks in front of a backend"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log filter, e.g. `info` or `info,click_gateway=debug` (RUST_LOG also works).
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
+    /// Validate the configuration and keys as serve and a reload would; list the services.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a signed Prepare or Complete body, for testing with curl.
+    Sign(Box<SignArgs>),
+    /// Judge a captured callback body against the configured keys and explain a failure.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// File holding the raw request body; `-` or nothing reads standard input.
+        body: Option<PathBuf>,
+        /// The request's Content-Type, when it was not urlencoded.
+        #[arg(long, default_value = "application/x-www-form-urlencoded")]
+        content_type: String,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short, default_value = "config/gateway.toml")]
+    config: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ActionArg {
+    Prepare,
+    Complete,
+}
+
+#[derive(Args)]
+struct SignArgs {
+    #[arg(long, value_enum)]
+    action: ActionArg,
+    #[arg(long)]
+    service_id: String,
+    #[arg(long)]
+    click_trans_id: String,
+    #[arg(long)]
+    merchant_trans_id: String,
+    #[arg(long)]
+    amount: String,
+    /// Required for a complete.
+    #[arg(long)]
+    merchant_prepare_id: Option<String>,
+    #[arg(long, default_value = "1")]
+    click_paydoc_id: String,
+    /// `YYYY-MM-DD HH:mm:ss`; defaults to now in Tashkent (UTC+5).
+    #[arg(long)]
+    sign_time: Option<String>,
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    error: String,
+    #[arg(long, default_value = "Success")]
+    error_note: String,
+    /// Read the secret key from this environment variable.
+    #[arg(long, conflicts_with = "secret_file")]
+    secret_env: Option<String>,
+    /// Read the secret key from this file (`-` for standard input; one trailing newline dropped).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Without --secret-env/--secret-file: sign with the service's slot-0 key from this config.
+    #[arg(long, short, default_value = "config/gateway.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, log_level } => serve(config.config, &log_level),
+        Command::Check { config } => check(config.config),
+        Command::Sign(args) => sign(*args),
+        Command::Verify {
+            config,
+            body,
+            content_type,
+        } => verify(config.config, body, &content_type),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("click-gateway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Outcome = Result<ExitCode, String>;
+
+fn success(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn check(path: PathBuf) -> Outcome {
+    let ok = commands::check::run(
+        &path,
+        &Environment::from_process(),
+        &mut io::stdout().lock(),
+        &mut io::stderr().lock(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(success(ok))
+}
+
+fn load_keys(path: &std::path::Path) -> Result<config::Loaded, String> {
+    config::load(path, &Environment::from_process()).map_err(|e| {
+        format!(
+            "{}: configuration has problems (run check):\n{e}",
+            path.display()
+        )
+    })
+}
+
+fn sign(a: SignArgs) -> Outcome {
+    let secret = if let Some(var) = &a.secret_env {
+        Secret::new(
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?,
+        )
+    } else if let Some(file) = &a.secret_file {
+        let mut text = String::new();
+        if file.as_os_str() == "-" {
+            io::stdin().read_to_string(&mut text)
+        } else {
+            std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
+        }
+        .map_err(|e| format!("cannot read the secret from {}: {e}", file.display()))?;
+        let key = text.strip_suffix('\n').unwrap_or(&text);
+        Secret::new(key.strip_suffix('\r').unwrap_or(key))
+    } else {
+        let loaded = load_keys(&a.config)?;
+        let id = click_gateway::click::callback::parse_id(&a.service_id)
+            .ok_or("service_id must be a decimal integer")?;
+        loaded
+            .keys
+            .get(id)
+            .and_then(|s| s.keys.first())
+            .map(|k| k.secret.clone())
+            .ok_or_else(|| {
+                format!(
+                    "no key is configured for service {id} in {}",
+                    a.config.display()
+                )
+            })?
+    };
+    let req = SignRequest {
+        action: match a.action {
+            ActionArg::Prepare => Action::Prepare,
+            ActionArg::Complete => Action::Complete,
+        },
+        service_id: a.service_id,
+        click_trans_id: a.click_trans_id,
+        click_paydoc_id: a.click_paydoc_id,
+        merchant_trans_id: a.merchant_trans_id,
+        merchant_prepare_id: a.merchant_prepare_id,
+        amount: a.amount,
+        sign_time: a.sign_time,
+        error: a.error,
+        error_note: a.error_note,
+    };
+    let body = commands::sign::body(&req, &secret)?;
+    println!("{body}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(path: PathBuf, body: Option<PathBuf>, content_type: &str) -> Outcome {
+    let kind =
+        FormKind::from_content_type(content_type).map_err(|e| format!("--content-type: {e}"))?;
+    let loaded = load_keys(&path)?;
+    let mut bytes = Vec::new();
+    match body.as_deref() {
+        None => io::stdin().read_to_end(&mut bytes),
+        Some(p) if p.as_os_str() == "-" => io::stdin().read_to_end(&mut bytes),
+        Some(p) => std::fs::File::open(p).and_then(|mut f| f.read_to_end(&mut bytes)),
+    }
+    .map_err(|e| format!("cannot read the body: {e}"))?;
+    // A body saved with `echo` or an editor ends with a newline Click never sent.
+    if bytes.ends_with(b"\n") && !matches!(kind, FormKind::Multipart { .. }) {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    let mut out = io::stdout().lock();
+    let ok =
+        commands::verify::run(&bytes, &kind, &loaded.keys, &mut out).map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(success(ok))
+}
+
+fn init_logging(level: &str) -> Result<(), String> {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
+    let filter: Targets = spec
+        .parse()
+        .map_err(|e| format!("bad log filter {spec:?}: {e}"))?;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(io::stderr)
+                .with_ansi(io::IsTerminal::is_terminal(&io::stderr())),
+        )
+        .with(filter)
+        .try_init()
+        .map_err(|e| e.to_string())
+}
+
+fn serve(path: PathBuf, log_level: &str) -> Outcome {
+    init_logging(log_level)?;
+    let loaded = match config::load(&path, &Environment::from_process()) {
+        Ok(l) => l,
+        Err(e) => {
+            for p in &e.problems {
+                tracing::error!("config: {p}");
+            }
+            return Err(format!(
+                "{}: {} configuration problem(s); not starting",
+                path.display(),
+                e.problems.len()
+            ));
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = server::bind(loaded.settings.server.listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        let shutdown =
+            shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let gateway = Arc::new(Gateway::new(&loaded));
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(
+            listen = %bound,
+            upstream = %loaded.settings.upstream.url,
+            services = loaded.keys.len(),
+            "click-gateway {} ready",
+            env!("CARGO_PKG_VERSION")
+        );
+        server::run(
+            listener,
+            gateway,
+            ConnSettings::from(&loaded.settings.server),
+            shutdown,
+        )
+        .await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT. Handlers are installed before the caller reports
+/// readiness, so a signal can never find the default disposition.
+fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received: stopping");
+    })
+}

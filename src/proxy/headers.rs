@@ -1,0 +1,179 @@
+//! Header hygiene between the client, the gateway and the backend.
+//!
+//! - Hop-by-hop fields are removed in both directions (RFC 9110 §7.6.1): the fixed list, and
+//!   every field named by *any* `Connection` line. `HeaderMap::remove(CONNECTION)` would only
+//!   see the first line, leaving a second `Connection: x-secret` in place.
+//! - Client-supplied forwarding fields are not trusted: `X-Forwarded-For` and
+//!   `X-Forwarded-Proto` are replaced with what the gateway saw, and `Forwarded`,
+//!   `X-Forwarded-Host`, `X-Forwarded-Port`, `X-Real-IP` are dropped (Django trusts some of them
+//!   when configured to, gunicorn trusts `X-Forwarded-Proto` from loopback).
+//! - `X-Click-Signature-Verified` is removed from every request and set by the gateway only on
+//!   callbacks it verified, so the backend can refuse callbacks that did not pass the gateway.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Set on verified callbacks, to the `service_id` they verified for.
+pub static TRUST_HEADER: HeaderName = HeaderName::from_static("x-click-signature-verified");
+
+/// Fixed hop-by-hop fields (RFC 9110 §7.6.1 ¶7, and the proxy credentials of §11.7).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Forwarding fields a client could forge; replaced or dropped on every request.
+static UNTRUSTED_FORWARDING: [HeaderName; 6] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// The scheme the client used to reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Removes hop-by-hop fields: every field listed in any `Connection` line, then the fixed list.
+/// `Host` is never removed this way: it is end-to-end, and dropping it would make the backend
+/// see the upstream address instead.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| name != header::HOST)
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a client request's headers for the backend (callbacks and everything else alike).
+pub fn for_upstream(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme) {
+    strip_hop_by_hop(headers);
+    // hyper answers `Expect: 100-continue` itself when the body is read.
+    headers.remove(header::EXPECT);
+    headers.remove(&TRUST_HEADER);
+    for name in &UNTRUSTED_FORWARDING {
+        headers.remove(name);
+    }
+    headers.insert(
+        &UNTRUSTED_FORWARDING[1],
+        HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
+    );
+    headers.insert(
+        &UNTRUSTED_FORWARDING[2],
+        HeaderValue::from_static(scheme.as_str()),
+    );
+}
+
+/// Marks a request as a callback that verified for `service_id`.
+pub fn mark_verified(headers: &mut HeaderMap, service_id: u64) {
+    headers.insert(&TRUST_HEADER, HeaderValue::from(service_id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn every_connection_line_counts() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-secret-hop, X-Other"),
+            ("x-secret-hop", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "3"),
+            ("host", "shop.example"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_host() {
+        let mut h = map(&[("connection", "host"), ("host", "shop.example")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "shop.example");
+    }
+
+    #[test]
+    fn forwarding_fields_are_replaced_and_trust_header_removed() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-click-signature-verified", "12345"),
+            ("X-Click-Signature-Verified", "1"),
+            ("expect", "100-continue"),
+        ]);
+        for_upstream(&mut h, "10.1.2.3".parse().unwrap(), Scheme::Http);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["10.1.2.3"]
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        for gone in [
+            "forwarded",
+            "x-forwarded-host",
+            "x-real-ip",
+            "x-click-signature-verified",
+            "expect",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        mark_verified(&mut h, 12345);
+        assert_eq!(h["x-click-signature-verified"], "12345");
+    }
+}

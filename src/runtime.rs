@@ -1,0 +1,104 @@
+//! The state a request reads: keys and reloadable settings, as one immutable snapshot.
+//!
+//! It lives in one [`ArcSwap`]; a request loads it once and uses that snapshot for everything
+//! (verification and the log line), so a reload in the middle of a request cannot mix two key
+//! sets. A reload builds a whole new `Runtime` off to the side and stores it; nothing is
+//! mutated in place.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::click::KeySet;
+use crate::config::Loaded;
+
+/// One generation of keys and reloadable settings.
+#[derive(Debug)]
+pub struct Runtime {
+    /// 1 for the configuration read at startup, +1 for each successful reload.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub keys: KeySet,
+    /// Callback paths, percent-decoded, compared exactly.
+    pub callback_paths: Vec<String>,
+}
+
+/// The handle shared by every connection.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+impl Runtime {
+    pub fn new(loaded: &Loaded, generation: u64) -> Runtime {
+        Runtime {
+            generation,
+            loaded_at: SystemTime::now(),
+            keys: loaded.keys.clone(),
+            callback_paths: loaded.settings.click.paths.clone(),
+        }
+    }
+
+    pub fn shared(self) -> SharedRuntime {
+        Arc::new(ArcSwap::from_pointee(self))
+    }
+
+    /// Whether a request path is a callback path. The path is compared after percent-decoding,
+    /// as Django routes on the decoded `PATH_INFO`: `/click/%70repare/` reaches the same view
+    /// as `/click/prepare/` and must be verified just the same.
+    pub fn is_callback_path(&self, path: &str) -> bool {
+        let decoded = percent_decode_path(path);
+        self.callback_paths.iter().any(|p| *p == *decoded)
+    }
+}
+
+/// Percent-decodes a URL path (no `+` rule in paths); invalid escapes stay as written, which is
+/// what WSGI servers do. Borrows when there is nothing to decode.
+fn percent_decode_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return path.into();
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> Runtime {
+        Runtime {
+            generation: 1,
+            loaded_at: SystemTime::now(),
+            keys: KeySet::default(),
+            callback_paths: vec!["/click/prepare/".into()],
+        }
+    }
+
+    #[test]
+    fn callback_paths_match_after_decoding() {
+        let rt = rt();
+        assert!(rt.is_callback_path("/click/prepare/"));
+        assert!(rt.is_callback_path("/click/%70repare/"));
+        assert!(rt.is_callback_path("/click%2Fprepare/"));
+        assert!(!rt.is_callback_path("/click/prepare"));
+        assert!(!rt.is_callback_path("/click/prepare/x"));
+        assert!(!rt.is_callback_path("/click/prepare/%"));
+        assert!(!rt.is_callback_path("/CLICK/prepare/"));
+    }
+}

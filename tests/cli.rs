@@ -1,0 +1,357 @@
+//! The real binary: `check`, `sign`, `verify`, and `serve` driven by real curl.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_click-gateway"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    let (out, err) = (
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    (status.code().unwrap_or(-1), out, err)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_lists_the_services_of_the_shipped_config_from_any_directory() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(bin()
+        .args(["check", "--config"])
+        .arg(repo().join("config/gateway.toml"))
+        .current_dir(elsewhere.path())
+        .env_remove("CLICK_SERVICE_12345_SECRET_KEY"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration ok"), "{out}");
+    assert!(out.contains("service 12345: 1 key"), "{out}");
+    // printf '%s' TEST_SECRET_aB3dE5 | md5sum | cut -c1-8
+    assert!(out.contains("slot 0  fp d3b738e5  from keys_file"), "{out}");
+    assert!(
+        !out.contains(KEY_12345) && !out.contains(KEY_70001),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_and_never_a_key() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "keys.toml", "[services.12345]\nsecret_keys = [\" padded-sekrit \", \"\"]\n[services.x1]\nsecret_keys = [\"other-sekrit\"]\n");
+    write(
+        d.path(),
+        ".env",
+        "CLICK_SERVICE_70001_SECRET_KEY=env-sekrit \n",
+    );
+    let cfg = write(
+        d.path(),
+        "gateway.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[click]\nkeys_file = \"keys.toml\"\nenv_file = \".env\"\n",
+    );
+    let (code, out, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 1, "{out}{err}");
+    for want in [
+        "services.12345.secret_keys[0]: the key has leading or trailing whitespace",
+        "services.12345.secret_keys[1]: the key is empty",
+        "services.x1: service id must be decimal digits",
+        "line 1 (CLICK_SERVICE_70001_SECRET_KEY): the key has leading or trailing whitespace",
+        "4 problem(s)",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+    assert!(!err.contains("sekrit") && !out.contains("sekrit"), "{err}");
+}
+
+#[test]
+fn keys_from_the_environment_are_taken_byte_for_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(
+        d.path(),
+        "gateway.toml",
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n",
+    );
+    let (code, out, err) = run(bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&cfg)
+        .env("CLICK_SERVICE_82154_SECRET_KEY", "0012345")
+        .env("CLICK_GATEWAY_UPSTREAM__URL", "http://127.0.0.1:9"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("http://127.0.0.1:9"), "{out}");
+    assert!(out.contains("service 82154: 1 key"), "{out}");
+    assert!(
+        out.contains("environment variable CLICK_SERVICE_82154_SECRET_KEY"),
+        "{out}"
+    );
+
+    // Sign with the same text from another variable, verify against the configured key.
+    let (code, body, err) = run(bin()
+        .args([
+            "sign",
+            "--action",
+            "prepare",
+            "--service-id",
+            "82154",
+            "--click-trans-id",
+            "1",
+            "--merchant-trans-id",
+            "o-1",
+            "--amount",
+            "500",
+            "--secret-env",
+            "SIGNING_KEY",
+        ])
+        .env("SIGNING_KEY", "0012345"));
+    assert_eq!(code, 0, "{err}");
+    let mut verify = bin()
+        .args(["verify", "-c"])
+        .arg(&cfg)
+        .env("CLICK_SERVICE_82154_SECRET_KEY", "0012345")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    verify
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = verify.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("verified: prepare for service 82154, key slot 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sign_prints_the_vector_body_and_verify_explains_failures() {
+    let d = tempfile::tempdir().unwrap();
+    let key_file = write(d.path(), "key", &format!("{KEY_12345}\n"));
+    let (code, body, err) = run(bin()
+        .args([
+            "sign",
+            "--action",
+            "prepare",
+            "--service-id",
+            "12345",
+            "--click-trans-id",
+            "2103045678",
+        ])
+        .args([
+            "--click-paydoc-id",
+            "3302114455",
+            "--merchant-trans-id",
+            "order-1001",
+            "--amount",
+            "1000.00",
+        ])
+        .args(["--sign-time", "2024-05-01 12:30:45", "--secret-file"])
+        .arg(&key_file));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body.trim_end(), V1);
+
+    let config = repo().join("config/gateway.toml");
+    let good = write(d.path(), "good.txt", &body);
+    let (code, out, _) = run(bin().arg("verify").arg("-c").arg(&config).arg(&good));
+    assert_eq!(code, 0, "{out}");
+
+    let reformatted = write(
+        d.path(),
+        "bad.txt",
+        &V1.replace("amount=1000.00", "amount=1000"),
+    );
+    let (code, out, _) = run(bin().arg("verify").arg("-c").arg(&config).arg(&reformatted));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("rejected: error -1 (SIGN CHECK FAILED!), reason key_mismatch"),
+        "{out}"
+    );
+    assert!(
+        out.contains("amount were hashed as \"1000.00\" instead of \"1000\""),
+        "{out}"
+    );
+
+    let unknown = write(
+        d.path(),
+        "unknown.txt",
+        &V1.replace("service_id=12345", "service_id=82154"),
+    );
+    let (code, out, _) = run(bin().arg("verify").arg("-c").arg(&config).arg(&unknown));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no key is configured for service 82154"),
+        "{out}"
+    );
+    assert!(!out.contains(KEY_12345), "{out}");
+}
+
+#[test]
+fn command_line_errors_are_messages_not_panics() {
+    let (code, _, err) = run(bin().args(["sign", "--action", "refund"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'refund'"), "{err}");
+    let (code, _, err) = run(bin().args(["check", "--config", "/nonexistent/gateway.toml"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/gateway.toml: cannot read config file"),
+        "{err}"
+    );
+    let (code, _, err) = run(bin().args(["serve", "--config", "/nonexistent/gateway.toml"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("not starting"), "{err}");
+    let (code, _, err) = run(bin()
+        .args([
+            "sign",
+            "--action",
+            "complete",
+            "--service-id",
+            "1",
+            "--click-trans-id",
+            "1",
+            "--merchant-trans-id",
+            "o",
+            "--amount",
+            "1",
+            "--secret-env",
+            "K",
+        ])
+        .env("K", "k"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("a complete needs --merchant-prepare-id"),
+        "{err}"
+    );
+}
+
+/// The real binary serving real curl: a verified callback reaches the upstream, a forged one
+/// gets Click's answer, and SIGTERM ends the process with status 0.
+#[tokio::test]
+async fn serve_answers_curl_and_stops_on_sigterm() {
+    let mut up = TestUpstream::start().await;
+    let config = ConfigDir::new(up.addr, KEYS_TOML, "", "");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_click-gateway"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config.path())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let log = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut addr_tx = Some(addr_tx);
+        let mut lines = Vec::new();
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if line.contains("ready") {
+                let addr = line
+                    .split("listen=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                if let Some(tx) = addr_tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let addr = tokio::time::timeout(PATIENCE, addr_rx)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let curl = |body: String, path: &str| {
+        let url = format!("http://{addr}{path}");
+        tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-H",
+                "Host: shop.example",
+                "--data-binary",
+                &body,
+                &url,
+            ])
+            .output()
+    };
+    let out = curl(V1.to_owned(), "/click/prepare/")
+        .await
+        .expect("curl is installed (tests/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        r#"{"error":0,"upstream":true}"#
+    );
+    let got = up.next().await;
+    assert_eq!(got.body, V1.as_bytes());
+    assert_eq!(
+        got.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(got.all("x-click-signature-verified"), ["12345"]);
+
+    let forged = V1.replace("amount=1000.00", "amount=1.00");
+    let out = curl(forged, "/click/prepare/").await.unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["error"], -1);
+    assert_eq!(answer["error_note"], "SIGN CHECK FAILED!");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let lines = tokio::time::timeout(PATIENCE, log).await.unwrap().unwrap();
+    let all = lines.join("\n");
+    assert!(all.contains("callback verified and forwarded"), "{all}");
+    assert!(all.contains("callback rejected"), "{all}");
+    assert!(
+        all.contains("reason=\"key_mismatch\"") || all.contains("reason=key_mismatch"),
+        "{all}"
+    );
+    assert!(!all.contains(KEY_12345), "a secret reached the log:\n{all}");
+    assert!(
+        !all.contains("4c30b2304e2d17ef17eec7d8710e914c"),
+        "a full signature reached the log:\n{all}"
+    );
+}

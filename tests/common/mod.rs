@@ -1,0 +1,438 @@
+//! Shared by the integration tests: a real HTTP upstream that records what it receives, the
+//! gateway started in-process on `127.0.0.1:0`, and a raw HTTP/1.1 client that sends exactly
+//! the bytes it is given.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use click_gateway::config::{self, Environment};
+use click_gateway::server::{self, ConnSettings};
+use click_gateway::Gateway;
+
+/// The made-up key of the protocol's test vectors V1, V2, V4 (service 12345).
+pub const KEY_12345: &str = "TEST_SECRET_aB3dE5";
+/// The made-up key of vector V3 (service 70001).
+pub const KEY_70001: &str = "fake+key/with=chars&x";
+
+pub const V1: &str = "click_trans_id=2103045678&service_id=12345&click_paydoc_id=3302114455&merchant_trans_id=order-1001&amount=1000.00&action=0&error=0&error_note=Success&sign_time=2024-05-01+12%3A30%3A45&sign_string=4c30b2304e2d17ef17eec7d8710e914c";
+pub const V2: &str = "click_trans_id=2103045678&service_id=12345&click_paydoc_id=3302114455&merchant_trans_id=order-1001&merchant_prepare_id=5001&amount=1000.00&action=1&error=0&error_note=Success&sign_time=2024-05-01+12%3A31%3A02&sign_string=4b240e5966f8ea8ce6b654c14de08f7a";
+
+pub const KEYS_TOML: &str = "[services.12345]\nsecret_keys = [\"TEST_SECRET_aB3dE5\"]\n[services.70001]\nsecret_keys = [\"fake+key/with=chars&x\"]\n";
+
+/// Upper bound on any single wait in a test, so a bug fails the test instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    /// In arrival order, repeated names kept.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1:0 that records every request and answers by path:
+/// - `/hop`: a response carrying hop-by-hop headers;
+/// - `/stream`: sends a first chunk, then the rest once the test releases it;
+/// - anything else: `200 application/json` `{"error":0,"upstream":true}`.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    requests: mpsc::UnboundedReceiver<Recorded>,
+    release: mpsc::UnboundedSender<()>,
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, requests) = mpsc::unbounded_channel();
+        let (release, release_rx) = mpsc::unbounded_channel::<()>();
+        let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let tx = tx.clone();
+                let release_rx = release_rx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let tx = tx.clone();
+                        let release_rx = release_rx.clone();
+                        async move { Ok::<_, Infallible>(answer(req, tx, release_rx).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            requests,
+            release,
+        }
+    }
+
+    /// The next request the upstream received.
+    pub async fn next(&mut self) -> Recorded {
+        tokio::time::timeout(PATIENCE, self.requests.recv())
+            .await
+            .expect("upstream received nothing")
+            .expect("upstream stopped")
+    }
+
+    /// A request already received, if any (use after the gateway has answered).
+    pub fn try_next(&mut self) -> Option<Recorded> {
+        self.requests.try_recv().ok()
+    }
+
+    /// Lets a `/stream` response finish.
+    pub fn release(&self) {
+        let _ = self.release.send(());
+    }
+}
+
+type Release = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>>;
+type TestBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
+
+async fn answer(
+    req: Request<Incoming>,
+    tx: mpsc::UnboundedSender<Recorded>,
+    release: Release,
+) -> Response<TestBody> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let _ = tx.send(Recorded {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    });
+    match path.as_str() {
+        "/hop" => Response::builder()
+            .header("connection", "x-hop-a")
+            .header("connection", "x-hop-b")
+            .header("x-hop-a", "1")
+            .header("x-hop-b", "2")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "3")
+            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                b"hop",
+            ))))
+            .unwrap(),
+        "/stream" => {
+            let (tx, rx) = mpsc::channel::<Bytes>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first;")).await;
+                let _ = release.lock().await.recv().await;
+                let _ = tx.send(Bytes::from_static(b"rest")).await;
+            });
+            Response::builder()
+                .body(http_body_util::Either::Right(ChannelBody(rx)))
+                .unwrap()
+        }
+        _ => Response::builder()
+            .header("content-type", "application/json")
+            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                b"{\"error\":0,\"upstream\":true}",
+            ))))
+            .unwrap(),
+    }
+}
+
+/// A response body fed frame by frame from a channel.
+pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A listener that accepts connections and never answers.
+pub async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A configuration directory with `gateway.toml` and `keys.toml`.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    /// `extra` is appended to gateway.toml (TOML sections may be repeated only once each, so
+    /// pass whole settings under the right section headers via `server`/`upstream` strings).
+    pub fn new(
+        upstream: SocketAddr,
+        keys_toml: &str,
+        server_extra: &str,
+        upstream_extra: &str,
+    ) -> ConfigDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keys.toml"), keys_toml).unwrap();
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[upstream]\nurl = \"http://{upstream}\"\n{upstream_extra}\n[click]\nkeys_file = \"keys.toml\"\n"
+            ),
+        )
+        .unwrap();
+        ConfigDir { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+}
+
+/// The real gateway, in-process, on an ephemeral port.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _config: ConfigDir,
+}
+
+impl TestGateway {
+    pub async fn start(upstream: SocketAddr) -> TestGateway {
+        Self::start_with(ConfigDir::new(upstream, KEYS_TOML, "", "")).await
+    }
+
+    pub async fn start_with(config: ConfigDir) -> TestGateway {
+        let loaded =
+            config::load(&config.path(), &Environment::default()).expect("test config loads");
+        let listener = server::bind(loaded.settings.server.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = Arc::new(Gateway::new(&loaded));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(
+            listener,
+            gateway.clone(),
+            ConnSettings::from(&loaded.settings.server),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestGateway {
+            addr,
+            gateway,
+            shutdown: Some(tx),
+            task: Some(task),
+            _config: config,
+        }
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Writes `request` verbatim on a fresh connection and reads one response (the request should
+/// carry `Connection: close`, or the server must close after answering).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    parse_response(&buf)
+}
+
+/// A POST with the given body and content type, `Connection: close`.
+pub async fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> RawResponse {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: shop.example\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    raw(addr, &req).await
+}
+
+/// A urlencoded callback POST.
+pub async fn callback(addr: SocketAddr, path: &str, body: &str) -> RawResponse {
+    post(
+        addr,
+        path,
+        "application/x-www-form-urlencoded",
+        body.as_bytes(),
+    )
+    .await
+}
+
+pub fn parse_response(buf: &[u8]) -> RawResponse {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
+    let head = std::str::from_utf8(&buf[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let raw_body = &buf[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(raw_body)
+    } else {
+        raw_body.to_vec()
+    };
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        b = &b[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// Signs a prepare body for service 12345 with its test key.
+pub fn signed_prepare(click_trans_id: u64, merchant_trans_id: &str, amount: &str) -> String {
+    use click_gateway::click::sign::{CallbackBody, SignedFields};
+    let id = click_trans_id.to_string();
+    CallbackBody {
+        signed: SignedFields {
+            click_trans_id: &id,
+            service_id: "12345",
+            merchant_trans_id,
+            merchant_prepare_id: None,
+            amount,
+            action: "0",
+            sign_time: "2024-05-01 12:30:45",
+        },
+        click_paydoc_id: "1",
+        error: "0",
+        error_note: "Success",
+    }
+    .encode(&click_gateway::click::Secret::new(KEY_12345))
+}
+
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}

@@ -1,0 +1,158 @@
+//! End to end with the real thing: a Django app under gunicorn (installed by `tests/setup.sh`)
+//! behind the gateway. Django verifies the signature itself and also insists on the gateway's
+//! trust header, like a backend that has adopted the gateway would.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::*;
+use tokio::io::AsyncBufReadExt;
+
+struct Gunicorn {
+    addr: std::net::SocketAddr,
+    log: PathBuf,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts gunicorn (sync workers) on 127.0.0.1:0 and waits for its "Listening at" line.
+async fn gunicorn() -> Gunicorn {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = std::env::var_os("CLICK_GATEWAY_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/test-venv"));
+    let bin = venv.join("bin/gunicorn");
+    assert!(
+        bin.exists(),
+        "{} is missing: run tests/setup.sh first",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("django.jsonl");
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "--chdir",
+            "tests/django",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ])
+        .args(["--worker-class", "sync", "clickshop.wsgi:application"])
+        .current_dir(&repo)
+        .env("CLICKSHOP_LOG", &log)
+        .env("CLICK_SERVICE_12345_SECRET_KEY", KEY_12345)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("Listening at: http://").nth(1) {
+                return rest.split(' ').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("gunicorn exited before listening");
+    })
+    .await
+    .expect("gunicorn did not start");
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Gunicorn {
+        addr,
+        log,
+        _child: child,
+        _dir: dir,
+    }
+}
+
+fn django_saw(g: &Gunicorn) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&g.log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn signed(action: &str, prepare_id: Option<&str>, click_trans_id: &str) -> String {
+    use click_gateway::click::sign::{CallbackBody, SignedFields};
+    CallbackBody {
+        signed: SignedFields {
+            click_trans_id,
+            service_id: "12345",
+            merchant_trans_id: "заказ 77",
+            merchant_prepare_id: prepare_id,
+            amount: "25000.00",
+            action,
+            sign_time: "2024-05-01 12:30:45",
+        },
+        click_paydoc_id: "99",
+        error: "0",
+        error_note: "Success",
+    }
+    .encode(&click_gateway::click::Secret::new(KEY_12345))
+}
+
+#[tokio::test]
+async fn prepare_and_complete_through_the_gateway_to_django() {
+    let django = gunicorn().await;
+    let gw = TestGateway::start(django.addr).await;
+
+    let prepare = signed("0", None, "2103040001");
+    let resp = callback(gw.addr, "/click/prepare/", &prepare).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answer = resp.json();
+    assert_eq!(answer["error"], 0, "{answer}");
+    assert_eq!(answer["merchant_trans_id"], "заказ 77");
+    let prepare_id = answer["merchant_prepare_id"].to_string();
+
+    let complete = signed("1", Some(&prepare_id), "2103040001");
+    let answer = callback(gw.addr, "/click/complete/", &complete)
+        .await
+        .json();
+    assert_eq!(answer["error"], 0, "{answer}");
+    assert_eq!(answer["merchant_confirm_id"], 7001);
+
+    // Forged: answered by the gateway, Django never sees it.
+    let forged = prepare.replace("25000.00", "1.00");
+    let answer = callback(gw.addr, "/click/prepare/", &forged).await.json();
+    assert_eq!(answer["error"], -1);
+    assert_eq!(answer["error_note"], "SIGN CHECK FAILED!");
+
+    let seen = django_saw(&django);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (entry, body) in seen.iter().zip([&prepare, &complete]) {
+        assert_eq!(entry["verdict"], "ok", "{entry}");
+        assert_eq!(entry["verified_header"], "12345");
+        assert_eq!(entry["body"], body.as_str(), "Django got the exact bytes");
+        assert_eq!(entry["host"], "shop.example");
+        assert_eq!(entry["forwarded_for"], "127.0.0.1");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn other_traffic_reaches_django_unchanged() {
+    let django = gunicorn().await;
+    let gw = TestGateway::start(django.addr).await;
+    let req = "GET /echo/?order=42&q=a+b HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 6.6.6.6\r\nX-Click-Signature-Verified: 12345\r\nConnection: close\r\n\r\n";
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let echo = resp.json();
+    assert_eq!(echo["host"], "shop.example");
+    assert_eq!(
+        echo["query"],
+        serde_json::json!({"order": "42", "q": "a b"})
+    );
+    assert_eq!(echo["forwarded_for"], "127.0.0.1");
+    assert_eq!(echo["forwarded_proto"], "http");
+    assert_eq!(echo["verified_header"], serde_json::Value::Null);
+
+    let body = vec![b'z'; 300_000];
+    let resp = post(gw.addr, "/echo/", "application/octet-stream", &body).await;
+    assert_eq!(resp.json()["body_length"], 300_000);
+    gw.stop().await;
+}

@@ -1,0 +1,197 @@
+//! Everything that is not a callback passes through unchanged, minus hop-by-hop headers, with
+//! forwarding headers the gateway vouches for; upstream failures become 502/504.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn get_with_query_keeps_host_path_and_query_and_replaces_forwarding_headers() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let req = "GET /api/orders/?id=42&q=a%20b+c&empty= HTTP/1.1\r\nHost: shop.example:8443\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Custom: kept\r\nCookie: a=1\r\nConnection: close\r\n\r\n";
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    let got = up.next().await;
+    assert_eq!(got.method, "GET");
+    assert_eq!(got.uri, "/api/orders/?id=42&q=a%20b+c&empty=");
+    assert_eq!(got.header("host"), Some("shop.example:8443"));
+    assert_eq!(got.all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(got.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(got.header("forwarded"), None);
+    assert_eq!(got.header("x-forwarded-host"), None);
+    assert_eq!(got.header("x-custom"), Some("kept"));
+    assert_eq!(got.header("cookie"), Some("a=1"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn methods_and_callback_path_lookalikes_pass_through() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    for (method, path) in [
+        ("PUT", "/api/x"),
+        ("DELETE", "/api/x"),
+        ("PATCH", "/api/x"),
+        ("OPTIONS", "/click/"),
+        ("POST", "/click/prepare"),
+        ("POST", "/click/prepare/extra"),
+    ] {
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(
+            resp.text(),
+            r#"{"error":0,"upstream":true}"#,
+            "{method} {path}"
+        );
+        let got = up.next().await;
+        assert_eq!((got.method.as_str(), got.uri.as_str()), (method, path));
+        assert_eq!(got.body, b"abc");
+        assert!(got.header("x-click-signature-verified").is_none());
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn large_bodies_pass_intact_with_content_length_and_chunked() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let body: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let resp = post(gw.addr, "/upload/", "application/octet-stream", &body).await;
+    assert_eq!(resp.status, 200);
+    let got = up.next().await;
+    assert_eq!(got.body.len(), body.len());
+    assert!(got.body == body, "body changed in transit");
+    assert_eq!(got.header("content-length"), Some("4194304"));
+
+    let mut req = b"POST /upload/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for chunk in body.chunks(100_000) {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw(gw.addr, &req).await.status, 200);
+    assert!(
+        up.next().await.body == body,
+        "chunked body changed in transit"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let req = "GET /hop HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: x-secret-hop, close\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nUpgrade: websocket\r\nX-End-To-End: 2\r\n\r\n";
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    let got = up.next().await;
+    for gone in [
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ] {
+        assert_eq!(got.header(gone), None, "request kept {gone}");
+    }
+    assert!(got
+        .all("connection")
+        .iter()
+        .all(|v| !v.contains("x-secret-hop")));
+    assert_eq!(got.header("x-end-to-end"), Some("2"));
+    // The upstream answered with `Connection: x-hop-a` and `Connection: x-hop-b` lines.
+    for gone in ["x-hop-a", "x-hop-b", "keep-alive"] {
+        assert_eq!(resp.header(gone), None, "response kept {gone}");
+    }
+    assert_eq!(resp.header("x-kept"), Some("3"));
+    assert_eq!(resp.text(), "hop");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn responses_stream_before_the_upstream_finishes() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    // The first part arrives while the upstream still holds the rest.
+    while !String::from_utf8_lossy(&buf).contains("first;") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the first chunk");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&buf).contains("rest"));
+    up.release();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(parse_response(&buf).text(), "first;rest");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_for_callbacks_too() {
+    let down = closed_port().await;
+    let gw = TestGateway::start(down).await;
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(resp.text(), "502 Bad Gateway\n");
+    // A verified callback is not answered with a made-up Click code: Click must retry.
+    let resp = callback(gw.addr, "/click/prepare/", V1).await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.text(), "502 Bad Gateway\n");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_that_never_answers_is_504_at_the_response_timeout() {
+    let (silent, _task) = silent_upstream().await;
+    let gw = TestGateway::start_with(ConfigDir::new(
+        silent,
+        KEYS_TOML,
+        "",
+        "response_timeout = \"300ms\"",
+    ))
+    .await;
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 504);
+    assert_eq!(resp.text(), "504 Gateway Timeout\n");
+    let resp = callback(gw.addr, "/click/complete/", V2).await;
+    assert_eq!(resp.status, 504);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http_1_0_without_host_is_forwarded() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let resp = raw(gw.addr, b"GET /legacy HTTP/1.0\r\n\r\n").await;
+    assert_eq!(resp.status, 200);
+    let got = up.next().await;
+    assert_eq!(got.uri, "/legacy");
+    assert_eq!(got.version, http::Version::HTTP_11);
+    gw.stop().await;
+}
