@@ -27,7 +27,7 @@ pub async fn callback(
     let started = Instant::now();
     let kind = match precheck(&req) {
         Ok(kind) => kind,
-        Err(reason) => return reject(peer, &reason, &Echo::default(), None),
+        Err(reason) => return reject(peer, runtime, &reason, &Echo::default(), None),
     };
     let (parts, body) = req.into_parts();
     let collected = tokio::time::timeout(
@@ -38,7 +38,13 @@ pub async fn callback(
     let body: Bytes = match collected {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return reject(peer, &RejectReason::BodyTooLarge, &Echo::default(), None);
+            return reject(
+                peer,
+                runtime,
+                &RejectReason::BodyTooLarge,
+                &Echo::default(),
+                None,
+            );
         }
         Ok(Err(e)) => {
             tracing::info!(peer = %peer.addr, "callback body read failed: {e}");
@@ -55,12 +61,28 @@ pub async fn callback(
 
     let form = match Form::parse(&kind, &body) {
         Ok(form) => form,
-        Err(e) => return reject(peer, &RejectReason::Form(e), &Echo::default(), None),
+        Err(e) => {
+            return reject(
+                peer,
+                runtime,
+                &RejectReason::Form(e),
+                &Echo::default(),
+                None,
+            )
+        }
     };
     let verdict = click::judge(&form, &runtime.keys);
     let verified = match verdict.outcome {
         Ok(v) => v,
-        Err(reason) => return reject(peer, &reason, &verdict.echo, verdict.callback.as_ref()),
+        Err(reason) => {
+            return reject(
+                peer,
+                runtime,
+                &reason,
+                &verdict.echo,
+                verdict.callback.as_ref(),
+            )
+        }
     };
     let action = verdict.callback.as_ref().map(|c| c.action.as_str());
     let click_trans_id = verdict.echo.click_trans_id;
@@ -120,6 +142,7 @@ fn precheck(req: &Request<Incoming>) -> Result<FormKind, RejectReason> {
 /// Answers a refused callback the way the merchant's server would, and logs why.
 fn reject(
     peer: Peer,
+    runtime: &Runtime,
     reason: &RejectReason,
     echo: &Echo<'_>,
     cb: Option<&click::Callback<'_>>,
@@ -141,6 +164,7 @@ fn reject(
         merchant_trans_id = echo.merchant_trans_id.map(tracing::field::debug),
         action = cb.map(|c| c.action.as_str()),
         sign_string = sign_prefix.map(tracing::field::debug),
+        generation = runtime.generation,
         "callback rejected: {reason}"
     );
     let body = click::respond::error_body(error, echo);

@@ -11,8 +11,11 @@ pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod intercept;
+pub mod notify;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 
 pub use gateway::Gateway;

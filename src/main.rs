@@ -13,8 +13,9 @@ use tracing_subscriber::prelude::*;
 use click_gateway::click::{Action, FormKind, Secret};
 use click_gateway::commands::{self, sign::SignRequest};
 use click_gateway::config::{self, Environment};
+use click_gateway::reload::Reloader;
 use click_gateway::server::{self, ConnSettings};
-use click_gateway::Gateway;
+use click_gateway::{notify, signals, Gateway};
 
 #[derive(Parser)]
 #[command(
@@ -270,20 +271,32 @@ fn serve(path: PathBuf, log_level: &str) -> Outcome {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
+        // Before anything can report readiness: a SIGHUP must never meet the default action.
+        let signals =
+            signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let listener = server::bind(loaded.settings.server.listen)
             .await
             .map_err(|e| e.to_string())?;
-        let shutdown =
-            shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let gateway = Arc::new(Gateway::new(&loaded));
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let gateway = Arc::new(Gateway::new(&loaded));
+        let reloader = Arc::new(Reloader::new(
+            path,
+            gateway.runtime.clone(),
+            loaded.settings.clone(),
+        ));
+        let control = tokio::spawn(signals.run(reloader));
         tracing::info!(
             listen = %bound,
             upstream = %loaded.settings.upstream.url,
             services = loaded.keys.len(),
+            generation = 1,
             "click-gateway {} ready",
             env!("CARGO_PKG_VERSION")
         );
+        notify::ready("serving generation 1");
+        let shutdown = async move {
+            let _ = control.await;
+        };
         server::run(
             listener,
             gateway,
@@ -293,20 +306,5 @@ fn serve(path: PathBuf, log_level: &str) -> Outcome {
         .await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// Resolves on the first SIGTERM or SIGINT. Handlers are installed before the caller reports
-/// readiness, so a signal can never find the default disposition.
-fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!("{name} received: stopping");
     })
 }

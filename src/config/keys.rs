@@ -93,6 +93,19 @@ fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<P
             return;
         }
     };
+    if table
+        .get("services")
+        .and_then(|s| s.as_table())
+        .is_none_or(|s| s.is_empty())
+    {
+        // An empty or truncated file is far likelier than a deliberate "no keys at all".
+        problems.push(Problem::new(
+            &origin,
+            None,
+            "defines no [services.<id>] (remove click.keys_file if keys come from elsewhere)"
+                .into(),
+        ));
+    }
     let mut seen_ids: BTreeMap<u64, String> = BTreeMap::new();
     for (name, value) in &table {
         if name != "services" {
@@ -508,6 +521,19 @@ mod tests {
         );
         assert!(!text.contains("sekrit"), "{text}");
         assert_eq!(keys.get(2).map(|s| s.keys.len()), Some(1));
+    }
+
+    #[test]
+    fn an_empty_keys_file_is_a_problem() {
+        let d = Dir::new("empty");
+        for text in ["", "# only a comment\n", "[services]\n"] {
+            let f = d.file("k.toml", text);
+            let (_, problems) = load(Some(&f), None, &env(&[]));
+            assert!(
+                messages(&problems).contains("defines no [services.<id>]"),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub const ENV_OVERRIDE_PREFIX: &str = "CLICK_GATEWAY_";
 
 /// Everything `gateway.toml` sets. Unknown settings are errors, so a typo cannot silently
 /// leave a default in place.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
@@ -38,7 +38,7 @@ pub struct Settings {
     pub click: ClickSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// Plain HTTP listener.
@@ -63,7 +63,7 @@ impl Default for ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSettings {
     /// The backend, `http://host:port` (no path: requests keep their own).
@@ -96,7 +96,7 @@ fn default_pool_max_idle() -> usize {
     32
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickSettings {
     /// Request paths (percent-decoded, exact match) whose POSTs are Click callbacks. Either

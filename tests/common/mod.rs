@@ -3,6 +3,8 @@
 //! the bytes it is given.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +69,7 @@ impl Recorded {
 /// A real HTTP/1.1 server on 127.0.0.1:0 that records every request and answers by path:
 /// - `/hop`: a response carrying hop-by-hop headers;
 /// - `/stream`: sends a first chunk, then the rest once the test releases it;
+/// - `/slow`: answers only once the test releases it;
 /// - anything else: `200 application/json` `{"error":0,"upstream":true}`.
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -169,6 +172,14 @@ async fn answer(
                 b"hop",
             ))))
             .unwrap(),
+        "/slow" => {
+            let _ = release.lock().await.recv().await;
+            Response::builder()
+                .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                    b"slow done",
+                ))))
+                .unwrap()
+        }
         "/stream" => {
             let (tx, rx) = mpsc::channel::<Bytes>(2);
             tokio::spawn(async move {
@@ -435,4 +446,96 @@ pub fn signed_prepare(click_trans_id: u64, merchant_trans_id: &str, amount: &str
 
 pub fn executor() -> TokioExecutor {
     TokioExecutor::new()
+}
+
+/// Signs a prepare body for `service_id` with `key`.
+pub fn prepare_signed_with(key: &str, service_id: &str, click_trans_id: u64) -> String {
+    use click_gateway::click::sign::{CallbackBody, SignedFields};
+    let id = click_trans_id.to_string();
+    CallbackBody {
+        signed: SignedFields {
+            click_trans_id: &id,
+            service_id,
+            merchant_trans_id: "order-7",
+            merchant_prepare_id: None,
+            amount: "1000.00",
+            action: "0",
+            sign_time: "2024-05-01 12:30:45",
+        },
+        click_paydoc_id: "1",
+        error: "0",
+        error_note: "Success",
+    }
+    .encode(&click_gateway::click::Secret::new(key))
+}
+
+/// Replaces a file the way editors and config managers do: write a temp file, rename it over.
+pub fn write_atomic(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// An HTTP/1.1 client connection (hyper's), kept alive across requests.
+pub async fn h1_connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A urlencoded callback request for a hyper client.
+pub fn callback_request(path: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", "shop.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+/// The two answers a callback may get from the gateway in front of `TestUpstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Verified and answered by the upstream.
+    Forwarded,
+    /// Refused by the gateway with `-1 SIGN CHECK FAILED!`.
+    SignRejected,
+}
+
+/// Classifies an answer; anything but the two expected shapes is a test failure.
+pub fn verdict(status: u16, body: &[u8]) -> Verdict {
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(status, 200, "unexpected status {status}: {text}");
+    if text == r#"{"error":0,"upstream":true}"# {
+        return Verdict::Forwarded;
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    assert_eq!(v["error"], -1, "{text}");
+    Verdict::SignRejected
+}
+
+/// Sends a callback on a hyper connection and classifies the answer.
+pub async fn send_callback(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    body: &str,
+) -> Verdict {
+    sender.ready().await.expect("connection closed");
+    let resp = tokio::time::timeout(
+        PATIENCE,
+        sender.send_request(callback_request("/click/prepare/", body)),
+    )
+    .await
+    .expect("no answer in time")
+    .expect("request failed");
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body failed")
+        .to_bytes();
+    verdict(status, &body)
 }

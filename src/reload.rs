@@ -1,0 +1,138 @@
+//! Reloading keys and reloadable settings without dropping anything in flight.
+//!
+//! A reload reads every source again through [`config::load`] (the same validation `check`
+//! runs), builds a whole new [`Runtime`] off to the side and only then stores it in the
+//! `ArcSwap`. Requests that already loaded the old snapshot finish with it; the next request
+//! sees the new one. On any problem nothing is stored: the previous keys stay in force.
+//! Listeners, connections and the upstream pool are not touched; `server` and `upstream`
+//! settings therefore need a restart, and a reload that changes them says so.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::click::KeySet;
+use crate::config::{self, ConfigError, Environment, Settings};
+use crate::runtime::{Runtime, SharedRuntime};
+
+/// Counters a reload leaves behind, for logs now and metrics later.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+    /// Unix seconds of the last successful reload (or of startup), 0 before.
+    pub last_success_unix: AtomicU64,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub services: usize,
+    /// One line per change: keys added, removed or replaced (by fingerprint), paths changed.
+    pub changes: Vec<String>,
+    /// Settings that changed on disk but only apply after a restart.
+    pub restart_needed: Vec<&'static str>,
+    pub warnings: Vec<String>,
+}
+
+/// Re-reads the configuration and swaps it in. One per process; reloads are serialized by
+/// the signal loop that calls [`Reloader::reload`].
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    runtime: SharedRuntime,
+    /// The settings the process started with: what `server`/`upstream` really run with.
+    started_with: Settings,
+    pub stats: ReloadStats,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, runtime: SharedRuntime, started_with: Settings) -> Reloader {
+        let stats = ReloadStats::default();
+        stats.last_success_unix.store(unix_now(), Ordering::Relaxed);
+        Reloader {
+            path,
+            runtime,
+            started_with,
+            stats,
+        }
+    }
+
+    /// Loads and validates everything, then stores the new runtime. On error the current one
+    /// stays and the failure is counted.
+    pub fn reload(&self, env: &Environment) -> Result<ReloadReport, ConfigError> {
+        let loaded = match config::load(&self.path, env) {
+            Ok(l) => l,
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let current = self.runtime.load_full();
+        let next = Runtime::new(&loaded, current.generation + 1);
+        let mut changes = key_changes(&current.keys, &next.keys);
+        if next.callback_paths != current.callback_paths {
+            changes.push(format!(
+                "click.paths: {} -> {}",
+                current.callback_paths.join(" "),
+                next.callback_paths.join(" ")
+            ));
+        }
+        let mut restart_needed = Vec::new();
+        if loaded.settings.server != self.started_with.server {
+            restart_needed.push("server");
+        }
+        if loaded.settings.upstream != self.started_with.upstream {
+            restart_needed.push("upstream");
+        }
+        let report = ReloadReport {
+            generation: next.generation,
+            services: next.keys.len(),
+            changes,
+            restart_needed,
+            warnings: loaded.warnings,
+        };
+        self.runtime.store(std::sync::Arc::new(next));
+        self.stats.successes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_success_unix
+            .store(unix_now(), Ordering::Relaxed);
+        Ok(report)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Describes key changes by fingerprint, so the log line of a reload answers "did my new key
+/// load?" without showing a key.
+pub fn key_changes(old: &KeySet, new: &KeySet) -> Vec<String> {
+    let fps = |keys: &KeySet, id| {
+        keys.get(id).map(|s| {
+            s.keys
+                .iter()
+                .map(|k| k.fingerprint.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
+    let mut ids: Vec<u64> = old
+        .iter()
+        .map(|(id, _)| id)
+        .chain(new.iter().map(|(id, _)| id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|id| match (fps(old, id), fps(new, id)) {
+            (None, Some(n)) => Some(format!("service {id} added: {n}")),
+            (Some(o), None) => Some(format!("service {id} removed (was {o})")),
+            (Some(o), Some(n)) if o != n => Some(format!("service {id}: {o} -> {n}")),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! The real `click-gateway serve` process, with its log and its sd_notify messages captured, so
+//! tests synchronise on what the process says (a log line, `READY=1`) instead of sleeping.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncBufReadExt;
+use tokio::net::UnixDatagram;
+use tokio::sync::mpsc;
+
+use super::{ConfigDir, PATIENCE};
+
+pub struct GatewayProcess {
+    pub addr: std::net::SocketAddr,
+    child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    notify: mpsc::UnboundedReceiver<String>,
+    _notify_dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `serve --config <dir>/gateway.toml` and waits for `READY=1`.
+    pub async fn start(config: &ConfigDir) -> GatewayProcess {
+        Self::start_with_env(config, &[]).await
+    }
+
+    pub async fn start_with_env(config: &ConfigDir, env: &[(&str, &str)]) -> GatewayProcess {
+        let notify_dir = tempfile::tempdir().unwrap();
+        let notify_path: PathBuf = notify_dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&notify_path).unwrap();
+        // Read continuously: a full socket buffer would block the gateway's sd_notify calls.
+        let (notify_tx, notify) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let _ = notify_tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_click-gateway"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config.path())
+            .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let all = log.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                all.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut p = GatewayProcess {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            child,
+            lines,
+            log,
+            notify,
+            _notify_dir: notify_dir,
+        };
+        let ready = p.wait_log(|l| l.contains(" ready ")).await;
+        p.addr = ready
+            .split("listen=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address in {ready:?}"));
+        assert_eq!(
+            p.next_notify().await,
+            "READY=1\nSTATUS=serving generation 1\n"
+        );
+        p
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("process already reaped") as i32
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// The next sd_notify datagram.
+    pub async fn next_notify(&mut self) -> String {
+        tokio::time::timeout(PATIENCE, self.notify.recv())
+            .await
+            .expect("no sd_notify message in time")
+            .expect("notify socket closed")
+    }
+
+    /// Waits for the next log line (from now on) that satisfies `pred`.
+    pub async fn wait_log(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let log = self.log.clone();
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                match self.lines.recv().await {
+                    Some(line) if pred(&line) => return line,
+                    Some(_) => {}
+                    None => panic!(
+                        "the gateway exited; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    ),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("log line not seen in time; log:\n{}", self.log_text()))
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the gateway did not exit")
+            .unwrap()
+            .code()
+    }
+}

@@ -1,0 +1,294 @@
+//! Key reload on SIGHUP with the real binary and real signals: nothing in flight fails, a bad
+//! file keeps the old keys, the last SIGHUP's file is what gets served, SIGTERM drains.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use click_gateway::click::Secret;
+use common::binary::GatewayProcess;
+use common::*;
+
+const A: &str = "key-A-old";
+const B: &str = "key-B-new";
+const C: &str = "key-C-final";
+
+fn keys(key_12345: &[&str]) -> String {
+    let list: Vec<String> = key_12345.iter().map(|k| format!("{k:?}")).collect();
+    format!(
+        "[services.12345]\nsecret_keys = [{}]\n[services.70001]\nsecret_keys = [\"{KEY_70001}\"]\n",
+        list.join(", ")
+    )
+}
+
+fn fp(key: &str) -> String {
+    Secret::new(key).fingerprint().to_string()
+}
+
+struct Setup {
+    up: TestUpstream,
+    config: ConfigDir,
+    gw: GatewayProcess,
+}
+
+impl Setup {
+    async fn new(initial: &[&str]) -> Setup {
+        let up = TestUpstream::start().await;
+        let config = ConfigDir::new(up.addr, &keys(initial), "", "");
+        let gw = GatewayProcess::start(&config).await;
+        Setup { up, config, gw }
+    }
+
+    fn keys_path(&self) -> std::path::PathBuf {
+        self.config.dir.path().join("keys.toml")
+    }
+
+    async fn verdict_for(&self, key: &str, id: u64) -> Verdict {
+        let resp = callback(
+            self.gw.addr,
+            "/click/prepare/",
+            &prepare_signed_with(key, "12345", id),
+        )
+        .await;
+        verdict(resp.status, &resp.body)
+    }
+
+    /// SIGHUP, then wait until the reload that installs `key` as slot 0 of 12345 is logged.
+    async fn reload_to(&mut self, key: &str) {
+        self.gw.signal(libc::SIGHUP);
+        let want = format!("-> {}", fp(key));
+        self.gw
+            .wait_log(|l| l.contains("reload ok") && l.contains(&want))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundreds_of_reloads_under_load_lose_nothing() {
+    let mut s = Setup::new(&[A]).await;
+    let addr = s.gw.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..4u64 {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        clients.push(tokio::spawn(async move {
+            let keep_alive = c % 2 == 0;
+            let mut conn = h1_connect(addr).await;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let key = if i % 2 == 0 { A } else { B };
+                if !keep_alive {
+                    conn = h1_connect(addr).await;
+                }
+                // Panics (failing the test) on any error, reset, 5xx or unexpected answer.
+                let _ = send_callback(
+                    &mut conn,
+                    &prepare_signed_with(key, "12345", c * 1_000_000 + i),
+                )
+                .await;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Flip the service between key sets with atomic replacements: first one reload per SIGHUP
+    // (waiting for READY=1 each time), then a burst that tokio coalesces.
+    for round in 0..200 {
+        write_atomic(
+            &s.keys_path(),
+            &keys(if round % 2 == 0 { &[B] } else { &[A] }),
+        );
+        s.gw.signal(libc::SIGHUP);
+        assert!(s.gw.next_notify().await.starts_with("RELOADING=1"));
+        assert!(s
+            .gw
+            .next_notify()
+            .await
+            .starts_with("READY=1\nSTATUS=serving generation"));
+    }
+    for round in 0..200 {
+        write_atomic(
+            &s.keys_path(),
+            &keys(if round % 2 == 0 { &[B] } else { &[A] }),
+        );
+        s.gw.signal(libc::SIGHUP);
+    }
+    // The final state: a key never used before, so its reload line is unambiguous.
+    write_atomic(&s.keys_path(), &keys(&[C]));
+    s.reload_to(C).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("a client saw an error, a reset or a 5xx");
+    }
+    assert!(sent.load(Ordering::Relaxed) > 0);
+    let log = s.gw.log_text();
+    // The load really overlapped the reloads: callbacks were judged by many key generations.
+    let mut generations: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("callback "))
+        .filter_map(|l| l.split("generation=").nth(1)?.split(' ').next())
+        .collect();
+    generations.sort_unstable();
+    generations.dedup();
+    assert!(
+        generations.len() >= 10,
+        "callbacks saw only generations {generations:?}"
+    );
+    let reloads = log.matches("reload ok").count();
+    assert!(reloads > 200, "only {reloads} reloads ran");
+    assert!(!log.contains("reload failed"), "{log}");
+    // After the last reload only the final key verifies.
+    assert_eq!(s.verdict_for(C, 1).await, Verdict::Forwarded);
+    assert_eq!(s.verdict_for(A, 2).await, Verdict::SignRejected);
+    assert_eq!(s.verdict_for(B, 3).await, Verdict::SignRejected);
+    while s.up.try_next().is_some() {}
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_old_keys_and_the_process_alive() {
+    let mut s = Setup::new(&[A]).await;
+    for broken in [
+        "[services.12345]\nsecret_keys = [\"unterminated\n",
+        "",
+        "[services.12345]\nsecret_keys = [\"\"]\n",
+        "[services.12345]\nsecret_keys = [\" padded \"]\n",
+    ] {
+        write_atomic(&s.keys_path(), broken);
+        s.gw.signal(libc::SIGHUP);
+        assert!(s
+            .gw
+            .next_notify()
+            .await
+            .starts_with("RELOADING=1\nMONOTONIC_USEC="));
+        assert_eq!(
+            s.gw.next_notify().await,
+            "READY=1\nSTATUS=last reload failed; previous configuration in force\n"
+        );
+        let line = s.gw.wait_log(|l| l.contains("reload failed")).await;
+        assert!(
+            line.contains("previous keys and settings stay in force"),
+            "{line}"
+        );
+        assert_eq!(
+            s.verdict_for(A, 1).await,
+            Verdict::Forwarded,
+            "after {broken:?}"
+        );
+    }
+    let log = s.gw.log_text();
+    assert!(log.contains("keys.toml: line 2, column"), "{log}");
+    assert!(log.contains("defines no [services.<id>]"), "{log}");
+    assert!(
+        log.contains("services.12345.secret_keys[0]: the key is empty"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("padded") && !log.contains("unterminated"),
+        "a key reached the log:\n{log}"
+    );
+
+    write_atomic(&s.keys_path(), &keys(&[B]));
+    s.reload_to(B).await;
+    assert_eq!(s.verdict_for(B, 2).await, Verdict::Forwarded);
+    assert_eq!(s.verdict_for(A, 3).await, Verdict::SignRejected);
+}
+
+#[tokio::test]
+async fn atomic_replacement_and_in_place_edits_both_reload() {
+    let mut s = Setup::new(&[A]).await;
+    write_atomic(&s.keys_path(), &keys(&[B, A]));
+    s.reload_to(B).await;
+    assert_eq!(s.verdict_for(B, 1).await, Verdict::Forwarded);
+    assert_eq!(
+        s.verdict_for(A, 2).await,
+        Verdict::Forwarded,
+        "slot 1 still verifies"
+    );
+    let line = s.gw.wait_log(|l| l.contains("callback verified")).await;
+    assert!(line.contains("slot=0"), "{line}");
+    let line = s.gw.wait_log(|l| l.contains("callback verified")).await;
+    assert!(line.contains("slot=1"), "{line}");
+
+    // In place: truncate and rewrite the same inode.
+    std::fs::write(s.keys_path(), keys(&[C])).unwrap();
+    s.reload_to(C).await;
+    assert_eq!(s.verdict_for(C, 3).await, Verdict::Forwarded);
+    assert_eq!(s.verdict_for(B, 4).await, Verdict::SignRejected);
+    let log = s.gw.log_text();
+    assert!(
+        log.contains(&format!("service 12345: {},{} -> {}", fp(B), fp(A), fp(C))),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_opened_before_a_reload_keeps_working() {
+    let mut s = Setup::new(&[A]).await;
+    let mut conn = h1_connect(s.gw.addr).await;
+    assert_eq!(
+        send_callback(&mut conn, &prepare_signed_with(A, "12345", 1)).await,
+        Verdict::Forwarded
+    );
+    write_atomic(&s.keys_path(), &keys(&[B]));
+    s.reload_to(B).await;
+    assert_eq!(
+        send_callback(&mut conn, &prepare_signed_with(B, "12345", 2)).await,
+        Verdict::Forwarded
+    );
+    assert_eq!(
+        send_callback(&mut conn, &prepare_signed_with(A, "12345", 3)).await,
+        Verdict::SignRejected
+    );
+}
+
+#[tokio::test]
+async fn sd_notify_reports_ready_reloading_and_stopping() {
+    let mut s = Setup::new(&[A]).await;
+    write_atomic(&s.keys_path(), &keys(&[B]));
+    s.gw.signal(libc::SIGHUP);
+    let reloading = s.gw.next_notify().await;
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|r| r.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(usec > 0);
+    assert_eq!(
+        s.gw.next_notify().await,
+        "READY=1\nSTATUS=serving generation 2\n"
+    );
+    s.gw.signal(libc::SIGTERM);
+    assert_eq!(s.gw.next_notify().await, "STOPPING=1\nSTATUS=draining\n");
+    assert_eq!(s.gw.wait_exit().await, Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let mut s = Setup::new(&[A]).await;
+    let addr = s.gw.addr;
+    let slow = tokio::spawn(async move {
+        raw(
+            addr,
+            b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    assert_eq!(
+        s.up.next().await.uri,
+        "/slow",
+        "the slow request is in flight"
+    );
+    s.gw.signal(libc::SIGTERM);
+    s.gw.wait_log(|l| l.contains("draining connections=1"))
+        .await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after the drain began"
+    );
+    s.up.release();
+    let resp = slow.await.unwrap();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "slow done"));
+    assert_eq!(s.gw.wait_exit().await, Some(0));
+    assert!(s.gw.log_text().contains("all connections drained"));
+}
