@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
 use crate::proxy::{self, headers, ProxyBody, Scheme, Upstream};
 use crate::runtime::{Runtime, SharedRuntime};
@@ -20,6 +21,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// Bound on reading a callback body once its headers are in.
     pub body_read_timeout: Duration,
+    /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Who is on the other end of a connection, and how they reached us.
@@ -36,6 +39,7 @@ impl Gateway {
             runtime: Runtime::new(loaded, 1).shared(),
             upstream: Upstream::new(&loaded.settings.upstream),
             body_read_timeout: loaded.settings.server.body_read_timeout.0,
+            trusted_proxies: loaded.settings.server.trusted_proxies.clone(),
         }
     }
 
@@ -73,7 +77,8 @@ impl Gateway {
                 parts.headers.insert(header::HOST, host);
             }
         }
-        headers::for_upstream(&mut parts.headers, peer.addr.ip(), peer.scheme);
+        let trusted = any_contains(&self.trusted_proxies, peer.addr.ip());
+        headers::for_upstream(&mut parts.headers, peer.addr.ip(), peer.scheme, trusted);
         if let Some(service_id) = verified_for {
             headers::mark_verified(&mut parts.headers, service_id);
         }

@@ -5,6 +5,7 @@
 //! `408`, so Click sees "no answer" and retries, exactly as it would if the merchant's server
 //! had timed out. Only the content of a callback earns a Click error code.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use hyper::body::Incoming;
 
 use crate::click::{self, Echo, Form, FormKind, RejectReason, MAX_CALLBACK_BODY};
 use crate::gateway::{Gateway, Peer};
-use crate::proxy::{self, ProxyBody};
+use crate::proxy::{self, headers, ProxyBody};
 use crate::runtime::Runtime;
 
 /// Handles a request to a callback path.
@@ -25,9 +26,10 @@ pub async fn callback(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    let client = headers::client_ip(req.headers(), peer.addr.ip(), &gw.trusted_proxies);
     let kind = match precheck(&req) {
         Ok(kind) => kind,
-        Err(reason) => return reject(peer, runtime, &reason, &Echo::default(), None),
+        Err(reason) => return reject(peer, client, runtime, &reason, &Echo::default(), None),
     };
     let (parts, body) = req.into_parts();
     let collected = tokio::time::timeout(
@@ -40,6 +42,7 @@ pub async fn callback(
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return reject(
                 peer,
+                client,
                 runtime,
                 &RejectReason::BodyTooLarge,
                 &Echo::default(),
@@ -64,6 +67,7 @@ pub async fn callback(
         Err(e) => {
             return reject(
                 peer,
+                client,
                 runtime,
                 &RejectReason::Form(e),
                 &Echo::default(),
@@ -77,6 +81,7 @@ pub async fn callback(
         Err(reason) => {
             return reject(
                 peer,
+                client,
                 runtime,
                 &reason,
                 &verdict.echo,
@@ -92,6 +97,7 @@ pub async fn callback(
     let resp = gw.forward(peer, req, Some(verified.service_id)).await;
     tracing::info!(
         peer = %peer.addr,
+        client = %client,
         service_id = verified.service_id,
         click_trans_id,
         action,
@@ -142,6 +148,7 @@ fn precheck(req: &Request<Incoming>) -> Result<FormKind, RejectReason> {
 /// Answers a refused callback the way the merchant's server would, and logs why.
 fn reject(
     peer: Peer,
+    client: IpAddr,
     runtime: &Runtime,
     reason: &RejectReason,
     echo: &Echo<'_>,
@@ -156,6 +163,7 @@ fn reject(
     let sign_prefix = cb.map(|c| c.sign_string.get(..8).unwrap_or(c.sign_string));
     tracing::warn!(
         peer = %peer.addr,
+        client = %client,
         error = error.code(),
         reason = reason.label(),
         hint,

@@ -7,6 +7,7 @@
 //! and on reload; [`commands`] holds the `check`, `sign` and `verify` subcommands.
 
 pub mod click;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod gateway;

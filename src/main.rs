@@ -14,7 +14,8 @@ use click_gateway::click::{Action, FormKind, Secret};
 use click_gateway::commands::{self, sign::SignRequest};
 use click_gateway::config::{self, Environment};
 use click_gateway::reload::Reloader;
-use click_gateway::server::{self, ConnSettings};
+use click_gateway::server::tls::CertResolver;
+use click_gateway::server::{self, ConnSettings, Listener, TlsListener};
 use click_gateway::{notify, signals, Gateway};
 
 #[derive(Parser)]
@@ -274,19 +275,45 @@ fn serve(path: PathBuf, log_level: &str) -> Outcome {
         // Before anything can report readiness: a SIGHUP must never meet the default action.
         let signals =
             signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let listener = server::bind(loaded.settings.server.listen)
-            .await
-            .map_err(|e| e.to_string())?;
-        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let srv = &loaded.settings.server;
+        let mut listeners = Vec::new();
+        let mut addresses = Vec::new();
+        if let Some(addr) = srv.listen {
+            let tcp = server::bind(addr).await.map_err(|e| e.to_string())?;
+            addresses.push(format!(
+                "http://{}",
+                tcp.local_addr().map_err(|e| e.to_string())?
+            ));
+            listeners.push(Listener::plain(tcp));
+        }
+        let mut certificates = None;
+        if let (Some(addr), Some(tls)) = (srv.tls_listen, &loaded.tls) {
+            let resolver = CertResolver::new(tls.certified.clone());
+            let acceptor = server::tls::acceptor(resolver.clone()).map_err(|e| e.to_string())?;
+            let tcp = server::bind(addr).await.map_err(|e| e.to_string())?;
+            addresses.push(format!(
+                "https://{}",
+                tcp.local_addr().map_err(|e| e.to_string())?
+            ));
+            let tls_listener = TlsListener::new(
+                acceptor,
+                srv.tls_handshake_timeout.0,
+                srv.max_tls_handshakes,
+            );
+            listeners.push(Listener::tls(tcp, tls_listener));
+            tracing::info!("certificate: {}", tls.describe());
+            certificates = Some(resolver);
+        }
         let gateway = Arc::new(Gateway::new(&loaded));
         let reloader = Arc::new(Reloader::new(
             path,
             gateway.runtime.clone(),
             loaded.settings.clone(),
+            certificates,
         ));
         let control = tokio::spawn(signals.run(reloader));
         tracing::info!(
-            listen = %bound,
+            listen = %addresses.join(","),
             upstream = %loaded.settings.upstream.url,
             services = loaded.keys.len(),
             generation = 1,
@@ -298,7 +325,7 @@ fn serve(path: PathBuf, log_level: &str) -> Outcome {
             let _ = control.await;
         };
         server::run(
-            listener,
+            listeners,
             gateway,
             ConnSettings::from(&loaded.settings.server),
             shutdown,

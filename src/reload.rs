@@ -9,11 +9,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use crate::click::KeySet;
-use crate::config::{self, ConfigError, Environment, Settings};
+use crate::config::{self, ConfigError, Environment, ServerSettings, Settings};
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::server::tls::CertResolver;
 
 /// Counters a reload leaves behind, for logs now and metrics later.
 #[derive(Debug, Default)]
@@ -44,17 +45,25 @@ pub struct Reloader {
     runtime: SharedRuntime,
     /// The settings the process started with: what `server`/`upstream` really run with.
     started_with: Settings,
+    /// The HTTPS listener's certificate, when there is one.
+    certificates: Option<Arc<CertResolver>>,
     pub stats: ReloadStats,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, runtime: SharedRuntime, started_with: Settings) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        runtime: SharedRuntime,
+        started_with: Settings,
+        certificates: Option<Arc<CertResolver>>,
+    ) -> Reloader {
         let stats = ReloadStats::default();
         stats.last_success_unix.store(unix_now(), Ordering::Relaxed);
         Reloader {
             path,
             runtime,
             started_with,
+            certificates,
             stats,
         }
     }
@@ -80,11 +89,23 @@ impl Reloader {
             ));
         }
         let mut restart_needed = Vec::new();
-        if loaded.settings.server != self.started_with.server {
+        // Certificate files are reloadable; everything else in [server] owns a socket.
+        let sockets = |s: &Settings| ServerSettings {
+            tls_cert: None,
+            tls_key: None,
+            ..s.server.clone()
+        };
+        if sockets(&loaded.settings) != sockets(&self.started_with) {
             restart_needed.push("server");
         }
         if loaded.settings.upstream != self.started_with.upstream {
             restart_needed.push("upstream");
+        }
+        // (An HTTPS listener added or removed shows as a changed tls_listen above.)
+        if let (Some(resolver), Some(tls)) = (&self.certificates, &loaded.tls) {
+            if resolver.current().cert.first() != tls.certified.cert.first() {
+                changes.push(format!("certificate: {}", tls.describe()));
+            }
         }
         let report = ReloadReport {
             generation: next.generation,
@@ -93,7 +114,10 @@ impl Reloader {
             restart_needed,
             warnings: loaded.warnings,
         };
-        self.runtime.store(std::sync::Arc::new(next));
+        if let (Some(resolver), Some(tls)) = (&self.certificates, &loaded.tls) {
+            resolver.store(tls.certified.clone());
+        }
+        self.runtime.store(Arc::new(next));
         self.stats.successes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .last_success_unix
@@ -103,9 +127,7 @@ impl Reloader {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    u64::try_from(crate::clock::unix_now()).unwrap_or(0)
 }
 
 /// Describes key changes by fingerprint, so the log line of a reload answers "did my new key

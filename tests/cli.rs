@@ -88,7 +88,7 @@ fn keys_from_the_environment_are_taken_byte_for_byte() {
     let cfg = write(
         d.path(),
         "gateway.toml",
-        "[upstream]\nurl = \"http://127.0.0.1:1\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n",
     );
     let (code, out, err) = run(bin()
         .arg("check")

@@ -195,3 +195,31 @@ async fn http_1_0_without_host_is_forwarded() {
     assert_eq!(got.version, http::Version::HTTP_11);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_edge_forwarding_headers_are_extended_not_replaced() {
+    let mut up = TestUpstream::start().await;
+    let config = ConfigDir::new(
+        up.addr,
+        KEYS_TOML,
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        "",
+    );
+    let gw = TestGateway::start_with(config).await;
+    let req = "GET /api/ HTTP/1.1\r\nHost: api.shop.uz\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: api.shop.uz\r\nX-Click-Signature-Verified: 12345\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(gw.addr, req.as_bytes()).await.status, 200);
+    let got = up.next().await;
+    assert_eq!(got.all("x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(
+        got.all("x-forwarded-proto"),
+        ["https"],
+        "the edge terminated TLS"
+    );
+    assert_eq!(got.header("x-forwarded-host"), Some("api.shop.uz"));
+    assert_eq!(
+        got.header("x-click-signature-verified"),
+        None,
+        "never trusted from anyone"
+    );
+    gw.stop().await;
+}

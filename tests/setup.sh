@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine:
 #   - curl (the CLI tests drive the real binary with it),
-#   - systemd-analyze (checks the shipped unit file),
+#   - systemd-analyze (checks the shipped unit file), openssl (certs/generate.sh),
 #   - a Python virtualenv in target/test-venv with Django and gunicorn (the real backend of the
 #     end-to-end test), pinned in tests/django/requirements.txt.
 # Safe to run again: it only installs what is missing.
@@ -18,6 +18,7 @@ apt_install() {
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -40,7 +40,25 @@ fn summary(path: &Path, loaded: &Loaded, out: &mut dyn Write) -> io::Result<()> 
     let s = &loaded.settings;
     let none = || "(none)".to_owned();
     writeln!(out, "{}: configuration ok", path.display())?;
-    writeln!(out, "  listen          {}", s.server.listen)?;
+    if let Some(addr) = s.server.listen {
+        writeln!(out, "  listen (http)   {addr}")?;
+    }
+    if let (Some(addr), Some(tls)) = (s.server.tls_listen, &loaded.tls) {
+        writeln!(
+            out,
+            "  listen (https)  {addr}, certificate {}",
+            tls.describe()
+        )?;
+    }
+    if !s.server.trusted_proxies.is_empty() {
+        let nets: Vec<String> = s
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        writeln!(out, "  trusted proxies {}", nets.join(" "))?;
+    }
     writeln!(
         out,
         "  upstream        {} (connect {}, response {}, pool idle {} x{})",

@@ -1,11 +1,10 @@
 //! `click-gateway sign`: writes a correctly signed Prepare or Complete body, for testing the
 //! gateway and the backend with curl.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::click::callback::{is_amount, parse_id};
 use crate::click::sign::{CallbackBody, SignedFields};
 use crate::click::{Action, Secret};
+use crate::clock::tashkent_now;
 
 /// The fields of the body to sign; `sign_time` defaults to now in Tashkent (UTC+5).
 #[derive(Debug, Clone)]
@@ -71,47 +70,9 @@ pub fn body(req: &SignRequest, secret: &Secret) -> Result<String, String> {
     Ok(body.encode(secret))
 }
 
-/// Now as `YYYY-MM-DD HH:mm:ss` in UTC+5, the zone Click's `sign_time` most likely uses.
-pub fn tashkent_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 5 * 3600;
-    format_unix(secs)
-}
-
-/// Formats seconds since the epoch as a civil date-time (proleptic Gregorian calendar).
-pub fn format_unix(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-from-civil, inverted.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_time() {
-        assert_eq!(format_unix(0), "1970-01-01 00:00:00");
-        assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00");
-        assert_eq!(format_unix(1_714_566_645), "2024-05-01 12:30:45");
-    }
 
     #[test]
     fn signs_vector_v2() {

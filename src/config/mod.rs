@@ -6,9 +6,11 @@
 //! so what `check` accepts is exactly what the gateway will run with. It collects every problem
 //! it can find instead of stopping at the first, the way `nginx -t` reports.
 
+pub mod cidr;
 pub mod dotenv;
 pub mod duration;
 pub mod keys;
+pub mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,8 +43,20 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
-    /// Plain HTTP listener.
-    pub listen: SocketAddr,
+    /// Plain HTTP listener. At least one of `listen` and `tls_listen` is required.
+    pub listen: Option<SocketAddr>,
+    /// HTTPS listener (HTTP/2 and HTTP/1.1 by ALPN); needs `tls_cert` and `tls_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first (e.g. Let's Encrypt's `fullchain.pem`). Reloaded on
+    /// SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP.
+    pub tls_key: Option<PathBuf>,
+    /// Time for a TLS handshake to complete, from accept (waiting for a handshake slot
+    /// included).
+    pub tls_handshake_timeout: Span,
+    /// TLS handshakes in progress at once; more wait for a slot within their deadline.
+    pub max_tls_handshakes: usize,
     /// Time allowed for a request's headers to arrive, from accept or from the end of the
     /// previous response on a keep-alive connection (hyper's `header_read_timeout`).
     pub header_read_timeout: Span,
@@ -50,15 +64,24 @@ pub struct ServerSettings {
     pub body_read_timeout: Span,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_timeout: Span,
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are passed on (a TLS edge in front of
+    /// the gateway). Everyone else's are replaced.
+    pub trusted_proxies: Vec<cidr::Cidr>,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: Span::secs(10),
+            max_tls_handshakes: 256,
             header_read_timeout: Span::secs(10),
             body_read_timeout: Span::secs(10),
             drain_timeout: Span::secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -268,9 +291,11 @@ fn env_overrides(env: &Environment) -> Vec<EnvOverride> {
 /// Settings and keys, validated together.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    /// With `keys_file`/`env_file` resolved against the config file's directory.
+    /// With relative file paths resolved against the config file's directory.
     pub settings: Settings,
     pub keys: KeySet,
+    /// The certificate and key, when `server.tls_listen` is set.
+    pub tls: Option<tls::TlsMaterial>,
     pub warnings: Vec<String>,
 }
 
@@ -301,16 +326,32 @@ pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
     };
     resolve(&mut settings.click.keys_file);
     resolve(&mut settings.click.env_file);
+    resolve(&mut settings.server.tls_cert);
+    resolve(&mut settings.server.tls_key);
     let (keys, key_problems) = keys::load(
         settings.click.keys_file.as_deref(),
         settings.click.env_file.as_deref(),
         env,
     );
     problems.extend(key_problems);
+    let mut warnings = Vec::new();
+    let mut tls = None;
+    if let (Some(_), Some(cert), Some(key)) = (
+        settings.server.tls_listen,
+        &settings.server.tls_cert,
+        &settings.server.tls_key,
+    ) {
+        match tls::load(cert, key) {
+            Ok((material, w)) => {
+                tls = Some(material);
+                warnings.extend(w);
+            }
+            Err(p) => problems.extend(p),
+        }
+    }
     if !problems.is_empty() {
         return fail(problems);
     }
-    let mut warnings = Vec::new();
     if keys.is_empty() {
         warnings.push(
             "no service has a key: every callback will be answered -1 SIGN CHECK FAILED!".into(),
@@ -319,6 +360,7 @@ pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
     Ok(Loaded {
         settings,
         keys,
+        tls,
         warnings,
     })
 }
@@ -407,6 +449,32 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             message.to_owned(),
         ))
     };
+    let srv = &s.server;
+    if srv.listen.is_none() && srv.tls_listen.is_none() {
+        bad(
+            "server.listen",
+            "no listener: set listen, tls_listen or both",
+        );
+    }
+    if srv.tls_listen.is_some() {
+        if srv.tls_cert.is_none() {
+            bad(
+                "server.tls_cert",
+                "tls_listen needs a certificate chain (PEM)",
+            );
+        }
+        if srv.tls_key.is_none() {
+            bad("server.tls_key", "tls_listen needs a private key (PEM)");
+        }
+    } else if srv.tls_cert.is_some() || srv.tls_key.is_some() {
+        bad(
+            "server.tls_listen",
+            "tls_cert/tls_key are set but no tls_listen uses them",
+        );
+    }
+    if srv.max_tls_handshakes == 0 {
+        bad("server.max_tls_handshakes", "must be at least 1");
+    }
     if s.click.paths.is_empty() {
         bad("click.paths", "no callback path: nothing would be verified");
     }
@@ -423,6 +491,10 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     }
     for (key, span) in [
         ("server.header_read_timeout", s.server.header_read_timeout),
+        (
+            "server.tls_handshake_timeout",
+            s.server.tls_handshake_timeout,
+        ),
         ("server.body_read_timeout", s.server.body_read_timeout),
         ("upstream.connect_timeout", s.upstream.connect_timeout),
         ("upstream.response_timeout", s.upstream.response_timeout),
@@ -471,7 +543,7 @@ mod tests {
         )
         .unwrap();
         let s = &loaded.settings;
-        assert_eq!(s.server.listen.port(), 9000);
+        assert_eq!(s.server.listen.map(|a| a.port()), Some(9000));
         assert_eq!(s.upstream.url.authority.as_str(), "127.0.0.1:8001");
         assert_eq!(s.upstream.response_timeout, Span::secs(5));
         assert_eq!(s.click.paths, ["/cb/"]);

@@ -6,13 +6,18 @@
 //! - Client-supplied forwarding fields are not trusted: `X-Forwarded-For` and
 //!   `X-Forwarded-Proto` are replaced with what the gateway saw, and `Forwarded`,
 //!   `X-Forwarded-Host`, `X-Forwarded-Port`, `X-Real-IP` are dropped (Django trusts some of them
-//!   when configured to, gunicorn trusts `X-Forwarded-Proto` from loopback).
+//!   when configured to, gunicorn trusts `X-Forwarded-Proto` from loopback). Only a peer in
+//!   `server.trusted_proxies` (a TLS edge in front of the gateway) may pass them on: its
+//!   `X-Forwarded-For` chain is extended with its own address, as nginx's
+//!   `$proxy_add_x_forwarded_for` does.
 //! - `X-Click-Signature-Verified` is removed from every request and set by the gateway only on
 //!   callbacks it verified, so the backend can refuse callbacks that did not pass the gateway.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::cidr::{any_contains, Cidr};
 
 /// Set on verified callbacks, to the `service_id` they verified for.
 pub static TRUST_HEADER: HeaderName = HeaderName::from_static("x-click-signature-verified");
@@ -79,22 +84,64 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites a client request's headers for the backend (callbacks and everything else alike).
-pub fn for_upstream(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme) {
+/// `trusted_peer`: the peer is one of `server.trusted_proxies`.
+pub fn for_upstream(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme, trusted_peer: bool) {
     strip_hop_by_hop(headers);
     // hyper answers `Expect: 100-continue` itself when the body is read.
     headers.remove(header::EXPECT);
     headers.remove(&TRUST_HEADER);
+    let xff = &UNTRUSTED_FORWARDING[1];
+    let xfp = &UNTRUSTED_FORWARDING[2];
+    let peer_text = peer.to_canonical().to_string();
+    if trusted_peer {
+        let mut chain: Vec<&str> = headers
+            .get_all(xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        chain.push(&peer_text);
+        let joined = chain.join(", ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            headers.insert(xff, v);
+        }
+        if !headers.contains_key(xfp) {
+            headers.insert(xfp, HeaderValue::from_static(scheme.as_str()));
+        }
+        return;
+    }
     for name in &UNTRUSTED_FORWARDING {
         headers.remove(name);
     }
-    headers.insert(
-        &UNTRUSTED_FORWARDING[1],
-        HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
-    );
-    headers.insert(
-        &UNTRUSTED_FORWARDING[2],
-        HeaderValue::from_static(scheme.as_str()),
-    );
+    if let Ok(v) = HeaderValue::from_str(&peer_text) {
+        headers.insert(xff, v);
+    }
+    headers.insert(xfp, HeaderValue::from_static(scheme.as_str()));
+}
+
+/// The client's address: the peer, or behind trusted proxies the rightmost address of
+/// `X-Forwarded-For` that is not itself a trusted proxy (the first hop nobody vouches for).
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
+    if !any_contains(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all(&UNTRUSTED_FORWARDING[1])
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !any_contains(trusted, ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 /// Marks a request as a callback that verified for `service_id`.
@@ -158,7 +205,7 @@ mod tests {
             ("X-Click-Signature-Verified", "1"),
             ("expect", "100-continue"),
         ]);
-        for_upstream(&mut h, "10.1.2.3".parse().unwrap(), Scheme::Http);
+        for_upstream(&mut h, "10.1.2.3".parse().unwrap(), Scheme::Http, false);
         assert_eq!(
             h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
             ["10.1.2.3"]
@@ -175,5 +222,47 @@ mod tests {
         }
         mark_verified(&mut h, 12345);
         assert_eq!(h["x-click-signature-verified"], "12345");
+    }
+
+    #[test]
+    fn a_trusted_edge_passes_its_forwarding_fields_on() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.shop.uz"),
+            ("x-click-signature-verified", "12345"),
+        ]);
+        let edge: IpAddr = "10.0.0.2".parse().unwrap();
+        for_upstream(&mut h, edge, Scheme::Http, true);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.1, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.shop.uz");
+        assert!(
+            !h.contains_key("x-click-signature-verified"),
+            "never trusted, even from the edge"
+        );
+    }
+
+    #[test]
+    fn client_ip_is_the_first_untrusted_hop_from_the_right() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.7")]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_ip(&h, ip("10.0.0.2"), &trusted), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(&h, ip("192.0.2.1"), &trusted),
+            ip("192.0.2.1"),
+            "untrusted peer"
+        );
+        assert_eq!(
+            client_ip(&HeaderMap::new(), ip("10.0.0.2"), &trusted),
+            ip("10.0.0.2")
+        );
+        let garbage = map(&[("x-forwarded-for", "nonsense, 10.0.0.7")]);
+        assert_eq!(
+            client_ip(&garbage, ip("10.0.0.2"), &trusted),
+            ip("10.0.0.7")
+        );
     }
 }

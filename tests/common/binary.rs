@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use super::{ConfigDir, PATIENCE};
 
 pub struct GatewayProcess {
+    /// The plain listener (0.0.0.0:0 when there is none).
     pub addr: std::net::SocketAddr,
+    pub tls_addr: Option<std::net::SocketAddr>,
     child: tokio::process::Child,
     lines: mpsc::UnboundedReceiver<String>,
     log: Arc<Mutex<Vec<String>>>,
@@ -61,6 +63,7 @@ impl GatewayProcess {
         });
         let mut p = GatewayProcess {
             addr: "0.0.0.0:0".parse().unwrap(),
+            tls_addr: None,
             child,
             lines,
             log,
@@ -68,12 +71,19 @@ impl GatewayProcess {
             _notify_dir: notify_dir,
         };
         let ready = p.wait_log(|l| l.contains(" ready ")).await;
-        p.addr = ready
+        let listen = ready
             .split("listen=")
             .nth(1)
             .and_then(|r| r.split(' ').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no listen address in {ready:?}"));
+            .unwrap_or("");
+        for url in listen.split(',') {
+            if let Some(a) = url.strip_prefix("http://") {
+                p.addr = a.parse().unwrap();
+            }
+            if let Some(a) = url.strip_prefix("https://") {
+                p.tls_addr = Some(a.parse().unwrap());
+            }
+        }
         assert_eq!(
             p.next_notify().await,
             "READY=1\nSTATUS=serving generation 1\n"

@@ -270,6 +270,8 @@ impl ConfigDir {
 /// The real gateway, in-process, on an ephemeral port.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when the configuration has one.
+    pub tls_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -284,12 +286,27 @@ impl TestGateway {
     pub async fn start_with(config: ConfigDir) -> TestGateway {
         let loaded =
             config::load(&config.path(), &Environment::default()).expect("test config loads");
-        let listener = server::bind(loaded.settings.server.listen).await.unwrap();
+        let srv = &loaded.settings.server;
+        let listener = server::bind(srv.listen.unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mut listeners = vec![server::Listener::plain(listener)];
+        let mut tls_addr = None;
+        if let (Some(at), Some(tls)) = (srv.tls_listen, &loaded.tls) {
+            let resolver = server::tls::CertResolver::new(tls.certified.clone());
+            let acceptor = server::tls::acceptor(resolver).unwrap();
+            let tcp = server::bind(at).await.unwrap();
+            tls_addr = Some(tcp.local_addr().unwrap());
+            let tls = server::TlsListener::new(
+                acceptor,
+                srv.tls_handshake_timeout.0,
+                srv.max_tls_handshakes,
+            );
+            listeners.push(server::Listener::tls(tcp, tls));
+        }
         let gateway = Arc::new(Gateway::new(&loaded));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(
-            listener,
+            listeners,
             gateway.clone(),
             ConnSettings::from(&loaded.settings.server),
             async move {
@@ -298,6 +315,7 @@ impl TestGateway {
         ));
         TestGateway {
             addr,
+            tls_addr,
             gateway,
             shutdown: Some(tx),
             task: Some(task),
