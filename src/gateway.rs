@@ -1,17 +1,20 @@
 //! The request handler: one snapshot of the runtime per request, then either the callback
-//! checkpoint ([`crate::intercept`]) or a plain forward to the backend.
+//! checkpoint ([`crate::intercept`]) or a plain forward to the backend, body buffered first.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, Version};
-use http_body_util::Either;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
-use crate::proxy::{self, headers, ProxyBody, Scheme, Upstream};
+use crate::proxy::body::{read_bounded, BodyBudget, BodyError};
+use crate::proxy::{self, headers, ProxyBody, ProxyError, Scheme, Upstream};
 use crate::runtime::{Runtime, SharedRuntime};
 
 /// Everything a connection needs to serve requests. Cheap to share: one per process.
@@ -19,8 +22,12 @@ use crate::runtime::{Runtime, SharedRuntime};
 pub struct Gateway {
     pub runtime: SharedRuntime,
     pub upstream: Upstream,
-    /// Bound on reading a callback body once its headers are in.
+    /// Bound on reading a request body once its headers are in.
     pub body_read_timeout: Duration,
+    /// Largest non-callback request body (`server.max_body`).
+    pub max_body: usize,
+    /// Memory shared by all bodies being buffered (`server.body_buffer_memory`).
+    pub body_budget: BodyBudget,
     /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
 }
@@ -35,11 +42,14 @@ pub struct Peer {
 impl Gateway {
     /// Builds the gateway for a freshly loaded configuration (generation 1).
     pub fn new(loaded: &Loaded) -> Gateway {
+        let srv = &loaded.settings.server;
         Gateway {
             runtime: Runtime::new(loaded, 1).shared(),
             upstream: Upstream::new(&loaded.settings.upstream),
-            body_read_timeout: loaded.settings.server.body_read_timeout.0,
-            trusted_proxies: loaded.settings.server.trusted_proxies.clone(),
+            body_read_timeout: srv.body_read_timeout.0,
+            max_body: srv.max_body.as_usize(),
+            body_budget: BodyBudget::new(srv.body_buffer_memory.0),
+            trusted_proxies: srv.trusted_proxies.clone(),
         }
     }
 
@@ -51,21 +61,45 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let runtime = self.runtime.load_full();
         if runtime.is_callback_path(req.uri().path()) {
-            crate::intercept::callback(&self, &runtime, peer, req).await
-        } else {
-            self.forward(peer, req.map(Either::Left), None).await
+            return crate::intercept::callback(&self, &runtime, peer, req).await;
         }
+        let (parts, body) = req.into_parts();
+        let declared = content_length(&parts);
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return too_large(peer, &parts, self.max_body);
+        }
+        // Reserve buffer memory for the body before reading it (none for an empty one).
+        let mut reservation = None;
+        if !hyper::body::Body::is_end_stream(&body) {
+            let need = declared.unwrap_or(self.max_body as u64);
+            match self.body_budget.reserve(need, self.body_read_timeout).await {
+                Ok(permit) => reservation = Some(permit),
+                Err(e) => return body_failure(peer, &parts, &e),
+            }
+        }
+        let body = match read_bounded(body, self.max_body, self.body_read_timeout).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::TooLarge(limit)) => return too_large(peer, &parts, limit),
+            Err(e) => return body_failure(peer, &parts, &e),
+        };
+        let resp = self.forward(peer, parts, body, None).await;
+        drop(reservation);
+        resp
     }
 
-    /// Forwards a request to the backend and streams the answer back. `verified_for` marks a
-    /// callback that passed verification with the trust header.
+    /// Forwards a request with a buffered body and streams the answer back. `verified_for`
+    /// marks a callback that passed verification with the trust header.
+    ///
+    /// An idempotent request (RFC 9110 §9.2.2) that fails after reaching the backend without
+    /// an answer is sent once more on a fresh connection, as nginx's `proxy_next_upstream`
+    /// does; a callback (a POST) never is.
     pub async fn forward(
         &self,
         peer: Peer,
-        req: Request<ProxyBody>,
+        mut parts: Parts,
+        body: Bytes,
         verified_for: Option<u64>,
     ) -> Response<ProxyBody> {
-        let (mut parts, body) = req.into_parts();
         // An HTTP/2 request carries its host in `:authority`, not in a Host header; keep it, or
         // Django would see the upstream address (wrong ALLOWED_HOSTS check, wrong absolute URLs).
         if !parts.headers.contains_key(header::HOST) {
@@ -82,15 +116,25 @@ impl Gateway {
         if let Some(service_id) = verified_for {
             headers::mark_verified(&mut parts.headers, service_id);
         }
-        parts.uri = match self.upstream.uri_for(&parts.uri) {
+        let uri = match self.upstream.uri_for(&parts.uri) {
             Ok(uri) => uri,
             Err(e) => return proxy::error_response(&e),
         };
-        parts.version = Version::HTTP_11;
-        // Kept for the log line of a failure; both clones are reference counts.
-        let method = parts.method.clone();
-        let uri = parts.uri.clone();
-        match self.upstream.send(Request::from_parts(parts, body)).await {
+        let retry = is_idempotent(&parts.method).then(|| parts.headers.clone());
+        let build = |headers| {
+            let mut req = Request::new(Full::new(body.clone()));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = uri.clone();
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = headers;
+            req
+        };
+        let mut outcome = self.upstream.send(build(parts.headers)).await;
+        if let (Err(ProxyError::Upstream(first)), Some(headers)) = (&outcome, retry) {
+            tracing::info!(peer = %peer.addr, method = %parts.method, path = ?uri.path(), "retrying an idempotent request once after: {first}");
+            outcome = self.upstream.send(build(headers)).await;
+        }
+        match outcome {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
@@ -99,7 +143,7 @@ impl Gateway {
             Err(e) => {
                 tracing::warn!(
                     peer = %peer.addr,
-                    %method,
+                    method = %parts.method,
                     path = ?uri.path(),
                     kind = e.label(),
                     status = e.status().as_u16(),
@@ -109,4 +153,44 @@ impl Gateway {
             }
         }
     }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn too_large(peer: Peer, parts: &Parts, limit: usize) -> Response<ProxyBody> {
+    tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), limit, "request body too large: 413");
+    proxy::closing(proxy::plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "413 Payload Too Large\n",
+    ))
+}
+
+/// A body that could not be buffered: 408 (too slow), 503 (no memory), 400 (broken off).
+pub fn body_failure(peer: Peer, parts: &Parts, e: &BodyError) -> Response<ProxyBody> {
+    tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
+    let resp = match e {
+        BodyError::Timeout(_) => proxy::plain(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout\n"),
+        BodyError::Busy(_) => {
+            proxy::plain(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n")
+        }
+        BodyError::TooLarge(_) => {
+            proxy::plain(StatusCode::PAYLOAD_TOO_LARGE, "413 Payload Too Large\n")
+        }
+        BodyError::Aborted(_) => proxy::plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"),
+    };
+    proxy::closing(resp)
 }

@@ -8,13 +8,13 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::click::{self, Echo, Form, FormKind, RejectReason, MAX_CALLBACK_BODY};
-use crate::gateway::{Gateway, Peer};
+use crate::gateway::{body_failure, Gateway, Peer};
+use crate::proxy::body::{read_bounded, BodyError};
 use crate::proxy::{self, headers, ProxyBody};
 use crate::runtime::Runtime;
 
@@ -29,37 +29,31 @@ pub async fn callback(
     let client = headers::client_ip(req.headers(), peer.addr.ip(), &gw.trusted_proxies);
     let kind = match precheck(&req) {
         Ok(kind) => kind,
-        Err(reason) => return reject(peer, client, runtime, &reason, &Echo::default(), None),
+        Err(reason) => {
+            let resp = reject(peer, client, runtime, &reason, &Echo::default(), None);
+            // The body was not read: do not try to find the next request after it.
+            return match reason {
+                RejectReason::BodyTooLarge => proxy::closing(resp),
+                _ => resp,
+            };
+        }
     };
     let (parts, body) = req.into_parts();
-    let collected = tokio::time::timeout(
-        gw.body_read_timeout,
-        Limited::new(body, MAX_CALLBACK_BODY).collect(),
-    )
-    .await;
-    let body: Bytes = match collected {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return reject(
+    let body = match read_bounded(body, MAX_CALLBACK_BODY, gw.body_read_timeout).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge(_)) => {
+            let reason = RejectReason::BodyTooLarge;
+            return proxy::closing(reject(
                 peer,
                 client,
                 runtime,
-                &RejectReason::BodyTooLarge,
+                &reason,
                 &Echo::default(),
                 None,
-            );
-        }
-        Ok(Err(e)) => {
-            tracing::info!(peer = %peer.addr, "callback body read failed: {e}");
-            return closing(proxy::plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"));
-        }
-        Err(_) => {
-            tracing::warn!(peer = %peer.addr, timeout = ?gw.body_read_timeout, "callback body did not arrive in time");
-            return closing(proxy::plain(
-                StatusCode::REQUEST_TIMEOUT,
-                "408 Request Timeout\n",
             ));
         }
+        // Transport failures are not Click errors: Click sees no answer and retries.
+        Err(e) => return body_failure(peer, &parts, &e),
     };
 
     let form = match Form::parse(&kind, &body) {
@@ -93,8 +87,9 @@ pub async fn callback(
     let click_trans_id = verdict.echo.click_trans_id;
     let checked = started.elapsed();
 
-    let req = Request::from_parts(parts, Either::Right(Full::new(body.clone())));
-    let resp = gw.forward(peer, req, Some(verified.service_id)).await;
+    let resp = gw
+        .forward(peer, parts, body, Some(verified.service_id))
+        .await;
     tracing::info!(
         peer = %peer.addr,
         client = %client,
@@ -181,11 +176,5 @@ fn reject(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    resp
-}
-
-fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }

@@ -249,8 +249,27 @@ fn init_logging(level: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Logs panics. tokio catches a panic in a connection task, so it ends that connection and
+/// nothing else; this hook makes sure ops hear of it.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, "panic: {message}; the task is dropped, the gateway keeps serving");
+    }));
+}
+
 fn serve(path: PathBuf, log_level: &str) -> Outcome {
     init_logging(log_level)?;
+    log_panics();
     let loaded = match config::load(&path, &Environment::from_process()) {
         Ok(l) => l,
         Err(e) => {

@@ -4,78 +4,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-
+use common::django::{django_saw, Gunicorn};
 use common::*;
-use tokio::io::AsyncBufReadExt;
-
-struct Gunicorn {
-    addr: std::net::SocketAddr,
-    log: PathBuf,
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-/// Starts gunicorn (sync workers) on 127.0.0.1:0 and waits for its "Listening at" line.
-async fn gunicorn() -> Gunicorn {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::env::var_os("CLICK_GATEWAY_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/test-venv"));
-    let bin = venv.join("bin/gunicorn");
-    assert!(
-        bin.exists(),
-        "{} is missing: run tests/setup.sh first",
-        bin.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("django.jsonl");
-    let mut child = tokio::process::Command::new(bin)
-        .args([
-            "--chdir",
-            "tests/django",
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .args(["--worker-class", "sync", "clickshop.wsgi:application"])
-        .current_dir(&repo)
-        .env("CLICKSHOP_LOG", &log)
-        .env("CLICK_SERVICE_12345_SECRET_KEY", KEY_12345)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("Listening at: http://").nth(1) {
-                return rest.split(' ').next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("gunicorn exited before listening");
-    })
-    .await
-    .expect("gunicorn did not start");
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Gunicorn {
-        addr,
-        log,
-        _child: child,
-        _dir: dir,
-    }
-}
-
-fn django_saw(g: &Gunicorn) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(&g.log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn signed(action: &str, prepare_id: Option<&str>, click_trans_id: &str) -> String {
     use click_gateway::click::sign::{CallbackBody, SignedFields};
@@ -98,7 +28,7 @@ fn signed(action: &str, prepare_id: Option<&str>, click_trans_id: &str) -> Strin
 
 #[tokio::test]
 async fn prepare_and_complete_through_the_gateway_to_django() {
-    let django = gunicorn().await;
+    let django = Gunicorn::start(&["--worker-class", "sync", "--workers", "2"]).await;
     let gw = TestGateway::start(django.addr).await;
 
     let prepare = signed("0", None, "2103040001");
@@ -136,7 +66,7 @@ async fn prepare_and_complete_through_the_gateway_to_django() {
 
 #[tokio::test]
 async fn other_traffic_reaches_django_unchanged() {
-    let django = gunicorn().await;
+    let django = Gunicorn::start(&["--worker-class", "sync", "--workers", "2"]).await;
     let gw = TestGateway::start(django.addr).await;
     let req = "GET /echo/?order=42&q=a+b HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 6.6.6.6\r\nX-Click-Signature-Verified: 12345\r\nConnection: close\r\n\r\n";
     let resp = raw(gw.addr, req.as_bytes()).await;

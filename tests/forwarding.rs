@@ -57,16 +57,17 @@ async fn methods_and_callback_path_lookalikes_pass_through() {
 async fn large_bodies_pass_intact_with_content_length_and_chunked() {
     let mut up = TestUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
-    let body: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    // Just under the default max_body of 1 MiB.
+    let body: Vec<u8> = (0..1024 * 1024u32 - 1).map(|i| (i % 251) as u8).collect();
     let resp = post(gw.addr, "/upload/", "application/octet-stream", &body).await;
     assert_eq!(resp.status, 200);
     let got = up.next().await;
     assert_eq!(got.body.len(), body.len());
     assert!(got.body == body, "body changed in transit");
-    assert_eq!(got.header("content-length"), Some("4194304"));
+    assert_eq!(got.header("content-length"), Some("1048575"));
 
     let mut req = b"POST /upload/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
-    for chunk in body.chunks(100_000) {
+    for chunk in body.chunks(100_003) {
         req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         req.extend_from_slice(chunk);
         req.extend_from_slice(b"\r\n");
@@ -220,6 +221,105 @@ async fn behind_a_trusted_edge_forwarding_headers_are_extended_not_replaced() {
         got.header("x-click-signature-verified"),
         None,
         "never trusted from anyone"
+    );
+    gw.stop().await;
+}
+
+/// An upstream that answers the first request on each connection (keeping it alive) and then
+/// closes the connection on the second without answering: the race of a pooled connection the
+/// backend closes just as a request is written to it.
+async fn closing_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    s.read_exact(&mut body).await.unwrap();
+                    log.lock()
+                        .unwrap()
+                        .push(text.lines().next().unwrap().to_owned());
+                    if n == 0 {
+                        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                    } else {
+                        return; // closes without an answer
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_under_a_get_is_retried_but_a_callback_never_is() {
+    let (addr, seen) = closing_upstream().await;
+    let gw = TestGateway::start(addr).await;
+    let mut client = h1_connect(gw.addr).await;
+    let get = || {
+        http::Request::get("/page")
+            .header("host", "x")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let resp = client.send_request(get()).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "an idempotent request must not fail on a stale connection"
+        );
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+    }
+    // Warm the pool with a connection, then a callback meets the closing connection.
+    let resp = client.send_request(get()).await.unwrap();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    let before = seen.lock().unwrap().len();
+    let resp = client
+        .send_request(callback_request("/click/prepare/", V1))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        502,
+        "a callback that reached the backend is never resent"
+    );
+    let after: Vec<String> = seen.lock().unwrap()[before..].to_vec();
+    assert_eq!(
+        after,
+        ["POST /click/prepare/ HTTP/1.1"],
+        "sent exactly once"
     );
     gw.stop().await;
 }

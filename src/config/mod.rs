@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod dotenv;
 pub mod duration;
 pub mod keys;
+pub mod size;
 pub mod tls;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 use crate::click::KeySet;
 pub use duration::Span;
+pub use size::ByteSize;
 
 /// Prefix of the environment variables that override `gateway.toml` settings.
 pub const ENV_OVERRIDE_PREFIX: &str = "CLICK_GATEWAY_";
@@ -57,13 +59,28 @@ pub struct ServerSettings {
     pub tls_handshake_timeout: Span,
     /// TLS handshakes in progress at once; more wait for a slot within their deadline.
     pub max_tls_handshakes: usize,
-    /// Time allowed for a request's headers to arrive, from accept or from the end of the
-    /// previous response on a keep-alive connection (hyper's `header_read_timeout`).
+    /// Time allowed for a request's headers to arrive: the first request's from accept (or
+    /// from the end of the TLS handshake), later ones from the end of the previous response.
     pub header_read_timeout: Span,
-    /// Time allowed for a callback body to arrive once its headers are in.
+    /// Time allowed for a request body to arrive once its headers are in.
     pub body_read_timeout: Span,
+    /// A connection with no request in flight is closed after this long (HTTP/2 gets GOAWAY;
+    /// an idle HTTP/1 connection already ends at `header_read_timeout`).
+    pub idle_timeout: Span,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_timeout: Span,
+    /// Open client connections at most; beyond, new ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in a request; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body forwarded on non-callback paths; larger gets 413 before the
+    /// backend is contacted. Callback bodies are capped at 16 KiB regardless.
+    pub max_body: ByteSize,
+    /// Memory for request bodies being buffered, across all connections; a body that cannot
+    /// get its share within `body_read_timeout` is answered 503.
+    pub body_buffer_memory: ByteSize,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are passed on (a TLS edge in front of
     /// the gateway). Everyone else's are replaced.
     pub trusted_proxies: Vec<cidr::Cidr>,
@@ -80,7 +97,13 @@ impl Default for ServerSettings {
             max_tls_handshakes: 256,
             header_read_timeout: Span::secs(10),
             body_read_timeout: Span::secs(10),
+            idle_timeout: Span::secs(60),
             drain_timeout: Span::secs(30),
+            max_connections: 4096,
+            max_header_bytes: ByteSize::kib(16),
+            max_headers: 100,
+            max_body: ByteSize::mib(1),
+            body_buffer_memory: ByteSize::mib(64),
             trusted_proxies: Vec::new(),
         }
     }
@@ -475,6 +498,22 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     if srv.max_tls_handshakes == 0 {
         bad("server.max_tls_handshakes", "must be at least 1");
     }
+    if srv.max_connections == 0 {
+        bad("server.max_connections", "must be at least 1");
+    }
+    // hyper refuses (panics on) read buffers under 8 KiB.
+    if srv.max_header_bytes < ByteSize::kib(8) {
+        bad("server.max_header_bytes", "must be at least 8KiB");
+    }
+    if srv.max_headers == 0 {
+        bad("server.max_headers", "must be at least 1");
+    }
+    if srv.body_buffer_memory < srv.max_body {
+        bad(
+            "server.body_buffer_memory",
+            "must be at least max_body, or no large body could ever be buffered",
+        );
+    }
     if s.click.paths.is_empty() {
         bad("click.paths", "no callback path: nothing would be verified");
     }
@@ -496,6 +535,7 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             s.server.tls_handshake_timeout,
         ),
         ("server.body_read_timeout", s.server.body_read_timeout),
+        ("server.idle_timeout", s.server.idle_timeout),
         ("upstream.connect_timeout", s.upstream.connect_timeout),
         ("upstream.response_timeout", s.upstream.response_timeout),
         ("upstream.pool_idle_timeout", s.upstream.pool_idle_timeout),

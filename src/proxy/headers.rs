@@ -12,6 +12,10 @@
 //!   `$proxy_add_x_forwarded_for` does.
 //! - `X-Click-Signature-Verified` is removed from every request and set by the gateway only on
 //!   callbacks it verified, so the backend can refuse callbacks that did not pass the gateway.
+//! - Request fields with `_` in their name are dropped: WSGI maps `X-Foo` and `X_Foo` to the
+//!   same `HTTP_X_FOO`, so `X_Forwarded_For` or `X_Click_Signature_Verified` would slip past a
+//!   check made on the dashed name (Debian 12's gunicorn 20.1 passes them; gunicorn only started
+//!   refusing them in 22.0; Envoy's `headers_with_underscores_action`).
 
 use std::net::IpAddr;
 
@@ -83,10 +87,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Drops every field whose name contains `_`.
+pub fn strip_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Rewrites a client request's headers for the backend (callbacks and everything else alike).
 /// `trusted_peer`: the peer is one of `server.trusted_proxies`.
 pub fn for_upstream(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme, trusted_peer: bool) {
     strip_hop_by_hop(headers);
+    strip_underscored(headers);
     // hyper answers `Expect: 100-continue` itself when the body is read.
     headers.remove(header::EXPECT);
     headers.remove(&TRUST_HEADER);
@@ -204,6 +224,9 @@ mod tests {
             ("x-click-signature-verified", "12345"),
             ("X-Click-Signature-Verified", "1"),
             ("expect", "100-continue"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_click_signature_verified", "12345"),
+            ("x-ok", "1"),
         ]);
         for_upstream(&mut h, "10.1.2.3".parse().unwrap(), Scheme::Http, false);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Forwarding to the backend: the upstream client, header rewriting, and how upstream failures
 //! are answered.
 
+pub mod body;
 pub mod headers;
 pub mod upstream;
 
@@ -12,8 +13,7 @@ use hyper::body::Incoming;
 pub use headers::Scheme;
 pub use upstream::Upstream;
 
-/// A body the gateway sends on: the peer's own stream, or bytes the gateway holds (a verified
-/// callback's original body, or an answer it wrote itself).
+/// A response body: the backend's stream, or an answer the gateway wrote itself.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Why a request could not be forwarded. Each is answered with a status and a short plain
@@ -81,6 +81,16 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Adds `Connection: close`: after refusing a body the gateway did not read, the connection
+/// cannot be trusted to be at a request boundary.
+pub fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
     );
     resp
 }

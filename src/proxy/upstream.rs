@@ -13,20 +13,22 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{ProxyBody, ProxyError};
+use super::ProxyError;
 use crate::config::UpstreamSettings;
 
 /// The backend and the client that reaches it.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpConnector, Full<Bytes>>,
     authority: Authority,
     response_timeout: Duration,
 }
@@ -65,7 +67,7 @@ impl Upstream {
 
     /// Sends `req` (already addressed with [`Upstream::uri_for`]) and waits for the response
     /// headers, at most `response_timeout`.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(ProxyError::Timeout),
             Ok(Ok(resp)) => Ok(resp),

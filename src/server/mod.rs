@@ -4,26 +4,25 @@
 //! [`run`] takes bound listeners and a shutdown future, after tokio's mini-redis: tests start
 //! the real server on `127.0.0.1:0` in-process and stop it by resolving the future.
 
+pub mod conn;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::rt::{Read, Write};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerSettings;
 use crate::gateway::{Gateway, Peer};
 use crate::proxy::Scheme;
+use conn::Deadlines;
 pub use tls::TlsListener;
 
 /// Failures of the server layer: they stop the gateway from starting.
@@ -61,19 +60,54 @@ impl Listener {
     }
 }
 
-/// Connection-level timers.
+/// Connection-level limits and timers.
 #[derive(Debug, Clone)]
 pub struct ConnSettings {
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
 impl From<&ServerSettings> for ConnSettings {
     fn from(s: &ServerSettings) -> Self {
         ConnSettings {
             header_read_timeout: s.header_read_timeout.0,
+            idle_timeout: s.idle_timeout.0,
             drain_timeout: s.drain_timeout.0,
+            max_connections: s.max_connections,
+            max_header_bytes: s.max_header_bytes.as_usize(),
+            max_headers: s.max_headers,
         }
+    }
+}
+
+/// Open connections and the cap on them, shared by the accept loops.
+#[derive(Debug)]
+pub struct Connections {
+    open: AtomicUsize,
+    permits: Arc<Semaphore>,
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Held by a connection task for its whole life. `run` knows every connection has ended when
+/// all the `alive` senders are gone.
+struct ConnGuard {
+    connections: Arc<Connections>,
+    _alive: mpsc::Sender<()>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.connections.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -87,8 +121,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(http_builder(&settings));
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_tx, stop_rx) = watch::channel(());
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let connections = Arc::new(Connections {
+        open: AtomicUsize::new(0),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+    });
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let deadlines = Deadlines {
+        first_request: settings.header_read_timeout,
+        idle: settings.idle_timeout,
+    };
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|l| {
@@ -96,29 +138,27 @@ pub async fn run(
                 l,
                 gateway.clone(),
                 builder.clone(),
-                graceful.clone(),
-                stop_rx.clone(),
+                (connections.clone(), alive.clone()),
+                deadlines,
+                drain_rx.clone(),
             ))
         })
         .collect();
     shutdown.await;
-    let _ = stop_tx.send(());
+    let _ = drain_tx.send(true);
     for l in loops {
         // Each loop returns promptly once told to stop; its listener is dropped with it.
         let _ = l.await;
     }
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        tracing::warn!("drain bookkeeping still shared; waiting out the drain deadline");
-        tokio::time::sleep(settings.drain_timeout).await;
-        return;
-    };
     tracing::info!(
-        connections = graceful.count(),
+        connections = connections.open(),
         deadline = ?settings.drain_timeout,
         "draining"
     );
+    // Only the connections' own senders remain once ours is gone.
+    drop(alive);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = all_closed.recv() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(settings.drain_timeout) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
         }
@@ -129,10 +169,19 @@ async fn accept_loop(
     listener: Listener,
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<()>,
+    (connections, alive): (Arc<Connections>, mpsc::Sender<()>),
+    deadlines: Deadlines,
+    mut drain: watch::Receiver<bool>,
 ) {
     loop {
+        // At the connection cap, stop accepting: new clients wait in the kernel's queue.
+        let permit = tokio::select! {
+            permit = connections.permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = drain.changed() => return,
+        };
         let (stream, addr) = tokio::select! {
             accepted = listener.tcp.accept() => match accepted {
                 Ok(conn) => conn,
@@ -143,20 +192,30 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = drain.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        // Taken before the handshake, so a drain also waits for connections still in TLS.
-        let watcher = graceful.watcher();
-        let (gw, builder, tls) = (gateway.clone(), builder.clone(), listener.tls.clone());
+        connections.open.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnGuard {
+            connections: connections.clone(),
+            _alive: alive.clone(),
+            _permit: permit,
+        };
+        let (gw, builder, tls, drain) = (
+            gateway.clone(),
+            builder.clone(),
+            listener.tls.clone(),
+            drain.clone(),
+        );
         tokio::spawn(async move {
+            let _guard = guard;
             match tls {
                 None => {
                     let peer = Peer {
                         addr,
                         scheme: Scheme::Http,
                     };
-                    serve(&builder, TokioIo::new(stream), peer, gw, watcher).await;
+                    conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain).await;
                 }
                 Some(tls) => match tls.handshake(stream).await {
                     Ok(stream) => {
@@ -164,31 +223,13 @@ async fn accept_loop(
                             addr,
                             scheme: Scheme::Https,
                         };
-                        serve(&builder, TokioIo::new(stream), peer, gw, watcher).await;
+                        conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain)
+                            .await;
                     }
                     Err(e) => tracing::debug!(peer = %addr, "{e}"),
                 },
             }
         });
-    }
-}
-
-async fn serve<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    peer: Peer,
-    gateway: Arc<Gateway>,
-    watcher: Watcher,
-) where
-    I: Read + Write + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req| {
-        let gw = gateway.clone();
-        async move { Ok::<_, Infallible>(gw.handle(peer, req).await) }
-    });
-    let conn = builder.serve_connection(io, service).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(peer = %peer.addr, "connection ended: {e}");
     }
 }
 
@@ -200,7 +241,16 @@ fn http_builder(s: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+        .keep_alive(true)
+        .max_buf_size(s.max_header_bytes)
+        .max_headers(s.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(128)
+        // Dead peers: a PING unanswered within 20 s ends the connection.
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }

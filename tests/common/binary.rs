@@ -19,6 +19,7 @@ pub struct GatewayProcess {
     lines: mpsc::UnboundedReceiver<String>,
     log: Arc<Mutex<Vec<String>>>,
     notify: mpsc::UnboundedReceiver<String>,
+    reader: Option<tokio::task::JoinHandle<()>>,
     _notify_dir: tempfile::TempDir,
 }
 
@@ -54,7 +55,7 @@ impl GatewayProcess {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let all = log.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 all.lock().unwrap().push(line.clone());
@@ -68,6 +69,7 @@ impl GatewayProcess {
             lines,
             log,
             notify,
+            reader: Some(reader),
             _notify_dir: notify_dir,
         };
         let ready = p.wait_log(|l| l.contains(" ready ")).await;
@@ -133,12 +135,16 @@ impl GatewayProcess {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Waits for the process to exit; returns its exit code.
+    /// Waits for the process to exit and for its last log line to be read; returns its exit
+    /// code.
     pub async fn wait_exit(&mut self) -> Option<i32> {
-        tokio::time::timeout(PATIENCE, self.child.wait())
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .expect("the gateway did not exit")
-            .unwrap()
-            .code()
+            .unwrap();
+        if let Some(reader) = self.reader.take() {
+            tokio::time::timeout(PATIENCE, reader).await.expect("stderr never closed").unwrap();
+        }
+        status.code()
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod django;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

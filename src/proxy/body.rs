@@ -1,0 +1,87 @@
+//! Reading request bodies whole, bounded in size and in time, before anything is sent to the
+//! backend.
+//!
+//! Buffering (as nginx does by default) means a slow client costs the gateway a little memory
+//! instead of costing the backend one of its few gunicorn sync workers for as long as the
+//! client cares to trickle. Memory is bounded three ways: per body (`server.max_body`, 16 KiB
+//! for callbacks), in time (`server.body_read_timeout`), and across all connections
+//! (`server.body_buffer_memory`, a budget each body reserves before it is read).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body did not arrive within {0:?}")]
+    Timeout(Duration),
+    #[error("the client broke off the body: {0}")]
+    Aborted(String),
+    #[error("no buffer memory became free within {0:?}")]
+    Busy(Duration),
+}
+
+/// Reads `body` whole: at most `limit` bytes, within `timeout`.
+pub async fn read_bounded(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(BodyError::Timeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(BodyError::TooLarge(limit))
+        }
+        Ok(Err(e)) => Err(BodyError::Aborted(e.to_string())),
+    }
+}
+
+/// The process-wide memory budget for buffered bodies, in KiB permits.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    permits: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: u64) -> BodyBudget {
+        let total_kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        BodyBudget {
+            permits: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// Reserves room for `bytes`, waiting at most `timeout` for other bodies to be released.
+    pub async fn reserve(
+        &self,
+        bytes: u64,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, BodyError> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_kib);
+        match tokio::time::timeout(timeout, self.permits.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(BodyError::Busy(timeout)),
+        }
+    }
+
+    /// KiB currently free (for metrics and tests).
+    pub fn available_kib(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
