@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
 use crate::proxy::body::{read_bounded, BodyBudget, BodyError};
+use crate::proxy::stall::StallGuard;
 use crate::proxy::{self, headers, ProxyBody, ProxyError, Scheme, Upstream};
 use crate::runtime::{Runtime, SharedRuntime};
 
@@ -138,6 +139,7 @@ impl Gateway {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
+                let body = StallGuard::new(body, self.upstream.response_timeout());
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(e) => {

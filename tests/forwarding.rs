@@ -323,3 +323,34 @@ async fn a_reused_connection_closed_under_a_get_is_retried_but_a_callback_never_
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_response_body_that_stalls_is_cut_at_the_response_timeout() {
+    let up = TestUpstream::start().await;
+    let gw = TestGateway::start_with(ConfigDir::new(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "response_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // /stream sends a first chunk, then nothing until released (never, here).
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // Ends in EOF or a reset; either way the gateway let go of it.
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .expect("the stalled response was never cut");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("first;"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "an incomplete body must not look complete: {text:?}"
+    );
+    drop(up);
+    gw.stop().await;
+}

@@ -3,18 +3,19 @@
 
 pub mod body;
 pub mod headers;
+pub mod stall;
 pub mod upstream;
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 pub use headers::Scheme;
 pub use upstream::Upstream;
 
-/// A response body: the backend's stream, or an answer the gateway wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// A response body: the backend's stream (with a deadline between frames), or an answer the
+/// gateway wrote itself.
+pub type ProxyBody = Either<stall::StallGuard, Full<Bytes>>;
 
 /// Why a request could not be forwarded. Each is answered with a status and a short plain
 /// body, for callbacks too: Click treats a non-200 as no answer and retries, whereas a made-up

@@ -51,6 +51,11 @@ impl Upstream {
         }
     }
 
+    /// Bound on waiting for the response headers, and then between response body frames.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
     /// The absolute URI the backend is asked for: its authority, the request's path and query.
     pub fn uri_for(&self, original: &Uri) -> Result<Uri, ProxyError> {
         let mut parts = http::uri::Parts::default();

@@ -143,7 +143,10 @@ impl GatewayProcess {
             .expect("the gateway did not exit")
             .unwrap();
         if let Some(reader) = self.reader.take() {
-            tokio::time::timeout(PATIENCE, reader).await.expect("stderr never closed").unwrap();
+            tokio::time::timeout(PATIENCE, reader)
+                .await
+                .expect("stderr never closed")
+                .unwrap();
         }
         status.code()
     }
