@@ -2,8 +2,9 @@
 //! checkpoint ([`crate::intercept`]) or a plain forward to the backend, body buffered first.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -13,9 +14,11 @@ use hyper::body::Incoming;
 
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
+use crate::metrics::{Metrics, RouteLabels};
 use crate::proxy::body::{read_bounded, BodyBudget, BodyError};
 use crate::proxy::stall::StallGuard;
 use crate::proxy::{self, headers, ProxyBody, ProxyError, Scheme, Upstream};
+use crate::request_id;
 use crate::runtime::{Runtime, SharedRuntime};
 
 /// Everything a connection needs to serve requests. Cheap to share: one per process.
@@ -31,6 +34,9 @@ pub struct Gateway {
     pub body_budget: BodyBudget,
     /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
+    pub metrics: Arc<Metrics>,
+    /// False until listeners serve, and again once draining starts (`/ready`).
+    pub ready: AtomicBool,
 }
 
 /// Who is on the other end of a connection, and how they reached us.
@@ -44,6 +50,11 @@ impl Gateway {
     /// Builds the gateway for a freshly loaded configuration (generation 1).
     pub fn new(loaded: &Loaded) -> Gateway {
         let srv = &loaded.settings.server;
+        let metrics = Metrics::new();
+        metrics.generation.set(1);
+        metrics
+            .last_reload_success
+            .set(crate::clock::unix_now() as f64);
         Gateway {
             runtime: Runtime::new(loaded, 1).shared(),
             upstream: Upstream::new(&loaded.settings.upstream),
@@ -51,22 +62,39 @@ impl Gateway {
             max_body: srv.max_body.as_usize(),
             body_budget: BodyBudget::new(srv.body_buffer_memory.0),
             trusted_proxies: srv.trusted_proxies.clone(),
+            metrics: Arc::new(metrics),
+            ready: AtomicBool::new(false),
         }
     }
 
-    /// Serves one request. Never fails: every problem becomes an answer.
+    /// Serves one request. Never fails: every problem becomes an answer. Every request leaves
+    /// with an `X-Request-Id` (the client's when well-formed, else a new one), which the
+    /// backend also receives and the callback log line carries.
     pub async fn handle(
         self: Arc<Self>,
         peer: Peer,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        let request_id = request_id::ensure(req.headers_mut());
         let runtime = self.runtime.load_full();
-        if runtime.is_callback_path(req.uri().path()) {
-            return crate::intercept::callback(&self, &runtime, peer, req).await;
-        }
+        let mut resp = if runtime.is_callback_path(req.uri().path()) {
+            let id = request_id.to_str().unwrap_or("");
+            crate::intercept::callback(&self, &runtime, peer, id, req).await
+        } else {
+            self.proxy(peer, req).await
+        };
+        resp.headers_mut()
+            .insert(request_id::HEADER.clone(), request_id);
+        resp
+    }
+
+    /// Everything that is not a callback: buffer the body, then forward.
+    async fn proxy(&self, peer: Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
         let (parts, body) = req.into_parts();
         let declared = content_length(&parts);
         if declared.is_some_and(|n| n > self.max_body as u64) {
+            self.metrics.refuse("body_too_large");
             return too_large(peer, &parts, self.max_body);
         }
         // Reserve buffer memory for the body before reading it (none for an empty one).
@@ -75,15 +103,27 @@ impl Gateway {
             let need = declared.unwrap_or(self.max_body as u64);
             match self.body_budget.reserve(need, self.body_read_timeout).await {
                 Ok(permit) => reservation = Some(permit),
-                Err(e) => return body_failure(peer, &parts, &e),
+                Err(e) => {
+                    self.metrics.refuse(e.label());
+                    return body_failure(peer, &parts, &e);
+                }
             }
         }
         let body = match read_bounded(body, self.max_body, self.body_read_timeout).await {
             Ok(bytes) => bytes,
-            Err(BodyError::TooLarge(limit)) => return too_large(peer, &parts, limit),
-            Err(e) => return body_failure(peer, &parts, &e),
+            Err(e) => {
+                self.metrics.refuse(e.label());
+                return match e {
+                    BodyError::TooLarge(limit) => too_large(peer, &parts, limit),
+                    e => body_failure(peer, &parts, &e),
+                };
+            }
         };
-        let resp = self.forward(peer, parts, body, None).await;
+        self.metrics
+            .gateway_seconds
+            .get_or_create(&RouteLabels { route: "proxy" })
+            .observe(started.elapsed().as_secs_f64());
+        let resp = self.forward(peer, parts, body, None, "proxy").await;
         drop(reservation);
         resp
     }
@@ -100,6 +140,7 @@ impl Gateway {
         mut parts: Parts,
         body: Bytes,
         verified_for: Option<u64>,
+        route: &'static str,
     ) -> Response<ProxyBody> {
         // An HTTP/2 request carries its host in `:authority`, not in a Host header; keep it, or
         // Django would see the upstream address (wrong ALLOWED_HOSTS check, wrong absolute URLs).
@@ -130,13 +171,20 @@ impl Gateway {
             *req.headers_mut() = headers;
             req
         };
+        let sent = Instant::now();
         let mut outcome = self.upstream.send(build(parts.headers)).await;
         if let (Err(ProxyError::Upstream(first)), Some(headers)) = (&outcome, retry) {
             tracing::info!(peer = %peer.addr, method = %parts.method, path = ?uri.path(), "retrying an idempotent request once after: {first}");
+            self.metrics.upstream_error(route, "retried");
             outcome = self.upstream.send(build(headers)).await;
         }
+        self.metrics
+            .upstream_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(sent.elapsed().as_secs_f64());
         match outcome {
             Ok(resp) => {
+                self.metrics.upstream_status(route, resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let body = StallGuard::new(body, self.upstream.response_timeout());
@@ -151,6 +199,7 @@ impl Gateway {
                     status = e.status().as_u16(),
                     "upstream failed: {e}"
                 );
+                self.metrics.upstream_error(route, e.label());
                 proxy::error_response(&e)
             }
         }

@@ -4,115 +4,207 @@
 //! Transport failures are not Click errors: a body that never finishes arriving gets a plain
 //! `408`, so Click sees "no answer" and retries, exactly as it would if the merchant's server
 //! had timed out. Only the content of a callback earns a Click error code.
+//!
+//! In shadow mode (`click.mode`, per service in `click.service_modes`) every check runs, is
+//! logged and counted exactly as in enforce mode, but the callback is forwarded anyway, with
+//! the trust header only when its signature verified: a team can watch the gateway's verdicts
+//! in front of a live backend before letting it refuse anything (Envoy's shadow rules). Size
+//! and time limits are not shadowed: an oversized or unfinished body cannot be forwarded.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::click::{self, Echo, Form, FormKind, RejectReason, MAX_CALLBACK_BODY};
+use crate::click::{
+    self, Callback, Echo, Form, FormKind, RejectReason, Verified, MAX_CALLBACK_BODY,
+};
+use crate::clock;
+use crate::config::Mode;
 use crate::gateway::{body_failure, Gateway, Peer};
+use crate::metrics::{service_label, CallbackLabels, RouteLabels, SlotLabels};
 use crate::proxy::body::{read_bounded, BodyError};
 use crate::proxy::{self, headers, ProxyBody};
 use crate::runtime::Runtime;
+
+/// What the gateway decided about one callback, and everything its log line needs.
+struct Decision<'a> {
+    echo: Echo<'a>,
+    callback: Option<&'a Callback<'a>>,
+    /// Set when the signature verified (even if a later check failed).
+    verified: Option<Verified>,
+    /// The first failed check, if any.
+    failure: Option<RejectReason>,
+    /// The mode the failure is judged in.
+    mode: Mode,
+    /// `sign_time` minus now, when it could be read.
+    skew_secs: Option<i64>,
+}
+
+impl Decision<'_> {
+    fn outcome(&self) -> &'static str {
+        match (&self.failure, self.mode) {
+            (None, _) => "verified",
+            (Some(_), Mode::Enforce) => "rejected",
+            (Some(_), Mode::Shadow) => "would_reject",
+        }
+    }
+}
 
 /// Handles a request to a callback path.
 pub async fn callback(
     gw: &Gateway,
     runtime: &Runtime,
     peer: Peer,
+    request_id: &str,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let client = headers::client_ip(req.headers(), peer.addr.ip(), &gw.trusted_proxies);
-    let kind = match precheck(&req) {
-        Ok(kind) => kind,
-        Err(reason) => {
-            let resp = reject(peer, client, runtime, &reason, &Echo::default(), None);
-            // The body was not read: do not try to find the next request after it.
-            return match reason {
-                RejectReason::BodyTooLarge => proxy::closing(resp),
-                _ => resp,
-            };
-        }
-    };
     let (parts, body) = req.into_parts();
+    let log = LogContext {
+        peer,
+        client,
+        request_id,
+        runtime,
+    };
+    let kind = precheck(&parts);
+    // Limits are never shadowed: what was not read cannot be forwarded.
+    if let Err(RejectReason::BodyTooLarge) = kind {
+        return proxy::closing(refuse_too_large(gw, &log));
+    }
     let body = match read_bounded(body, MAX_CALLBACK_BODY, gw.body_read_timeout).await {
         Ok(bytes) => bytes,
-        Err(BodyError::TooLarge(_)) => {
-            let reason = RejectReason::BodyTooLarge;
-            return proxy::closing(reject(
-                peer,
-                client,
-                runtime,
-                &reason,
-                &Echo::default(),
-                None,
-            ));
-        }
+        Err(BodyError::TooLarge(_)) => return proxy::closing(refuse_too_large(gw, &log)),
         // Transport failures are not Click errors: Click sees no answer and retries.
-        Err(e) => return body_failure(peer, &parts, &e),
-    };
-
-    let form = match Form::parse(&kind, &body) {
-        Ok(form) => form,
         Err(e) => {
-            return reject(
-                peer,
-                client,
-                runtime,
-                &RejectReason::Form(e),
-                &Echo::default(),
-                None,
-            )
+            gw.metrics.refuse(e.label());
+            return body_failure(peer, &parts, &e);
         }
     };
-    let verdict = click::judge(&form, &runtime.keys);
-    let verified = match verdict.outcome {
-        Ok(v) => v,
-        Err(reason) => {
-            return reject(
-                peer,
-                client,
-                runtime,
-                &reason,
-                &verdict.echo,
-                verdict.callback.as_ref(),
-            )
-        }
-    };
-    let action = verdict.callback.as_ref().map(|c| c.action.as_str());
-    let click_trans_id = verdict.echo.click_trans_id;
-    let checked = started.elapsed();
 
+    let form;
+    let verdict;
+    let decision = match kind.and_then(|kind| Form::parse(&kind, &body).map_err(RejectReason::Form))
+    {
+        Err(reason) => Decision {
+            echo: Echo::default(),
+            callback: None,
+            verified: None,
+            mode: runtime.mode_for(None),
+            failure: Some(reason),
+            skew_secs: None,
+        },
+        Ok(parsed) => {
+            form = parsed;
+            verdict = click::judge(&form, &runtime.keys);
+            let service = verdict.callback.as_ref().map(|c| c.service_id);
+            let mut d = Decision {
+                echo: verdict.echo,
+                callback: verdict.callback.as_ref(),
+                verified: verdict.outcome.as_ref().ok().copied(),
+                mode: runtime.mode_for(service),
+                failure: verdict.outcome.clone().err(),
+                skew_secs: None,
+            };
+            if let (Some(cb), Some(_)) = (d.callback, d.verified) {
+                check_sign_time(runtime, cb, &mut d);
+            }
+            d
+        }
+    };
+    let gateway_time = started.elapsed();
+    count(gw, runtime, &decision, gateway_time);
+
+    if decision.failure.is_some() && decision.mode == Mode::Enforce {
+        let error = decision.failure.as_ref().map(|r| r.click_error());
+        let resp = click_error(
+            error.unwrap_or(click::ClickError::BadRequest),
+            &decision.echo,
+        );
+        log.line(&decision, None, started.elapsed());
+        return resp;
+    }
+    // Verified, or shadow mode: forward the exact bytes; vouch only for a valid signature.
+    let vouch = decision.verified.map(|v| v.service_id);
+    let sent = Instant::now();
+    // A reference count: the decision still borrows the body for the log line.
     let resp = gw
-        .forward(peer, parts, body, Some(verified.service_id))
+        .forward(peer, parts, body.clone(), vouch, "callback")
         .await;
-    tracing::info!(
-        peer = %peer.addr,
-        client = %client,
-        service_id = verified.service_id,
-        click_trans_id,
-        action,
-        slot = verified.slot,
-        fp = %verified.fingerprint,
-        generation = runtime.generation,
-        status = resp.status().as_u16(),
-        verify_us = checked.as_micros() as u64,
-        total_ms = started.elapsed().as_millis() as u64,
-        "callback verified and forwarded"
-    );
+    let upstream = Some((resp.status().as_u16(), sent.elapsed()));
+    log.line(&decision, upstream, started.elapsed());
     resp
 }
 
-/// What can be refused from the headers alone, before reading any body.
-fn precheck(req: &Request<Incoming>) -> Result<FormKind, RejectReason> {
-    if req.method() != Method::POST {
+/// Checks `sign_time` against the clock (a verified callback's, so the time is authentic), and
+/// records the distance for the `sign_time_skew_seconds` histogram.
+fn check_sign_time(runtime: &Runtime, cb: &Callback<'_>, d: &mut Decision<'_>) {
+    let parsed = clock::parse_sign_time(cb.signed.sign_time, runtime.sign_time_offset);
+    d.skew_secs = parsed.map(|t| clock::unix_now() - t);
+    let Some((max_age, age_mode)) = runtime.sign_age else {
+        return;
+    };
+    let failure = match d.skew_secs {
+        None => RejectReason::BadSignTime,
+        Some(skew) if skew.unsigned_abs() > max_age.as_secs() => RejectReason::StaleSignTime {
+            skew_secs: skew,
+            max_secs: max_age.as_secs(),
+        },
+        Some(_) => return,
+    };
+    // Shadow wins: the sign_age_mode and the service's mode must both enforce to refuse.
+    if d.mode == Mode::Enforce {
+        d.mode = age_mode;
+    }
+    d.failure = Some(failure);
+}
+
+fn count(gw: &Gateway, runtime: &Runtime, d: &Decision<'_>, gateway_time: Duration) {
+    let m = &gw.metrics;
+    let service = service_label(&runtime.keys, d.callback.map(|c| c.service_id));
+    let reason = d.failure.as_ref();
+    m.callbacks
+        .get_or_create(&CallbackLabels {
+            service_id: service.clone(),
+            action: d.callback.map_or("unknown", |c| c.action.as_str()),
+            outcome: d.outcome(),
+            reason: reason.map_or("none", RejectReason::label),
+            hint: reason.map_or("none", RejectReason::hint),
+        })
+        .inc();
+    if let Some(v) = d.verified {
+        m.verifications
+            .get_or_create(&SlotLabels {
+                service_id: service,
+                slot: v.slot as u64,
+            })
+            .inc();
+    }
+    if let Some(skew) = d.skew_secs {
+        m.sign_time_skew_seconds.observe(skew.unsigned_abs() as f64);
+    }
+    m.gateway_seconds
+        .get_or_create(&RouteLabels { route: "callback" })
+        .observe(gateway_time.as_secs_f64());
+}
+
+/// What can be refused from the request head alone, before reading any body.
+fn precheck(parts: &Parts) -> Result<FormKind, RejectReason> {
+    if parts.method != Method::POST {
         return Err(RejectReason::MethodNotAllowed);
     }
-    let headers = req.headers();
+    let headers = &parts.headers;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_CALLBACK_BODY as u64) {
+        return Err(RejectReason::BodyTooLarge);
+    }
     if headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
@@ -121,7 +213,7 @@ fn precheck(req: &Request<Incoming>) -> Result<FormKind, RejectReason> {
         return Err(RejectReason::ContentEncoding);
     }
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
-    let kind = match (types.next(), types.next()) {
+    match (types.next(), types.next()) {
         (Some(ct), None) => ct
             .to_str()
             .map_err(|_| "content-type is not ASCII")
@@ -129,47 +221,25 @@ fn precheck(req: &Request<Incoming>) -> Result<FormKind, RejectReason> {
         (None, _) => Err("no content-type: the body is not a form"),
         (Some(_), Some(_)) => Err("more than one content-type"),
     }
-    .map_err(RejectReason::ContentType)?;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_CALLBACK_BODY as u64) {
-        return Err(RejectReason::BodyTooLarge);
-    }
-    Ok(kind)
+    .map_err(RejectReason::ContentType)
 }
 
-/// Answers a refused callback the way the merchant's server would, and logs why.
-fn reject(
-    peer: Peer,
-    client: IpAddr,
-    runtime: &Runtime,
-    reason: &RejectReason,
-    echo: &Echo<'_>,
-    cb: Option<&click::Callback<'_>>,
-) -> Response<ProxyBody> {
-    let error = reason.click_error();
-    let hint = match reason {
-        RejectReason::Signature(d) => d.hint_label(),
-        _ => None,
+fn refuse_too_large(gw: &Gateway, log: &LogContext<'_>) -> Response<ProxyBody> {
+    let decision = Decision {
+        echo: Echo::default(),
+        callback: None,
+        verified: None,
+        failure: Some(RejectReason::BodyTooLarge),
+        mode: Mode::Enforce,
+        skew_secs: None,
     };
-    // A genuine signature in a log is material for guessing the key offline: 8 characters.
-    let sign_prefix = cb.map(|c| c.sign_string.get(..8).unwrap_or(c.sign_string));
-    tracing::warn!(
-        peer = %peer.addr,
-        client = %client,
-        error = error.code(),
-        reason = reason.label(),
-        hint,
-        service_id = cb.map(|c| c.service_id),
-        click_trans_id = echo.click_trans_id,
-        merchant_trans_id = echo.merchant_trans_id.map(tracing::field::debug),
-        action = cb.map(|c| c.action.as_str()),
-        sign_string = sign_prefix.map(tracing::field::debug),
-        generation = runtime.generation,
-        "callback rejected: {reason}"
-    );
+    count(gw, log.runtime, &decision, Duration::ZERO);
+    log.line(&decision, None, Duration::ZERO);
+    click_error(click::ClickError::BadRequest, &decision.echo)
+}
+
+/// The answer a merchant's server would give.
+fn click_error(error: click::ClickError, echo: &Echo<'_>) -> Response<ProxyBody> {
     let body = click::respond::error_body(error, echo);
     let mut resp = Response::new(Either::Right(Full::new(body)));
     resp.headers_mut().insert(
@@ -177,4 +247,66 @@ fn reject(
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// Who sent the callback and which runtime judged it: the constant part of its log line.
+struct LogContext<'a> {
+    peer: Peer,
+    client: IpAddr,
+    request_id: &'a str,
+    runtime: &'a Runtime,
+}
+
+impl LogContext<'_> {
+    /// The one log line of a callback. Never a key; of `sign_string` only the first 8
+    /// characters, and only when it failed (a genuine signature in a log is material for
+    /// guessing the key offline).
+    fn line(&self, d: &Decision<'_>, upstream: Option<(u16, Duration)>, total: Duration) {
+        let cb = d.callback;
+        let reason = d.failure.as_ref();
+        let sign_prefix = match (reason, cb) {
+            (Some(_), Some(c)) => Some(c.sign_string.get(..8).unwrap_or(c.sign_string)),
+            _ => None,
+        };
+        let why = reason.map(ToString::to_string);
+        let fields = (
+            d.outcome(),
+            reason.map(|r| r.click_error().code()),
+            reason.map(RejectReason::label),
+            reason.map(RejectReason::hint).filter(|h| *h != "none"),
+        );
+        macro_rules! emit {
+            ($level:ident, $msg:literal) => {
+                tracing::$level!(
+                    request_id = self.request_id,
+                    peer = %self.peer.addr,
+                    client = %self.client,
+                    verdict = fields.0,
+                    error = fields.1,
+                    reason = fields.2,
+                    hint = fields.3,
+                    mode = d.mode.as_str(),
+                    service_id = cb.map(|c| c.service_id),
+                    click_trans_id = d.echo.click_trans_id,
+                    merchant_trans_id = d.echo.merchant_trans_id.map(tracing::field::debug),
+                    action = cb.map(|c| c.action.as_str()),
+                    slot = d.verified.map(|v| v.slot),
+                    fp = d.verified.map(|v| tracing::field::display(v.fingerprint)),
+                    sign_string = sign_prefix.map(tracing::field::debug),
+                    sign_skew_s = d.skew_secs,
+                    generation = self.runtime.generation,
+                    upstream_status = upstream.map(|u| u.0),
+                    upstream_ms = upstream.map(|u| u.1.as_millis() as u64),
+                    total_ms = total.as_millis() as u64,
+                    why = why.as_deref(),
+                    $msg
+                )
+            };
+        }
+        match fields.0 {
+            "verified" => emit!(info, "callback verified and forwarded"),
+            "rejected" => emit!(warn, "callback rejected"),
+            _ => emit!(warn, "callback would be rejected (shadow mode): forwarded"),
+        }
+    }
 }

@@ -6,15 +6,18 @@
 //! the keys and settings of one [`runtime`] snapshot. [`config`] reads everything at startup
 //! and on reload; [`commands`] holds the `check`, `sign` and `verify` subcommands.
 
+pub mod admin;
 pub mod click;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod intercept;
+pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod reload;
+pub mod request_id;
 pub mod runtime;
 pub mod server;
 pub mod signals;

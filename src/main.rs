@@ -38,6 +38,9 @@ enum Command {
         /// Log filter, e.g. `info` or `info,click_gateway=debug` (RUST_LOG also works).
         #[arg(long, default_value = "info")]
         log_level: String,
+        /// `human` lines, or `json` (one object per line, fields at the top level).
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
     },
     /// Validate the configuration and keys as serve and a reload would; list the services.
     Check {
@@ -63,6 +66,12 @@ struct ConfigArg {
     /// Configuration file.
     #[arg(long, short, default_value = "config/gateway.toml")]
     config: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,7 +118,11 @@ struct SignArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, log_level } => serve(config.config, &log_level),
+        Command::Serve {
+            config,
+            log_level,
+            log_format,
+        } => serve(config.config, &log_level, log_format),
         Command::Check { config } => check(config.config),
         Command::Sign(args) => sign(*args),
         Command::Verify {
@@ -233,20 +246,31 @@ fn verify(path: PathBuf, body: Option<PathBuf>, content_type: &str) -> Outcome {
     Ok(success(ok))
 }
 
-fn init_logging(level: &str) -> Result<(), String> {
+fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
     let filter: Targets = spec
         .parse()
         .map_err(|e| format!("bad log filter {spec:?}: {e}"))?;
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(io::stderr)
-                .with_ansi(io::IsTerminal::is_terminal(&io::stderr())),
-        )
-        .with(filter)
-        .try_init()
-        .map_err(|e| e.to_string())
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Human => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(io::stderr)
+                    .with_ansi(io::IsTerminal::is_terminal(&io::stderr())),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(io::stderr),
+            )
+            .try_init(),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// Logs panics. tokio catches a panic in a connection task, so it ends that connection and
@@ -267,8 +291,8 @@ fn log_panics() {
     }));
 }
 
-fn serve(path: PathBuf, log_level: &str) -> Outcome {
-    init_logging(log_level)?;
+fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
+    init_logging(log_level, log_format)?;
     log_panics();
     let loaded = match config::load(&path, &Environment::from_process()) {
         Ok(l) => l,
@@ -329,8 +353,28 @@ fn serve(path: PathBuf, log_level: &str) -> Outcome {
             gateway.runtime.clone(),
             loaded.settings.clone(),
             certificates,
+            gateway.metrics.clone(),
         ));
         let control = tokio::spawn(signals.run(reloader));
+        // The admin listener outlives the drain, so /ready can say 503 while it runs.
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut admin = None;
+        if loaded.settings.admin.enabled {
+            let tcp = server::bind(loaded.settings.admin.listen)
+                .await
+                .map_err(|e| e.to_string())?;
+            addresses.push(format!(
+                "admin=http://{}",
+                tcp.local_addr().map_err(|e| e.to_string())?
+            ));
+            admin = Some(tokio::spawn(click_gateway::admin::run(
+                tcp,
+                gateway.clone(),
+                async move {
+                    let _ = admin_stopped.await;
+                },
+            )));
+        }
         tracing::info!(
             listen = %addresses.join(","),
             upstream = %loaded.settings.upstream.url,
@@ -339,6 +383,10 @@ fn serve(path: PathBuf, log_level: &str) -> Outcome {
             "click-gateway {} ready",
             env!("CARGO_PKG_VERSION")
         );
+        // Listeners are bound: connections queue until the accept loops take them.
+        gateway
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         notify::ready("serving generation 1");
         let shutdown = async move {
             let _ = control.await;
@@ -350,6 +398,10 @@ fn serve(path: PathBuf, log_level: &str) -> Outcome {
             shutdown,
         )
         .await;
+        let _ = admin_stop.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -8,22 +8,13 @@
 //! settings therefore need a restart, and a reload that changes them says so.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::click::KeySet;
 use crate::config::{self, ConfigError, Environment, ServerSettings, Settings};
+use crate::metrics::{Metrics, ResultLabels};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::server::tls::CertResolver;
-
-/// Counters a reload leaves behind, for logs now and metrics later.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    pub successes: AtomicU64,
-    pub failures: AtomicU64,
-    /// Unix seconds of the last successful reload (or of startup), 0 before.
-    pub last_success_unix: AtomicU64,
-}
 
 /// What a successful reload changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +38,8 @@ pub struct Reloader {
     started_with: Settings,
     /// The HTTPS listener's certificate, when there is one.
     certificates: Option<Arc<CertResolver>>,
-    pub stats: ReloadStats,
+    /// Reload counters, the generation and the time of the last success live here.
+    metrics: Arc<Metrics>,
 }
 
 impl Reloader {
@@ -56,15 +48,14 @@ impl Reloader {
         runtime: SharedRuntime,
         started_with: Settings,
         certificates: Option<Arc<CertResolver>>,
+        metrics: Arc<Metrics>,
     ) -> Reloader {
-        let stats = ReloadStats::default();
-        stats.last_success_unix.store(unix_now(), Ordering::Relaxed);
         Reloader {
             path,
             runtime,
             started_with,
             certificates,
-            stats,
+            metrics,
         }
     }
 
@@ -74,7 +65,10 @@ impl Reloader {
         let loaded = match config::load(&self.path, env) {
             Ok(l) => l,
             Err(e) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .reloads
+                    .get_or_create(&ResultLabels { result: "failure" })
+                    .inc();
                 return Err(e);
             }
         };
@@ -118,10 +112,14 @@ impl Reloader {
             resolver.store(tls.certified.clone());
         }
         self.runtime.store(Arc::new(next));
-        self.stats.successes.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .last_success_unix
-            .store(unix_now(), Ordering::Relaxed);
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabels { result: "success" })
+            .inc();
+        self.metrics
+            .generation
+            .set(i64::try_from(report.generation).unwrap_or(i64::MAX));
+        self.metrics.last_reload_success.set(unix_now() as f64);
         Ok(report)
     }
 }

@@ -5,13 +5,14 @@
 //! sets. A reload builds a whole new `Runtime` off to the side and stores it; nothing is
 //! mutated in place.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::click::KeySet;
-use crate::config::Loaded;
+use crate::config::{Loaded, Mode};
 
 /// One generation of keys and reloadable settings.
 #[derive(Debug)]
@@ -22,6 +23,13 @@ pub struct Runtime {
     pub keys: KeySet,
     /// Callback paths, percent-decoded, compared exactly.
     pub callback_paths: Vec<String>,
+    /// `click.mode`, and its per-service overrides.
+    pub mode: Mode,
+    pub service_modes: HashMap<u64, Mode>,
+    /// `click.max_sign_age` with `click.sign_age_mode`, when the check is on.
+    pub sign_age: Option<(Duration, Mode)>,
+    /// `click.sign_time_zone`, seconds east of UTC.
+    pub sign_time_offset: i32,
 }
 
 /// The handle shared by every connection.
@@ -29,12 +37,28 @@ pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
 impl Runtime {
     pub fn new(loaded: &Loaded, generation: u64) -> Runtime {
+        let click = &loaded.settings.click;
         Runtime {
             generation,
             loaded_at: SystemTime::now(),
             keys: loaded.keys.clone(),
             callback_paths: loaded.settings.click.paths.clone(),
+            mode: click.mode,
+            service_modes: click
+                .service_modes
+                .iter()
+                .filter_map(|(id, mode)| Some((crate::click::callback::parse_id(id)?, *mode)))
+                .collect(),
+            sign_age: click.max_sign_age.map(|age| (age.0, click.sign_age_mode)),
+            sign_time_offset: click.sign_time_zone.0,
         }
+    }
+
+    /// The mode of checks for a service (the global one when the service is not known).
+    pub fn mode_for(&self, service_id: Option<u64>) -> Mode {
+        service_id
+            .and_then(|id| self.service_modes.get(&id).copied())
+            .unwrap_or(self.mode)
     }
 
     pub fn shared(self) -> SharedRuntime {
@@ -87,6 +111,10 @@ mod tests {
             loaded_at: SystemTime::now(),
             keys: KeySet::default(),
             callback_paths: vec!["/click/prepare/".into()],
+            mode: Mode::Enforce,
+            service_modes: HashMap::new(),
+            sign_age: None,
+            sign_time_offset: 0,
         }
     }
 

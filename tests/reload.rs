@@ -189,10 +189,25 @@ async fn a_broken_file_keeps_the_old_keys_and_the_process_alive() {
         "a key reached the log:\n{log}"
     );
 
+    let admin = s.gw.admin_addr.unwrap();
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.get("click_gateway_reloads_total{result=\"failure\"}"),
+        Some(&4.0)
+    );
+    assert_eq!(m.get("click_gateway_config_generation"), Some(&1.0));
+
     write_atomic(&s.keys_path(), &keys(&[B]));
     s.reload_to(B).await;
     assert_eq!(s.verdict_for(B, 2).await, Verdict::Forwarded);
     assert_eq!(s.verdict_for(A, 3).await, Verdict::SignRejected);
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.get("click_gateway_reloads_total{result=\"success\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(m.get("click_gateway_config_generation"), Some(&2.0));
+    assert!(m["click_gateway_last_reload_success_timestamp_seconds"] > 1.7e9);
 }
 
 #[tokio::test]

@@ -61,13 +61,22 @@ pub enum RejectReason {
     UnknownAction,
     /// Failed verification; the diagnosis says why.
     Signature(Diagnosis),
+    /// A verified callback whose `sign_time` is further from now than `click.max_sign_age`.
+    StaleSignTime {
+        skew_secs: i64,
+        max_secs: u64,
+    },
+    /// `sign_time` is not `YYYY-MM-DD HH:mm:ss` (only checked when `max_sign_age` is set).
+    BadSignTime,
 }
 
 impl RejectReason {
     pub fn click_error(&self) -> ClickError {
         match self {
             RejectReason::UnknownAction => ClickError::ActionNotFound,
-            RejectReason::Signature(_) => ClickError::SignCheckFailed,
+            RejectReason::Signature(_) | RejectReason::StaleSignTime { .. } => {
+                ClickError::SignCheckFailed
+            }
             _ => ClickError::BadRequest,
         }
     }
@@ -87,6 +96,16 @@ impl RejectReason {
             RejectReason::MalformedField(_) => "malformed_field",
             RejectReason::UnknownAction => "bad_action",
             RejectReason::Signature(d) => d.label(),
+            RejectReason::StaleSignTime { .. } => "stale_sign_time",
+            RejectReason::BadSignTime => "bad_sign_time",
+        }
+    }
+
+    /// The diagnosis hint label, or `none`.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            RejectReason::Signature(d) => d.hint_label().unwrap_or("none"),
+            _ => "none",
         }
     }
 }
@@ -119,6 +138,20 @@ impl fmt::Display for RejectReason {
                 f.write_str("action is neither 0 (prepare) nor 1 (complete)")
             }
             RejectReason::Signature(d) => write!(f, "{d}"),
+            RejectReason::StaleSignTime {
+                skew_secs,
+                max_secs,
+            } => write!(
+                f,
+                "sign_time is {} s {} the gateway's clock, beyond max_sign_age ({max_secs} s)",
+                skew_secs.unsigned_abs(),
+                if *skew_secs >= 0 {
+                    "behind"
+                } else {
+                    "ahead of"
+                }
+            ),
+            RejectReason::BadSignTime => f.write_str("sign_time is not YYYY-MM-DD HH:mm:ss"),
         }
     }
 }

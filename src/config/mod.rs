@@ -40,6 +40,45 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     #[serde(default)]
     pub click: ClickSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// The admin listener: `/live`, `/ready`, `/metrics`. Not reloadable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    /// Loopback unless `allow_remote` says otherwise: metrics name services and volumes.
+    pub listen: SocketAddr,
+    pub allow_remote: bool,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            allow_remote: false,
+        }
+    }
+}
+
+/// What a failed check does: refuse the callback, or only log and count it and forward anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Shadow,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,6 +192,17 @@ pub struct ClickSettings {
     pub keys_file: Option<PathBuf>,
     /// The backend's dotenv file, read for `CLICK_SERVICE_<id>_SECRET_KEY` lines.
     pub env_file: Option<PathBuf>,
+    /// `enforce` refuses bad callbacks; `shadow` logs and counts them and forwards them anyway.
+    pub mode: Mode,
+    /// Per-service override of `mode`, by service id: `{ "12345" = "shadow" }`.
+    pub service_modes: std::collections::BTreeMap<String, Mode>,
+    /// How far `sign_time` may be from the gateway's clock; absent: no check.
+    pub max_sign_age: Option<Span>,
+    /// What a `sign_time` outside `max_sign_age` does (`shadow` by default: the zone of
+    /// Click's `sign_time` is undocumented, so measure first).
+    pub sign_age_mode: Mode,
+    /// The zone `sign_time` is read in, `+05:00` (Tashkent) by default.
+    pub sign_time_zone: UtcOffset,
 }
 
 impl Default for ClickSettings {
@@ -161,7 +211,40 @@ impl Default for ClickSettings {
             paths: vec!["/click/prepare/".into(), "/click/complete/".into()],
             keys_file: None,
             env_file: None,
+            mode: Mode::Enforce,
+            service_modes: Default::default(),
+            max_sign_age: None,
+            sign_age_mode: Mode::Shadow,
+            sign_time_zone: UtcOffset(5 * 3600),
         }
+    }
+}
+
+/// A fixed offset from UTC, written `+05:00`, `-03:30` or `UTC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct UtcOffset(pub i32);
+
+impl TryFrom<String> for UtcOffset {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text == "UTC" || text == "Z" {
+            return Ok(UtcOffset(0));
+        }
+        let bad = || format!("{text:?} is not an offset like +05:00");
+        let (sign, rest) = match text.as_bytes().first() {
+            Some(b'+') => (1, &text[1..]),
+            Some(b'-') => (-1, &text[1..]),
+            _ => return Err(bad()),
+        };
+        let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+        let h: i32 = h.parse().map_err(|_| bad())?;
+        let m: i32 = m.parse().map_err(|_| bad())?;
+        if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+            return Err(bad());
+        }
+        Ok(UtcOffset(sign * (h * 3600 + m * 60)))
     }
 }
 
@@ -399,11 +482,11 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     })?;
     let mut problems = Vec::new();
     for key in root.keys() {
-        if !["server", "upstream", "click"].contains(&key.as_str()) {
+        if !["server", "upstream", "click", "admin"].contains(&key.as_str()) {
             problems.push(Problem::new(
                 origin,
                 Some(key.clone()),
-                "unknown section (expected server, upstream, click)".into(),
+                "unknown section (expected server, upstream, click, admin)".into(),
             ));
         }
     }
@@ -417,6 +500,11 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
         figment.extract_inner("click").map_err(to_problems)
     } else {
         Ok(ClickSettings::default())
+    };
+    let admin = if section("admin") {
+        figment.extract_inner("admin").map_err(to_problems)
+    } else {
+        Ok(AdminSettings::default())
     };
     let upstream = if section("upstream") {
         figment
@@ -435,12 +523,16 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     let server = take(server, &mut problems);
     let upstream = take(upstream, &mut problems);
     let click = take(click, &mut problems);
-    match (server, upstream, click) {
-        (Some(server), Some(upstream), Some(click)) if problems.is_empty() => Ok(Settings {
-            server,
-            upstream,
-            click,
-        }),
+    let admin = take(admin, &mut problems);
+    match (server, upstream, click, admin) {
+        (Some(server), Some(upstream), Some(click), Some(admin)) if problems.is_empty() => {
+            Ok(Settings {
+                server,
+                upstream,
+                click,
+                admin,
+            })
+        }
         _ => Err(ConfigError { problems }),
     }
 }
@@ -456,7 +548,9 @@ fn figment_problem(e: figment::Error, config_origin: &str) -> Problem {
     };
     // `extract_inner("server")` reports paths as [field, "server"]: put the section first.
     let mut path = e.path.clone();
-    if path.len() > 1 && ["server", "upstream", "click"].contains(&path[path.len() - 1].as_str()) {
+    if path.len() > 1
+        && ["server", "upstream", "click", "admin"].contains(&path[path.len() - 1].as_str())
+    {
         path.rotate_right(1);
     }
     let key = (!path.is_empty()).then(|| path.join("."));
@@ -513,6 +607,20 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             "server.body_buffer_memory",
             "must be at least max_body, or no large body could ever be buffered",
         );
+    }
+    if s.admin.enabled && !s.admin.listen.ip().is_loopback() && !s.admin.allow_remote {
+        bad(
+            "admin.listen",
+            "not a loopback address: metrics name services and volumes; set admin.allow_remote = true to expose them",
+        );
+    }
+    for id in s.click.service_modes.keys() {
+        if crate::click::callback::parse_id(id).is_none() {
+            bad(
+                &format!("click.service_modes.{id}"),
+                "service id must be decimal digits",
+            );
+        }
     }
     if s.click.paths.is_empty() {
         bad("click.paths", "no callback path: nothing would be verified");

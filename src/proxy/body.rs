@@ -28,6 +28,18 @@ pub enum BodyError {
     Busy(Duration),
 }
 
+impl BodyError {
+    /// Bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge(_) => "body_too_large",
+            BodyError::Timeout(_) => "body_timeout",
+            BodyError::Aborted(_) => "body_aborted",
+            BodyError::Busy(_) => "busy",
+        }
+    }
+}
+
 /// Reads `body` whole: at most `limit` bytes, within `timeout`.
 pub async fn read_bounded(
     body: Incoming,

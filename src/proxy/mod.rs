@@ -67,7 +67,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "connect_timeout",
             ProxyError::Connect(_) => "connect",
             ProxyError::Timeout => "timeout",
-            ProxyError::Upstream(_) => "upstream",
+            ProxyError::Upstream(_) => "closed",
             ProxyError::BadUri => "bad_uri",
         }
     }

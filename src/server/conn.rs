@@ -26,6 +26,7 @@ use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
 use crate::gateway::{Gateway, Peer};
+use crate::metrics::ReasonLabels;
 use crate::proxy::ProxyBody;
 
 /// Timers of one connection.
@@ -124,6 +125,7 @@ pub async fn serve<I>(
 {
     let activity = Activity::new();
     let tracker = activity.clone();
+    let metrics = gateway.metrics.clone();
     let service = service_fn(move |req| {
         let gw = gateway.clone();
         let in_flight = tracker.begin();
@@ -166,9 +168,11 @@ pub async fn serve<I>(
                 }
                 if activity.requests.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(peer = %peer.addr, "no request within {:?}: closing", deadlines.first_request);
+                    metrics.connections_closed.get_or_create(&ReasonLabels { reason: "first_request_timeout" }).inc();
                     return;
                 }
                 tracing::debug!(peer = %peer.addr, "idle for {:?}: closing", deadlines.idle);
+                metrics.connections_closed.get_or_create(&ReasonLabels { reason: "idle" }).inc();
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

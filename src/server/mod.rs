@@ -21,8 +21,10 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerSettings;
 use crate::gateway::{Gateway, Peer};
+use crate::metrics::ReasonLabels;
 use crate::proxy::Scheme;
 use conn::Deadlines;
+use prometheus_client::metrics::gauge::Gauge;
 pub use tls::TlsListener;
 
 /// Failures of the server layer: they stop the gateway from starting.
@@ -101,6 +103,7 @@ impl Connections {
 /// all the `alive` senders are gone.
 struct ConnGuard {
     connections: Arc<Connections>,
+    gauge: Gauge,
     _alive: mpsc::Sender<()>,
     _permit: OwnedSemaphorePermit,
 }
@@ -108,6 +111,7 @@ struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.connections.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
     }
 }
 
@@ -144,7 +148,9 @@ pub async fn run(
             ))
         })
         .collect();
+    gateway.ready.store(true, Ordering::Relaxed);
     shutdown.await;
+    gateway.ready.store(false, Ordering::Relaxed);
     let _ = drain_tx.send(true);
     for l in loops {
         // Each loop returns promptly once told to stop; its listener is dropped with it.
@@ -196,8 +202,10 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         connections.open.fetch_add(1, Ordering::Relaxed);
+        gateway.metrics.open_connections.inc();
         let guard = ConnGuard {
             connections: connections.clone(),
+            gauge: gateway.metrics.open_connections.clone(),
             _alive: alive.clone(),
             _permit: permit,
         };
@@ -226,7 +234,17 @@ async fn accept_loop(
                         conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain)
                             .await;
                     }
-                    Err(e) => tracing::debug!(peer = %addr, "{e}"),
+                    Err(e) => {
+                        tracing::debug!(peer = %addr, "{e}");
+                        let reason = match e {
+                            tls::TlsError::HandshakeTimeout(_) => "timeout",
+                            _ => "error",
+                        };
+                        gw.metrics
+                            .tls_handshake_failures
+                            .get_or_create(&ReasonLabels { reason })
+                            .inc();
+                    }
                 },
             }
         });

@@ -15,6 +15,7 @@ pub struct GatewayProcess {
     /// The plain listener (0.0.0.0:0 when there is none).
     pub addr: std::net::SocketAddr,
     pub tls_addr: Option<std::net::SocketAddr>,
+    pub admin_addr: Option<std::net::SocketAddr>,
     child: tokio::process::Child,
     lines: mpsc::UnboundedReceiver<String>,
     log: Arc<Mutex<Vec<String>>>,
@@ -65,6 +66,7 @@ impl GatewayProcess {
         let mut p = GatewayProcess {
             addr: "0.0.0.0:0".parse().unwrap(),
             tls_addr: None,
+            admin_addr: None,
             child,
             lines,
             log,
@@ -84,6 +86,9 @@ impl GatewayProcess {
             }
             if let Some(a) = url.strip_prefix("https://") {
                 p.tls_addr = Some(a.parse().unwrap());
+            }
+            if let Some(a) = url.strip_prefix("admin=http://") {
+                p.admin_addr = Some(a.parse().unwrap());
             }
         }
         assert_eq!(
@@ -149,5 +154,13 @@ impl GatewayProcess {
                 .unwrap();
         }
         status.code()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            super::assert_no_secrets(&self.log_text());
+        }
     }
 }

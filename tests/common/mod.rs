@@ -36,6 +36,62 @@ pub const V2: &str = "click_trans_id=2103045678&service_id=12345&click_paydoc_id
 
 pub const KEYS_TOML: &str = "[services.12345]\nsecret_keys = [\"TEST_SECRET_aB3dE5\"]\n[services.70001]\nsecret_keys = [\"fake+key/with=chars&x\"]\n";
 
+/// Every secret any test configures. Each test that runs a gateway scans the logs it
+/// produced (in-process through [`captured_logs`], or the binary's stderr) for all of them.
+pub const TEST_SECRETS: &[&str] = &[
+    KEY_12345,
+    KEY_70001,
+    "key-A-old",
+    "key-B-new",
+    "key-C-final",
+    "sekrit",
+];
+
+/// Fails the test if `log` contains a configured secret.
+pub fn assert_no_secrets(log: &str) {
+    for secret in TEST_SECRETS {
+        if let Some(line) = log.lines().find(|l| l.contains(secret)) {
+            panic!("a secret reached the log: {line}");
+        }
+    }
+}
+
+/// The in-process gateway's log lines of this test binary so far (all tests share it).
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
+}
+
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the gateway's tracing output (debug and up) to [`captured_logs`], once per binary.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use tracing_subscriber::prelude::*;
+        let filter: tracing_subscriber::filter::Targets = "click_gateway=debug".parse().unwrap();
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(|| LogSink),
+            )
+            .try_init();
+    });
+}
+
 /// Upper bound on any single wait in a test, so a bug fails the test instead of hanging it.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -243,20 +299,30 @@ pub struct ConfigDir {
 }
 
 impl ConfigDir {
-    /// `extra` is appended to gateway.toml (TOML sections may be repeated only once each, so
-    /// pass whole settings under the right section headers via `server`/`upstream` strings).
+    /// The `*_extra` strings are settings added to their sections of gateway.toml.
     pub fn new(
         upstream: SocketAddr,
         keys_toml: &str,
         server_extra: &str,
         upstream_extra: &str,
     ) -> ConfigDir {
+        Self::with_click(upstream, keys_toml, server_extra, upstream_extra, "")
+    }
+
+    /// As [`ConfigDir::new`], with settings for the `[click]` section too.
+    pub fn with_click(
+        upstream: SocketAddr,
+        keys_toml: &str,
+        server_extra: &str,
+        upstream_extra: &str,
+        click_extra: &str,
+    ) -> ConfigDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("keys.toml"), keys_toml).unwrap();
         std::fs::write(
             dir.path().join("gateway.toml"),
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[upstream]\nurl = \"http://{upstream}\"\n{upstream_extra}\n[click]\nkeys_file = \"keys.toml\"\n"
+                "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[upstream]\nurl = \"http://{upstream}\"\n{upstream_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n[click]\nkeys_file = \"keys.toml\"\n{click_extra}"
             ),
         )
         .unwrap();
@@ -271,6 +337,8 @@ impl ConfigDir {
 /// The real gateway, in-process, on an ephemeral port.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The admin listener (`/live`, `/ready`, `/metrics`).
+    pub admin_addr: SocketAddr,
     /// The HTTPS listener, when the configuration has one.
     pub tls_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
@@ -285,6 +353,7 @@ impl TestGateway {
     }
 
     pub async fn start_with(config: ConfigDir) -> TestGateway {
+        capture_logs();
         let loaded =
             config::load(&config.path(), &Environment::default()).expect("test config loads");
         let srv = &loaded.settings.server;
@@ -305,6 +374,14 @@ impl TestGateway {
             listeners.push(server::Listener::tls(tcp, tls));
         }
         let gateway = Arc::new(Gateway::new(&loaded));
+        let admin = server::bind(loaded.settings.admin.listen).await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        // Serves until the test's runtime ends, so /ready can be read during a drain.
+        tokio::spawn(click_gateway::admin::run(
+            admin,
+            gateway.clone(),
+            std::future::pending(),
+        ));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(
             listeners,
@@ -316,6 +393,7 @@ impl TestGateway {
         ));
         TestGateway {
             addr,
+            admin_addr,
             tls_addr,
             gateway,
             shutdown: Some(tx),
@@ -324,13 +402,28 @@ impl TestGateway {
         }
     }
 
-    /// Stops accepting and waits for the drain to finish.
+    /// Stops accepting and waits for the drain to finish; then checks the logs for secrets.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
             tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+        }
+    }
+
+    /// Starts the drain without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_no_secrets(&captured_logs());
         }
     }
 }
@@ -557,4 +650,26 @@ pub async fn send_callback(
         .expect("body failed")
         .to_bytes();
     verdict(status, &body)
+}
+
+/// Scrapes `/metrics`: every sample line as `name{labels}` → value.
+pub async fn scrape(admin: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let resp = raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    resp.text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
 }
