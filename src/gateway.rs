@@ -39,11 +39,27 @@ pub struct Gateway {
     pub ready: AtomicBool,
 }
 
-/// Who is on the other end of a connection, and how they reached us.
-#[derive(Debug, Clone, Copy)]
+/// Who is on the other end of a connection, and how they reached us; computed once per
+/// connection.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub scheme: Scheme,
+    /// The peer is in `server.trusted_proxies`.
+    pub trusted: bool,
+    /// The peer's address as an `X-Forwarded-For` value.
+    pub xff: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, scheme: Scheme, trusted_proxies: &[Cidr]) -> Peer {
+        Peer {
+            addr,
+            scheme,
+            trusted: any_contains(trusted_proxies, addr.ip()),
+            xff: headers::peer_value(addr.ip()),
+        }
+    }
 }
 
 impl Gateway {
@@ -79,9 +95,9 @@ impl Gateway {
         let runtime = self.runtime.load_full();
         let mut resp = if runtime.is_callback_path(req.uri().path()) {
             let id = request_id.to_str().unwrap_or("");
-            crate::intercept::callback(&self, &runtime, peer, id, req).await
+            crate::intercept::callback(&self, &runtime, &peer, id, req).await
         } else {
-            self.proxy(peer, req).await
+            self.proxy(&peer, req).await
         };
         resp.headers_mut()
             .insert(request_id::HEADER.clone(), request_id);
@@ -89,7 +105,7 @@ impl Gateway {
     }
 
     /// Everything that is not a callback: buffer the body, then forward.
-    async fn proxy(&self, peer: Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn proxy(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         let declared = content_length(&parts);
@@ -136,7 +152,7 @@ impl Gateway {
     /// does; a callback (a POST) never is.
     pub async fn forward(
         &self,
-        peer: Peer,
+        peer: &Peer,
         mut parts: Parts,
         body: Bytes,
         verified_for: Option<u64>,
@@ -153,8 +169,7 @@ impl Gateway {
                 parts.headers.insert(header::HOST, host);
             }
         }
-        let trusted = any_contains(&self.trusted_proxies, peer.addr.ip());
-        headers::for_upstream(&mut parts.headers, peer.addr.ip(), peer.scheme, trusted);
+        headers::for_upstream(&mut parts.headers, &peer.xff, peer.scheme, peer.trusted);
         if let Some(service_id) = verified_for {
             headers::mark_verified(&mut parts.headers, service_id);
         }
@@ -222,7 +237,7 @@ fn content_length(parts: &Parts) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn too_large(peer: Peer, parts: &Parts, limit: usize) -> Response<ProxyBody> {
+fn too_large(peer: &Peer, parts: &Parts, limit: usize) -> Response<ProxyBody> {
     tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), limit, "request body too large: 413");
     proxy::closing(proxy::plain(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -231,7 +246,7 @@ fn too_large(peer: Peer, parts: &Parts, limit: usize) -> Response<ProxyBody> {
 }
 
 /// A body that could not be buffered: 408 (too slow), 503 (no memory), 400 (broken off).
-pub fn body_failure(peer: Peer, parts: &Parts, e: &BodyError) -> Response<ProxyBody> {
+pub fn body_failure(peer: &Peer, parts: &Parts, e: &BodyError) -> Response<ProxyBody> {
     tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
     let resp = match e {
         BodyError::Timeout(_) => proxy::plain(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout\n"),

@@ -25,7 +25,7 @@ use crate::click::{
 use crate::clock;
 use crate::config::Mode;
 use crate::gateway::{body_failure, Gateway, Peer};
-use crate::metrics::{service_label, CallbackLabels, RouteLabels, SlotLabels};
+use crate::metrics::{CallbackLabels, RouteLabels, SlotLabels};
 use crate::proxy::body::{read_bounded, BodyError};
 use crate::proxy::{self, headers, ProxyBody};
 use crate::runtime::Runtime;
@@ -58,7 +58,7 @@ impl Decision<'_> {
 pub async fn callback(
     gw: &Gateway,
     runtime: &Runtime,
-    peer: Peer,
+    peer: &Peer,
     request_id: &str,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -165,7 +165,7 @@ fn check_sign_time(runtime: &Runtime, cb: &Callback<'_>, d: &mut Decision<'_>) {
 
 fn count(gw: &Gateway, runtime: &Runtime, d: &Decision<'_>, gateway_time: Duration) {
     let m = &gw.metrics;
-    let service = service_label(&runtime.keys, d.callback.map(|c| c.service_id));
+    let service = runtime.service_labels.get(d.callback.map(|c| c.service_id));
     let reason = d.failure.as_ref();
     m.callbacks
         .get_or_create(&CallbackLabels {
@@ -251,7 +251,7 @@ fn click_error(error: click::ClickError, echo: &Echo<'_>) -> Response<ProxyBody>
 
 /// Who sent the callback and which runtime judged it: the constant part of its log line.
 struct LogContext<'a> {
-    peer: Peer,
+    peer: &'a Peer,
     client: IpAddr,
     request_id: &'a str,
     runtime: &'a Runtime,

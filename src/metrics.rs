@@ -4,10 +4,11 @@
 //! the body had no readable id), so a forger sending random ids cannot grow the series count;
 //! reasons, hints, actions and kinds come from fixed lists in the code.
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,18 +18,53 @@ use prometheus_client::registry::Registry;
 
 use crate::click::KeySet;
 
-/// `service_id` as a label: configured ids only.
-pub fn service_label(keys: &KeySet, service_id: Option<u64>) -> Cow<'static, str> {
-    match service_id {
-        None => Cow::Borrowed("none"),
-        Some(id) if keys.get(id).is_some() => Cow::Owned(id.to_string()),
-        Some(_) => Cow::Borrowed("unknown"),
+/// `service_id` as a label value: a configured id, `unknown` or `none`. Cloning it is a
+/// reference count, so the hot path allocates nothing for labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum ServiceLabel {
+    Fixed(&'static str),
+    Id(Arc<str>),
+}
+
+impl EncodeLabelValue for ServiceLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            ServiceLabel::Fixed(s) => s,
+            ServiceLabel::Id(s) => s,
+        })
+    }
+}
+
+/// Label values of the configured services, built with each key set.
+#[derive(Debug, Default)]
+pub struct ServiceLabels(HashMap<u64, ServiceLabel>);
+
+impl ServiceLabels {
+    pub fn new(keys: &KeySet) -> ServiceLabels {
+        ServiceLabels(
+            keys.iter()
+                .map(|(id, _)| (id, ServiceLabel::Id(Arc::from(id.to_string()))))
+                .collect(),
+        )
+    }
+
+    /// Configured ids only: anything else folds into `unknown` (or `none`).
+    pub fn get(&self, service_id: Option<u64>) -> ServiceLabel {
+        match service_id {
+            None => ServiceLabel::Fixed("none"),
+            Some(id) => self
+                .0
+                .get(&id)
+                .cloned()
+                .unwrap_or(ServiceLabel::Fixed("unknown")),
+        }
     }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallbackLabels {
-    pub service_id: Cow<'static, str>,
+    pub service_id: ServiceLabel,
     /// `prepare`, `complete`, or `unknown` when the body did not say.
     pub action: &'static str,
     /// `verified`, `rejected`, or `would_reject` (shadow mode: forwarded anyway).
@@ -41,7 +77,7 @@ pub struct CallbackLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotLabels {
-    pub service_id: Cow<'static, str>,
+    pub service_id: ServiceLabel,
     pub slot: u64,
 }
 

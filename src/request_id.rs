@@ -34,8 +34,13 @@ fn generate() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = KEY.get_or_init(Default::default).build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let text = format!("{:016x}", h.finish());
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0000000000000000"))
+    let n = h.finish();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 16];
+    for (i, c) in text.iter_mut().enumerate() {
+        *c = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0000000000000000"))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::click::KeySet;
 use crate::config::{Loaded, Mode};
+use crate::metrics::ServiceLabels;
 
 /// One generation of keys and reloadable settings.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Runtime {
     pub sign_age: Option<(Duration, Mode)>,
     /// `click.sign_time_zone`, seconds east of UTC.
     pub sign_time_offset: i32,
+    /// Metric label values of the configured services.
+    pub service_labels: ServiceLabels,
 }
 
 /// The handle shared by every connection.
@@ -51,6 +54,7 @@ impl Runtime {
                 .collect(),
             sign_age: click.max_sign_age.map(|age| (age.0, click.sign_age_mode)),
             sign_time_offset: click.sign_time_zone.0,
+            service_labels: ServiceLabels::new(&loaded.keys),
         }
     }
 
@@ -115,6 +119,7 @@ mod tests {
             service_modes: HashMap::new(),
             sign_age: None,
             sign_time_offset: 0,
+            service_labels: ServiceLabels::default(),
         }
     }
 

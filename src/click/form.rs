@@ -131,7 +131,8 @@ impl<'a> Form<'a> {
 /// names and values alike. Unlike Python, an invalid `%` escape or a value that is not UTF-8
 /// after decoding is an error rather than something silently kept or replaced.
 pub fn parse_urlencoded(body: &[u8]) -> Result<Form<'_>, FormError> {
-    let mut fields = Vec::new();
+    let segments = body.iter().filter(|&&b| b == b'&').count() + 1;
+    let mut fields = Vec::with_capacity(segments.min(MAX_FIELDS));
     let mut offset = 0;
     for segment in body.split(|&b| b == b'&') {
         let start = offset;

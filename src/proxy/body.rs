@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -40,23 +40,47 @@ impl BodyError {
     }
 }
 
-/// Reads `body` whole: at most `limit` bytes, within `timeout`.
-pub async fn read_bounded(
-    body: Incoming,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, BodyError> {
+/// Reads `body` whole: at most `limit` bytes, within `timeout`. A body that arrives in one
+/// piece (a callback, usually) is returned as that piece, without a copy.
+pub async fn read_bounded(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+    match tokio::time::timeout(timeout, collect(body, limit)).await {
         Err(_) => Err(BodyError::Timeout(timeout)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(BodyError::TooLarge(limit))
-        }
-        Ok(Err(e)) => Err(BodyError::Aborted(e.to_string())),
+        Ok(result) => result,
     }
+}
+
+async fn collect(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Aborted(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: not forwarded, nothing to verify in them
+        };
+        len += data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        match (&first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut buf = BytesMut::with_capacity(len.max(head.len() * 2));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(only), None) => only,
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// The process-wide memory budget for buffered bodies, in KiB permits.

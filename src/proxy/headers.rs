@@ -65,11 +65,48 @@ impl Scheme {
     }
 }
 
+/// Which kinds of fields a request or response carries. One pass over the names instead of a
+/// hash lookup per name to remove: most messages carry none of them.
+#[derive(Default)]
+struct Found {
+    connection: bool,
+    hop_by_hop: bool,
+    underscore: bool,
+    expect: bool,
+    trust: bool,
+    forwarding: bool,
+}
+
+fn scan(headers: &HeaderMap) -> Found {
+    let mut f = Found::default();
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            f.connection = true;
+        } else if HOP_BY_HOP.contains(name) {
+            f.hop_by_hop = true;
+        } else if UNTRUSTED_FORWARDING.contains(name) {
+            f.forwarding = true;
+        } else if name == header::EXPECT {
+            f.expect = true;
+        } else if name == TRUST_HEADER {
+            f.trust = true;
+        } else if name.as_str().contains('_') {
+            f.underscore = true;
+        }
+    }
+    f
+}
+
 /// Removes hop-by-hop fields: every field listed in any `Connection` line, then the fixed list.
 /// `Host` is never removed this way: it is end-to-end, and dropping it would make the backend
 /// see the upstream address instead.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let found = scan(headers);
+    strip_found_hop_by_hop(headers, &found);
+}
+
+fn strip_found_hop_by_hop(headers: &mut HeaderMap, found: &Found) {
+    if found.connection {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -81,9 +118,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for name in listed {
             headers.remove(name);
         }
+        headers.remove(header::CONNECTION);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if found.hop_by_hop {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
 }
 
@@ -103,39 +143,47 @@ pub fn strip_underscored(headers: &mut HeaderMap) {
 }
 
 /// Rewrites a client request's headers for the backend (callbacks and everything else alike).
+/// `xff` is the peer's address as a header value (computed once per connection);
 /// `trusted_peer`: the peer is one of `server.trusted_proxies`.
-pub fn for_upstream(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme, trusted_peer: bool) {
-    strip_hop_by_hop(headers);
-    strip_underscored(headers);
+pub fn for_upstream(headers: &mut HeaderMap, xff: &HeaderValue, scheme: Scheme, trusted_peer: bool) {
+    let found = scan(headers);
+    strip_found_hop_by_hop(headers, &found);
+    if found.underscore {
+        strip_underscored(headers);
+    }
     // hyper answers `Expect: 100-continue` itself when the body is read.
-    headers.remove(header::EXPECT);
-    headers.remove(&TRUST_HEADER);
-    let xff = &UNTRUSTED_FORWARDING[1];
+    if found.expect {
+        headers.remove(header::EXPECT);
+    }
+    if found.trust {
+        headers.remove(&TRUST_HEADER);
+    }
+    let xff_name = &UNTRUSTED_FORWARDING[1];
     let xfp = &UNTRUSTED_FORWARDING[2];
-    let peer_text = peer.to_canonical().to_string();
     if trusted_peer {
-        let mut chain: Vec<&str> = headers
-            .get_all(xff)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        chain.push(&peer_text);
-        let joined = chain.join(", ");
-        if let Ok(v) = HeaderValue::from_str(&joined) {
-            headers.insert(xff, v);
+        let mut chain: Vec<&[u8]> = headers.get_all(xff_name).iter().map(HeaderValue::as_bytes).collect();
+        chain.push(xff.as_bytes());
+        let joined = chain.join(&b", "[..]);
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(xff_name, v);
         }
         if !headers.contains_key(xfp) {
             headers.insert(xfp, HeaderValue::from_static(scheme.as_str()));
         }
         return;
     }
-    for name in &UNTRUSTED_FORWARDING {
-        headers.remove(name);
+    if found.forwarding {
+        for name in &UNTRUSTED_FORWARDING {
+            headers.remove(name);
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&peer_text) {
-        headers.insert(xff, v);
-    }
+    headers.insert(xff_name, xff.clone());
     headers.insert(xfp, HeaderValue::from_static(scheme.as_str()));
+}
+
+/// The peer's address as an `X-Forwarded-For` value.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_canonical().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// The client's address: the peer, or behind trusted proxies the rightmost address of
@@ -228,7 +276,7 @@ mod tests {
             ("x_click_signature_verified", "12345"),
             ("x-ok", "1"),
         ]);
-        for_upstream(&mut h, "10.1.2.3".parse().unwrap(), Scheme::Http, false);
+        for_upstream(&mut h, &peer_value("10.1.2.3".parse().unwrap()), Scheme::Http, false);
         assert_eq!(
             h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
             ["10.1.2.3"]
@@ -257,7 +305,7 @@ mod tests {
             ("x-click-signature-verified", "12345"),
         ]);
         let edge: IpAddr = "10.0.0.2".parse().unwrap();
-        for_upstream(&mut h, edge, Scheme::Http, true);
+        for_upstream(&mut h, &peer_value(edge), Scheme::Http, true);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.1, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.shop.uz");

@@ -14,10 +14,15 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 /// The backend's response body with a deadline between frames.
+///
+/// The timer is armed only when the body actually waits (`Pending`): most responses of a
+/// callback backend arrive whole with their headers and never touch the timer wheel. A frame
+/// that arrives moves `last_progress`; the timer is re-armed from there only when it fires.
 pub struct StallGuard {
     inner: Incoming,
     timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    last_progress: Instant,
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl StallGuard {
@@ -25,7 +30,8 @@ impl StallGuard {
         StallGuard {
             inner,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            last_progress: Instant::now(),
+            deadline: None,
         }
     }
 }
@@ -44,19 +50,27 @@ impl Body for StallGuard {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let next = Instant::now() + this.timeout;
-                this.deadline.as_mut().reset(next);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.last_progress = Instant::now();
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        loop {
+            let due = this.last_progress + this.timeout;
+            let sleep = this
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if sleep.deadline() != due {
+                sleep.as_mut().reset(due);
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= this.last_progress + this.timeout => {
                     tracing::warn!("{}", Stalled(this.timeout));
-                    Poll::Ready(Some(Err(Box::new(Stalled(this.timeout)))))
+                    return Poll::Ready(Some(Err(Box::new(Stalled(this.timeout)))));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                // Progress was made since the timer was armed: wait the rest from there.
+                Poll::Ready(()) => continue,
+            }
         }
     }
 

@@ -126,8 +126,10 @@ pub async fn serve<I>(
     let activity = Activity::new();
     let tracker = activity.clone();
     let metrics = gateway.metrics.clone();
+    let log_addr = peer.addr;
     let service = service_fn(move |req| {
         let gw = gateway.clone();
+        let peer = peer.clone();
         let in_flight = tracker.begin();
         async move {
             let resp = gw.handle(peer, req).await;
@@ -152,7 +154,7 @@ pub async fn serve<I>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(peer = %peer.addr, "connection ended: {e}");
+                    tracing::debug!(peer = %log_addr, "connection ended: {e}");
                 }
                 return;
             }
@@ -167,11 +169,11 @@ pub async fn serve<I>(
                     continue;
                 }
                 if activity.requests.load(Ordering::Relaxed) == 0 {
-                    tracing::debug!(peer = %peer.addr, "no request within {:?}: closing", deadlines.first_request);
+                    tracing::debug!(peer = %log_addr, "no request within {:?}: closing", deadlines.first_request);
                     metrics.connections_closed.get_or_create(&ReasonLabels { reason: "first_request_timeout" }).inc();
                     return;
                 }
-                tracing::debug!(peer = %peer.addr, "idle for {:?}: closing", deadlines.idle);
+                tracing::debug!(peer = %log_addr, "idle for {:?}: closing", deadlines.idle);
                 metrics.connections_closed.get_or_create(&ReasonLabels { reason: "idle" }).inc();
                 closing = true;
                 conn.as_mut().graceful_shutdown();

@@ -219,18 +219,12 @@ async fn accept_loop(
             let _guard = guard;
             match tls {
                 None => {
-                    let peer = Peer {
-                        addr,
-                        scheme: Scheme::Http,
-                    };
+                    let peer = Peer::new(addr, Scheme::Http, &gw.trusted_proxies);
                     conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain).await;
                 }
                 Some(tls) => match tls.handshake(stream).await {
                     Ok(stream) => {
-                        let peer = Peer {
-                            addr,
-                            scheme: Scheme::Https,
-                        };
+                        let peer = Peer::new(addr, Scheme::Https, &gw.trusted_proxies);
                         conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain)
                             .await;
                     }
