@@ -197,7 +197,7 @@ EOF
 }
 run_h2() { # target port
     local target=$1 port=$2 out
-    out=$(h2load -D "$DURATION" -c "$H2_CONNS" -m "$H2_STREAMS" -t1 -H 'Host: shop.example' "https://127.0.0.1:$port/api/ping" 2>&1)
+    out=$(h2load -D "$DURATION" -c "$H2_CONNS" -m "$H2_STREAMS" -t1 "https://127.0.0.1:$port/api/ping" 2>&1)
     OUT=$out python3 - "$target" "$round" >> "$results" <<'EOF'
 import os, re, sys
 out = os.environ["OUT"]

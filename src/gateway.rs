@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
-use crate::metrics::{Metrics, RouteLabels};
+use crate::metrics::Metrics;
 use crate::proxy::body::{read_bounded, BodyBudget, BodyError};
 use crate::proxy::stall::StallGuard;
 use crate::proxy::{self, headers, ProxyBody, ProxyError, Scheme, Upstream};
@@ -72,7 +72,7 @@ impl Gateway {
             .last_reload_success
             .set(crate::clock::unix_now() as f64);
         Gateway {
-            runtime: Runtime::new(loaded, 1).shared(),
+            runtime: Runtime::new(loaded, 1, &metrics).shared(),
             upstream: Upstream::new(&loaded.settings.upstream),
             body_read_timeout: srv.body_read_timeout.0,
             max_body: srv.max_body.as_usize(),
@@ -136,8 +136,8 @@ impl Gateway {
             }
         };
         self.metrics
+            .proxy_route
             .gateway_seconds
-            .get_or_create(&RouteLabels { route: "proxy" })
             .observe(started.elapsed().as_secs_f64());
         let resp = self.forward(peer, parts, body, None, "proxy").await;
         drop(reservation);
@@ -167,6 +167,9 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
                 parts.headers.insert(header::HOST, host);
+            } else if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
+                // HTTP/1.0 without Host: name the backend, as a client would.
+                parts.headers.insert(header::HOST, host);
             }
         }
         headers::for_upstream(&mut parts.headers, &peer.xff, peer.scheme, peer.trusted);
@@ -193,16 +196,16 @@ impl Gateway {
             self.metrics.upstream_error(route, "retried");
             outcome = self.upstream.send(build(headers)).await;
         }
-        self.metrics
+        let series = self.metrics.route(route);
+        series
             .upstream_seconds
-            .get_or_create(&RouteLabels { route })
             .observe(sent.elapsed().as_secs_f64());
         match outcome {
-            Ok(resp) => {
-                self.metrics.upstream_status(route, resp.status().as_u16());
+            Ok((resp, lease)) => {
+                series.upstream_status(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                let body = StallGuard::new(body, self.upstream.response_timeout());
+                let body = StallGuard::new(body, self.upstream.response_timeout(), lease);
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(e) => {

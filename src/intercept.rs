@@ -25,7 +25,7 @@ use crate::click::{
 use crate::clock;
 use crate::config::Mode;
 use crate::gateway::{body_failure, Gateway, Peer};
-use crate::metrics::{CallbackLabels, RouteLabels, SlotLabels};
+use crate::metrics::{CallbackLabels, SlotLabels};
 use crate::proxy::body::{read_bounded, BodyError};
 use crate::proxy::{self, headers, ProxyBody};
 use crate::runtime::Runtime;
@@ -165,30 +165,45 @@ fn check_sign_time(runtime: &Runtime, cb: &Callback<'_>, d: &mut Decision<'_>) {
 
 fn count(gw: &Gateway, runtime: &Runtime, d: &Decision<'_>, gateway_time: Duration) {
     let m = &gw.metrics;
-    let service = runtime.service_labels.get(d.callback.map(|c| c.service_id));
-    let reason = d.failure.as_ref();
-    m.callbacks
-        .get_or_create(&CallbackLabels {
-            service_id: service.clone(),
-            action: d.callback.map_or("unknown", |c| c.action.as_str()),
-            outcome: d.outcome(),
-            reason: reason.map_or("none", RejectReason::label),
-            hint: reason.map_or("none", RejectReason::hint),
-        })
-        .inc();
+    let service_id = d.callback.map(|c| c.service_id);
+    let counters = service_id.and_then(|id| runtime.service_labels.counters(id));
+    match (&d.failure, d.callback, counters) {
+        // The hot path: series resolved with the key set, no label hashing.
+        (None, Some(cb), Some(c)) => {
+            c.verified[usize::from(cb.action == click::Action::Complete)].inc();
+        }
+        (reason, _, _) => {
+            m.callbacks
+                .get_or_create(&CallbackLabels {
+                    service_id: runtime.service_labels.get(service_id),
+                    action: d.callback.map_or("unknown", |c| c.action.as_str()),
+                    outcome: d.outcome(),
+                    reason: reason.as_ref().map_or("none", RejectReason::label),
+                    hint: reason.as_ref().map_or("none", RejectReason::hint),
+                })
+                .inc();
+        }
+    }
     if let Some(v) = d.verified {
-        m.verifications
-            .get_or_create(&SlotLabels {
-                service_id: service,
-                slot: v.slot as u64,
-            })
-            .inc();
+        match counters.and_then(|c| c.slots.get(v.slot)) {
+            Some(slot) => {
+                slot.inc();
+            }
+            None => {
+                m.verifications
+                    .get_or_create(&SlotLabels {
+                        service_id: runtime.service_labels.get(service_id),
+                        slot: v.slot as u64,
+                    })
+                    .inc();
+            }
+        }
     }
     if let Some(skew) = d.skew_secs {
         m.sign_time_skew_seconds.observe(skew.unsigned_abs() as f64);
     }
-    m.gateway_seconds
-        .get_or_create(&RouteLabels { route: "callback" })
+    m.callback_route
+        .gateway_seconds
         .observe(gateway_time.as_secs_f64());
 }
 

@@ -36,17 +36,66 @@ impl EncodeLabelValue for ServiceLabel {
     }
 }
 
-/// Label values of the configured services, built with each key set.
+/// The counters a verified callback of one configured service moves, resolved when the key
+/// set is built so the hot path does no label hashing: one atomic add each.
+#[derive(Debug, Clone)]
+pub struct ServiceCounters {
+    pub label: ServiceLabel,
+    /// `callbacks_total{outcome="verified"}` for prepare and complete.
+    pub verified: [Counter; 2],
+    /// `verifications_total` by key slot.
+    pub slots: Vec<Counter>,
+}
+
+/// Per-service counters and label values of the configured services, built with each key set.
 #[derive(Debug, Default)]
-pub struct ServiceLabels(HashMap<u64, ServiceLabel>);
+pub struct ServiceLabels(HashMap<u64, ServiceCounters>);
 
 impl ServiceLabels {
-    pub fn new(keys: &KeySet) -> ServiceLabels {
+    pub fn new(keys: &KeySet, metrics: &Metrics) -> ServiceLabels {
         ServiceLabels(
             keys.iter()
-                .map(|(id, _)| (id, ServiceLabel::Id(Arc::from(id.to_string()))))
+                .map(|(id, svc)| {
+                    let label = ServiceLabel::Id(Arc::from(id.to_string()));
+                    let verified = ["prepare", "complete"].map(|action| {
+                        metrics
+                            .callbacks
+                            .get_or_create(&CallbackLabels {
+                                service_id: label.clone(),
+                                action,
+                                outcome: "verified",
+                                reason: "none",
+                                hint: "none",
+                            })
+                            .clone()
+                    });
+                    let slots = (0..svc.keys.len() as u64)
+                        .map(|slot| {
+                            metrics
+                                .verifications
+                                .get_or_create(&SlotLabels {
+                                    service_id: label.clone(),
+                                    slot,
+                                })
+                                .clone()
+                        })
+                        .collect();
+                    (
+                        id,
+                        ServiceCounters {
+                            label,
+                            verified,
+                            slots,
+                        },
+                    )
+                })
                 .collect(),
         )
+    }
+
+    /// The counters of a configured service.
+    pub fn counters(&self, service_id: u64) -> Option<&ServiceCounters> {
+        self.0.get(&service_id)
     }
 
     /// Configured ids only: anything else folds into `unknown` (or `none`).
@@ -56,9 +105,53 @@ impl ServiceLabels {
             Some(id) => self
                 .0
                 .get(&id)
-                .cloned()
+                .map(|c| c.label.clone())
                 .unwrap_or(ServiceLabel::Fixed("unknown")),
         }
+    }
+}
+
+/// The series of one route (`callback` or `proxy`), resolved once.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    pub gateway_seconds: Histogram,
+    pub upstream_seconds: Histogram,
+    /// `upstream_responses_total` by class: 1xx .. 5xx.
+    pub status: [Counter; 5],
+}
+
+impl RouteMetrics {
+    /// Unregistered series, replaced before `Metrics::new` returns.
+    fn placeholder() -> RouteMetrics {
+        RouteMetrics {
+            gateway_seconds: latency_histogram(),
+            upstream_seconds: latency_histogram(),
+            status: Default::default(),
+        }
+    }
+
+    fn new(m: &Metrics, route: &'static str) -> RouteMetrics {
+        RouteMetrics {
+            gateway_seconds: m
+                .gateway_seconds
+                .get_or_create(&RouteLabels { route })
+                .clone(),
+            upstream_seconds: m
+                .upstream_seconds
+                .get_or_create(&RouteLabels { route })
+                .clone(),
+            status: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                m.upstream_responses
+                    .get_or_create(&StatusClassLabels { route, class })
+                    .clone()
+            }),
+        }
+    }
+
+    /// Counts a backend response by status class.
+    pub fn upstream_status(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.status[class].inc();
     }
 }
 
@@ -131,6 +224,9 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub generation: Gauge,
     pub last_reload_success: Gauge<f64, AtomicU64>,
+    /// Resolved series of the two routes.
+    pub callback_route: RouteMetrics,
+    pub proxy_route: RouteMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -158,6 +254,8 @@ impl Metrics {
             generation: Gauge::default(),
             last_reload_success: Gauge::default(),
             registry: Registry::default(),
+            callback_route: RouteMetrics::placeholder(),
+            proxy_route: RouteMetrics::placeholder(),
         };
         registry.register(
             "callbacks",
@@ -236,7 +334,23 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
-        Metrics { registry, ..m }
+        let callback_route = RouteMetrics::new(&m, "callback");
+        let proxy_route = RouteMetrics::new(&m, "proxy");
+        Metrics {
+            registry,
+            callback_route,
+            proxy_route,
+            ..m
+        }
+    }
+
+    /// The resolved series of a route.
+    pub fn route(&self, route: &'static str) -> &RouteMetrics {
+        if route == "callback" {
+            &self.callback_route
+        } else {
+            &self.proxy_route
+        }
     }
 
     /// The text exposition format (OpenMetrics), for `/metrics`.
@@ -246,20 +360,6 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-
-    /// Counts a backend response by status class.
-    pub fn upstream_status(&self, route: &'static str, status: u16) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.upstream_responses
-            .get_or_create(&StatusClassLabels { route, class })
-            .inc();
     }
 
     pub fn upstream_error(&self, route: &'static str, kind: &'static str) {

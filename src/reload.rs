@@ -73,7 +73,7 @@ impl Reloader {
             }
         };
         let current = self.runtime.load_full();
-        let next = Runtime::new(&loaded, current.generation + 1);
+        let next = Runtime::new(&loaded, current.generation + 1, &self.metrics);
         let mut changes = key_changes(&current.keys, &next.keys);
         if next.callback_paths != current.callback_paths {
             changes.push(format!(

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::click::KeySet;
 use crate::config::{Loaded, Mode};
-use crate::metrics::ServiceLabels;
+use crate::metrics::{Metrics, ServiceLabels};
 
 /// One generation of keys and reloadable settings.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub struct Runtime {
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
 impl Runtime {
-    pub fn new(loaded: &Loaded, generation: u64) -> Runtime {
+    pub fn new(loaded: &Loaded, generation: u64, metrics: &Metrics) -> Runtime {
         let click = &loaded.settings.click;
         Runtime {
             generation,
@@ -54,7 +54,7 @@ impl Runtime {
                 .collect(),
             sign_age: click.max_sign_age.map(|age| (age.0, click.sign_age_mode)),
             sign_time_offset: click.sign_time_zone.0,
-            service_labels: ServiceLabels::new(&loaded.keys),
+            service_labels: ServiceLabels::new(&loaded.keys, metrics),
         }
     }
 

@@ -354,3 +354,41 @@ async fn a_response_body_that_stalls_is_cut_at_the_response_timeout() {
     drop(up);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_then_retired_at_the_idle_timeout() {
+    let mut up = TestUpstream::start().await;
+    let config = ConfigDir::new(up.addr, KEYS_TOML, "", "pool_idle_timeout = \"300ms\"");
+    let gw = TestGateway::start_with(config).await;
+    let mut client = h1_connect(gw.addr).await;
+    let get = || {
+        http::Request::get("/page")
+            .header("host", "x")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let mut peers = Vec::new();
+    for _ in 0..5 {
+        let resp = client.send_request(get()).await.unwrap();
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        peers.push(up.next().await.peer);
+    }
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "keep-alive to the backend: {peers:?}"
+    );
+    // The scenario needs time to pass: a connection idle past the timeout is never reused.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let resp = client.send_request(get()).await.unwrap();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    assert_ne!(
+        up.next().await.peer,
+        peers[0],
+        "an expired connection was reused"
+    );
+    gw.stop().await;
+}

@@ -5,7 +5,7 @@
 //! decimal text, `action` is `0` (Prepare) or `1` (Complete), Complete adds
 //! `merchant_prepare_id`. Values keep their exact text, since that text is what was signed.
 
-use super::form::Form;
+use super::form::{Field, Form};
 use super::respond::RejectReason;
 use super::sign::SignedFields;
 
@@ -67,48 +67,103 @@ impl<'a> Echo<'a> {
 
 /// Required in every callback, non-empty. `error_note` is required but may be empty: it is
 /// free text that Click does not sign, and refusing a payment over it would help nobody.
-const REQUIRED: [&str; 9] = [
-    "click_trans_id",
-    "service_id",
-    "click_paydoc_id",
-    "merchant_trans_id",
-    "amount",
-    "action",
-    "error",
-    "sign_time",
-    "sign_string",
+const REQUIRED: [(&str, usize); 9] = [
+    ("click_trans_id", CLICK_TRANS_ID),
+    ("service_id", SERVICE_ID),
+    ("click_paydoc_id", CLICK_PAYDOC_ID),
+    ("merchant_trans_id", MERCHANT_TRANS_ID),
+    ("amount", AMOUNT),
+    ("action", ACTION),
+    ("error", ERROR),
+    ("sign_time", SIGN_TIME),
+    ("sign_string", SIGN_STRING),
 ];
+
+/// The fields the gateway reads, by position in [`Slots`].
+const CLICK_TRANS_ID: usize = 0;
+const SERVICE_ID: usize = 1;
+const CLICK_PAYDOC_ID: usize = 2;
+const MERCHANT_TRANS_ID: usize = 3;
+const AMOUNT: usize = 4;
+const ACTION: usize = 5;
+const ERROR: usize = 6;
+const SIGN_TIME: usize = 7;
+const SIGN_STRING: usize = 8;
+const ERROR_NOTE: usize = 9;
+const MERCHANT_PREPARE_ID: usize = 10;
+
+fn slot_of(name: &str) -> Option<usize> {
+    Some(match name {
+        "click_trans_id" => CLICK_TRANS_ID,
+        "service_id" => SERVICE_ID,
+        "click_paydoc_id" => CLICK_PAYDOC_ID,
+        "merchant_trans_id" => MERCHANT_TRANS_ID,
+        "amount" => AMOUNT,
+        "action" => ACTION,
+        "error" => ERROR,
+        "sign_time" => SIGN_TIME,
+        "sign_string" => SIGN_STRING,
+        "error_note" => ERROR_NOTE,
+        "merchant_prepare_id" => MERCHANT_PREPARE_ID,
+        _ => return None,
+    })
+}
+
+/// The known fields of a form, found in one pass.
+struct Slots<'f, 'a>([Option<&'f Field<'a>>; 11]);
+
+impl<'f, 'a> Slots<'f, 'a> {
+    /// Sorts the fields into slots; the first repeated name (known or not) is an error.
+    fn of(form: &'f Form<'a>) -> Result<Self, RejectReason> {
+        let mut slots = [None; 11];
+        for (i, f) in form.fields.iter().enumerate() {
+            let repeated = match slot_of(&f.name) {
+                Some(k) => slots[k].replace(f).is_some(),
+                None => form.fields[..i].iter().any(|g| g.name == f.name),
+            };
+            if repeated {
+                return Err(RejectReason::DuplicateField(clip(&f.name)));
+            }
+        }
+        Ok(Slots(slots))
+    }
+
+    fn field(&self, k: usize) -> Option<&'f Field<'a>> {
+        self.0[k]
+    }
+
+    fn value(&self, k: usize) -> &'f str {
+        self.0[k].map(|f| &*f.value).unwrap_or_default()
+    }
+
+    fn raw(&self, k: usize) -> &'a str {
+        self.0[k].map(|f| f.raw_value).unwrap_or_default()
+    }
+}
 
 impl<'a> Callback<'a> {
     /// Checks the form in a fixed order, so a given body always gets the same answer:
     /// repeated names, missing fields (`-8`); `action` (`-3`); `merchant_prepare_id` for a
     /// Complete and the shape of every id and the amount (`-8`).
     pub fn from_form(form: &'a Form<'a>) -> Result<Callback<'a>, RejectReason> {
-        if let Some(name) = form.first_duplicate() {
-            return Err(RejectReason::DuplicateField(clip(name)));
-        }
-        let get = |name: &'static str| form.values(name).next();
-        for name in REQUIRED {
-            match get(name) {
+        let slots = Slots::of(form)?;
+        for (name, k) in REQUIRED {
+            match slots.field(k) {
                 None => return Err(RejectReason::MissingField(name)),
                 Some(f) if f.value.is_empty() => return Err(RejectReason::EmptyField(name)),
                 Some(_) => {}
             }
         }
-        let error_note = get("error_note").ok_or(RejectReason::MissingField("error_note"))?;
-        let value = |name| get(name).map(|f| &*f.value).unwrap_or_default();
-        let raw = |name| {
-            get(name)
-                .map(|f| std::str::from_utf8(f.raw_value).unwrap_or(&f.value))
-                .unwrap_or_default()
-        };
+        let error_note = slots
+            .field(ERROR_NOTE)
+            .ok_or(RejectReason::MissingField("error_note"))?;
 
-        let action = match value("action") {
+        let action = match slots.value(ACTION) {
             "0" => Action::Prepare,
             "1" => Action::Complete,
             _ => return Err(RejectReason::UnknownAction),
         };
-        let prepare_id = match (action, get("merchant_prepare_id")) {
+        let prepare_id = match (action, slots.field(MERCHANT_PREPARE_ID)) {
             (Action::Complete, None) => {
                 return Err(RejectReason::MissingField("merchant_prepare_id"))
             }
@@ -123,44 +178,45 @@ impl<'a> Callback<'a> {
             (Action::Prepare, _) => None,
         };
 
-        let id = |name: &'static str| parse_id(value(name)).ok_or(RejectReason::MalformedId(name));
-        let click_trans_id = id("click_trans_id")?;
-        let service_id = id("service_id")?;
-        id("click_paydoc_id")?;
-        if !is_integer(value("error")) {
+        let id = |k: usize, name: &'static str| {
+            parse_id(slots.value(k)).ok_or(RejectReason::MalformedId(name))
+        };
+        let click_trans_id = id(CLICK_TRANS_ID, "click_trans_id")?;
+        let service_id = id(SERVICE_ID, "service_id")?;
+        id(CLICK_PAYDOC_ID, "click_paydoc_id")?;
+        if !is_integer(slots.value(ERROR)) {
             return Err(RejectReason::MalformedField("error"));
         }
-        if !is_amount(value("amount")) {
+        if !is_amount(slots.value(AMOUNT)) {
             return Err(RejectReason::MalformedField("amount"));
         }
 
         let signed = SignedFields {
-            click_trans_id: value("click_trans_id"),
-            service_id: value("service_id"),
-            merchant_trans_id: value("merchant_trans_id"),
+            click_trans_id: slots.value(CLICK_TRANS_ID),
+            service_id: slots.value(SERVICE_ID),
+            merchant_trans_id: slots.value(MERCHANT_TRANS_ID),
             merchant_prepare_id: prepare_id.map(|f| &*f.value),
-            amount: value("amount"),
-            action: value("action"),
-            sign_time: value("sign_time"),
+            amount: slots.value(AMOUNT),
+            action: slots.value(ACTION),
+            sign_time: slots.value(SIGN_TIME),
         };
         let signed_raw = SignedFields {
-            click_trans_id: raw("click_trans_id"),
-            service_id: raw("service_id"),
-            merchant_trans_id: raw("merchant_trans_id"),
-            merchant_prepare_id: prepare_id
-                .map(|f| std::str::from_utf8(f.raw_value).unwrap_or(&f.value)),
-            amount: raw("amount"),
-            action: raw("action"),
-            sign_time: raw("sign_time"),
+            click_trans_id: slots.raw(CLICK_TRANS_ID),
+            service_id: slots.raw(SERVICE_ID),
+            merchant_trans_id: slots.raw(MERCHANT_TRANS_ID),
+            merchant_prepare_id: prepare_id.map(|f| f.raw_value),
+            amount: slots.raw(AMOUNT),
+            action: slots.raw(ACTION),
+            sign_time: slots.raw(SIGN_TIME),
         };
         Ok(Callback {
             action,
             service_id,
             click_trans_id,
-            click_paydoc_id: value("click_paydoc_id"),
-            error: value("error"),
+            click_paydoc_id: slots.value(CLICK_PAYDOC_ID),
+            error: slots.value(ERROR),
             error_note: &error_note.value,
-            sign_string: value("sign_string"),
+            sign_string: slots.value(SIGN_STRING),
             signed,
             signed_raw,
         })
@@ -238,7 +294,7 @@ mod tests {
 
     #[test]
     fn every_required_field_missing_or_empty() {
-        for name in REQUIRED {
+        for (name, _) in REQUIRED {
             assert_eq!(check(&without(name)), Err(RejectReason::MissingField(name)));
             assert_eq!(check(&with(name, "")), Err(RejectReason::EmptyField(name)));
         }

@@ -92,7 +92,7 @@ fn unquote(v: &str) -> Option<String> {
 pub struct Field<'a> {
     pub name: Cow<'a, str>,
     pub value: Cow<'a, str>,
-    pub raw_value: &'a [u8],
+    pub raw_value: &'a str,
 }
 
 /// The fields of a body in the order they were sent, duplicates included.
@@ -131,7 +131,64 @@ impl<'a> Form<'a> {
 /// names and values alike. Unlike Python, an invalid `%` escape or a value that is not UTF-8
 /// after decoding is an error rather than something silently kept or replaced.
 pub fn parse_urlencoded(body: &[u8]) -> Result<Form<'_>, FormError> {
-    let segments = body.iter().filter(|&&b| b == b'&').count() + 1;
+    // Fast path: a body that is valid UTF-8 as a whole is split as text, so the components
+    // that need no decoding (most of them) are borrowed without being validated again.
+    if let Ok(text) = std::str::from_utf8(body) {
+        return parse_urlencoded_text(text);
+    }
+    parse_urlencoded_bytes(body)
+}
+
+fn parse_urlencoded_text(text: &str) -> Result<Form<'_>, FormError> {
+    let segments = memchr_count(text.as_bytes(), b'&') + 1;
+    let mut fields = Vec::with_capacity(segments.min(MAX_FIELDS));
+    let mut offset = 0;
+    for segment in text.split('&') {
+        let start = offset;
+        offset += segment.len() + 1;
+        if segment.is_empty() {
+            continue;
+        }
+        if fields.len() == MAX_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
+        let (raw_name, raw_value, value_at) = match segment.find('=') {
+            Some(eq) => (&segment[..eq], &segment[eq + 1..], start + eq + 1),
+            None => (segment, "", start + segment.len()),
+        };
+        let name = decode_text(raw_name, start, || raw_name.to_owned())?;
+        let value = decode_text(raw_value, value_at, || name_for_error(&name))?;
+        fields.push(Field {
+            name,
+            value,
+            raw_value,
+        });
+    }
+    Ok(Form { fields })
+}
+
+fn memchr_count(bytes: &[u8], needle: u8) -> usize {
+    bytes.iter().filter(|&&b| b == needle).count()
+}
+
+/// Decodes a component of a valid UTF-8 body: borrowed when there is nothing to decode.
+fn decode_text<'a>(
+    raw: &'a str,
+    at: usize,
+    name: impl FnOnce() -> String,
+) -> Result<Cow<'a, str>, FormError> {
+    match decode_component(raw.as_bytes(), at)? {
+        Cow::Borrowed(_) => Ok(Cow::Borrowed(raw)),
+        Cow::Owned(v) => String::from_utf8(v)
+            .map(Cow::Owned)
+            .map_err(|_| FormError::NotUtf8(name())),
+    }
+}
+
+/// The general path, for bodies with bytes that are not UTF-8 (so some field will be refused
+/// with the right name in the error).
+fn parse_urlencoded_bytes(body: &[u8]) -> Result<Form<'_>, FormError> {
+    let segments = memchr_count(body, b'&') + 1;
     let mut fields = Vec::with_capacity(segments.min(MAX_FIELDS));
     let mut offset = 0;
     for segment in body.split(|&b| b == b'&') {
@@ -151,6 +208,8 @@ pub fn parse_urlencoded(body: &[u8]) -> Result<Form<'_>, FormError> {
         let value = decode_component(raw_value, value_at)?;
         let name = into_utf8(name, || String::from_utf8_lossy(raw_name).into_owned())?;
         let value = into_utf8(value, || name_for_error(&name))?;
+        let raw_value = std::str::from_utf8(raw_value)
+            .map_err(|_| FormError::NotUtf8(name_for_error(&name)))?;
         fields.push(Field {
             name,
             value,
@@ -299,7 +358,7 @@ fn parse_part(part: &[u8]) -> Result<Field<'_>, FormError> {
     Ok(Field {
         name: Cow::Owned(name),
         value: Cow::Borrowed(text),
-        raw_value: value,
+        raw_value: text,
     })
 }
 
@@ -360,7 +419,7 @@ mod tests {
             ]
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
-        assert_eq!(form.fields[1].raw_value, b"2024-05-01+12%3A30%3A45");
+        assert_eq!(form.fields[1].raw_value, "2024-05-01+12%3A30%3A45");
         assert!(matches!(form.fields[0].name, Cow::Borrowed(_)));
     }
 

@@ -42,7 +42,11 @@ impl BodyError {
 
 /// Reads `body` whole: at most `limit` bytes, within `timeout`. A body that arrives in one
 /// piece (a callback, usually) is returned as that piece, without a copy.
-pub async fn read_bounded(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+pub async fn read_bounded(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }

@@ -145,7 +145,12 @@ pub fn strip_underscored(headers: &mut HeaderMap) {
 /// Rewrites a client request's headers for the backend (callbacks and everything else alike).
 /// `xff` is the peer's address as a header value (computed once per connection);
 /// `trusted_peer`: the peer is one of `server.trusted_proxies`.
-pub fn for_upstream(headers: &mut HeaderMap, xff: &HeaderValue, scheme: Scheme, trusted_peer: bool) {
+pub fn for_upstream(
+    headers: &mut HeaderMap,
+    xff: &HeaderValue,
+    scheme: Scheme,
+    trusted_peer: bool,
+) {
     let found = scan(headers);
     strip_found_hop_by_hop(headers, &found);
     if found.underscore {
@@ -161,7 +166,11 @@ pub fn for_upstream(headers: &mut HeaderMap, xff: &HeaderValue, scheme: Scheme, 
     let xff_name = &UNTRUSTED_FORWARDING[1];
     let xfp = &UNTRUSTED_FORWARDING[2];
     if trusted_peer {
-        let mut chain: Vec<&[u8]> = headers.get_all(xff_name).iter().map(HeaderValue::as_bytes).collect();
+        let mut chain: Vec<&[u8]> = headers
+            .get_all(xff_name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
         chain.push(xff.as_bytes());
         let joined = chain.join(&b", "[..]);
         if let Ok(v) = HeaderValue::from_bytes(&joined) {
@@ -183,7 +192,8 @@ pub fn for_upstream(headers: &mut HeaderMap, xff: &HeaderValue, scheme: Scheme, 
 
 /// The peer's address as an `X-Forwarded-For` value.
 pub fn peer_value(peer: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.to_canonical().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+    HeaderValue::from_str(&peer.to_canonical().to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// The client's address: the peer, or behind trusted proxies the rightmost address of
@@ -276,7 +286,12 @@ mod tests {
             ("x_click_signature_verified", "12345"),
             ("x-ok", "1"),
         ]);
-        for_upstream(&mut h, &peer_value("10.1.2.3".parse().unwrap()), Scheme::Http, false);
+        for_upstream(
+            &mut h,
+            &peer_value("10.1.2.3".parse().unwrap()),
+            Scheme::Http,
+            false,
+        );
         assert_eq!(
             h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
             ["10.1.2.3"]

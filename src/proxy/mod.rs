@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod pool;
 pub mod stall;
 pub mod upstream;
 
@@ -35,23 +36,6 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Classifies a hyper-util client error; the message keeps the innermost cause.
-    pub fn from_client(e: hyper_util::client::legacy::Error) -> ProxyError {
-        let mut timed_out = false;
-        let mut cause: &dyn std::error::Error = &e;
-        while let Some(next) = cause.source() {
-            cause = next;
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-            }
-        }
-        match (e.is_connect(), timed_out) {
-            (true, true) => ProxyError::ConnectTimeout,
-            (true, false) => ProxyError::Connect(cause.to_string()),
-            (false, _) => ProxyError::Upstream(cause.to_string()),
-        }
-    }
-
     /// 504 for timeouts, 502 for everything else (as nginx answers).
     pub fn status(&self) -> StatusCode {
         match self {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::pool::Lease;
 use tokio::time::{Instant, Sleep};
 
 /// The backend's response body with a deadline between frames.
@@ -18,20 +20,40 @@ use tokio::time::{Instant, Sleep};
 /// The timer is armed only when the body actually waits (`Pending`): most responses of a
 /// callback backend arrive whole with their headers and never touch the timer wheel. A frame
 /// that arrives moves `last_progress`; the timer is re-armed from there only when it fires.
+///
+/// It also holds the lease of the backend connection: the connection goes back to the pool
+/// when the body has been read to its end, and is closed if the body is dropped before that.
 pub struct StallGuard {
     inner: Incoming,
     timeout: Duration,
     last_progress: Instant,
     deadline: Option<Pin<Box<Sleep>>>,
+    lease: Option<Lease>,
 }
 
 impl StallGuard {
-    pub fn new(inner: Incoming, timeout: Duration) -> StallGuard {
+    pub fn new(inner: Incoming, timeout: Duration, lease: Lease) -> StallGuard {
         StallGuard {
             inner,
             timeout,
             last_progress: Instant::now(),
             deadline: None,
+            lease: Some(lease),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        // A body nobody read (HEAD, 204, 304) is complete too.
+        if self.inner.is_end_stream() {
+            self.release();
         }
     }
 }
@@ -52,6 +74,12 @@ impl Body for StallGuard {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.last_progress = Instant::now();
+            match &frame {
+                None => this.release(),
+                Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
+                Some(Err(_)) => drop(this.lease.take()),
+                Some(Ok(_)) => {}
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         loop {

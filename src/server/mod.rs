@@ -245,6 +245,9 @@ async fn accept_loop(
     }
 }
 
+/// hyper's built-in limit on header fields.
+const DEFAULT_MAX_HEADERS: usize = 100;
+
 /// hyper's HTTP/1 header-read timeout only runs with a timer: without one a configured timeout
 /// panics on every connection, and the default one is silently off (hyper `common/time.rs`).
 fn http_builder(s: &ConnSettings) -> auto::Builder<TokioExecutor> {
@@ -254,8 +257,12 @@ fn http_builder(s: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
         .keep_alive(true)
-        .max_buf_size(s.max_header_bytes)
-        .max_headers(s.max_headers);
+        .max_buf_size(s.max_header_bytes);
+    // hyper's default (100) parses into an inline array; an explicit limit, even the same
+    // one, costs a heap vector per request head.
+    if s.max_headers != DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(s.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

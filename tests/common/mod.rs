@@ -98,6 +98,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// What the upstream received.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The gateway's end of the connection the request came on.
+    pub peer: SocketAddr,
     pub method: String,
     pub uri: String,
     pub version: http::Version,
@@ -143,7 +145,7 @@ impl TestUpstream {
         let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let tx = tx.clone();
@@ -152,7 +154,7 @@ impl TestUpstream {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let tx = tx.clone();
                         let release_rx = release_rx.clone();
-                        async move { Ok::<_, Infallible>(answer(req, tx, release_rx).await) }
+                        async move { Ok::<_, Infallible>(answer(peer, req, tx, release_rx).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -190,6 +192,7 @@ type Release = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>>;
 type TestBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
 
 async fn answer(
+    peer: SocketAddr,
     req: Request<Incoming>,
     tx: mpsc::UnboundedSender<Recorded>,
     release: Release,
@@ -202,6 +205,7 @@ async fn answer(
         .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let _ = tx.send(Recorded {
+        peer,
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         version: parts.version,
