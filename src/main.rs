@@ -406,8 +406,3 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         Ok(ExitCode::SUCCESS)
     })
 }
-
-// glibc's malloc takes a lock-free fast path only for blocks up to 1 KiB; hyper allocates
-// read buffers of 8 KiB per request. mimalloc's thread-local pages make those cheap.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -140,49 +140,61 @@ pub fn parse_urlencoded(body: &[u8]) -> Result<Form<'_>, FormError> {
 }
 
 fn parse_urlencoded_text(text: &str) -> Result<Form<'_>, FormError> {
-    let segments = memchr_count(text.as_bytes(), b'&') + 1;
-    let mut fields = Vec::with_capacity(segments.min(MAX_FIELDS));
-    let mut offset = 0;
-    for segment in text.split('&') {
-        let start = offset;
-        offset += segment.len() + 1;
-        if segment.is_empty() {
-            continue;
+    // One pass over the bytes: segment bounds, the first `=`, and whether either side needs
+    // decoding. `&`, `=`, `%` and `+` are ASCII, so every cut is on a char boundary.
+    let bytes = text.as_bytes();
+    let mut fields = Vec::with_capacity(16);
+    let (mut start, mut eq, mut name_escaped, mut value_escaped) = (0, None, false, false);
+    for i in 0..=bytes.len() {
+        match bytes.get(i).copied().unwrap_or(b'&') {
+            b'&' => {
+                if i > start {
+                    if fields.len() == MAX_FIELDS {
+                        return Err(FormError::TooManyFields);
+                    }
+                    let name_end = eq.unwrap_or(i);
+                    let raw_name = &text[start..name_end];
+                    let value_at = eq.map_or(i, |e| e + 1);
+                    let raw_value = &text[value_at..i];
+                    let name = decode_text(raw_name, start, name_escaped, || raw_name.to_owned())?;
+                    let value = decode_text(raw_value, value_at, value_escaped, || name_for_error(&name))?;
+                    fields.push(Field {
+                        name,
+                        value,
+                        raw_value,
+                    });
+                }
+                (start, eq, name_escaped, value_escaped) = (i + 1, None, false, false);
+            }
+            b'=' if eq.is_none() => eq = Some(i),
+            b'%' | b'+' if eq.is_none() => name_escaped = true,
+            b'%' | b'+' => value_escaped = true,
+            _ => {}
         }
-        if fields.len() == MAX_FIELDS {
-            return Err(FormError::TooManyFields);
-        }
-        let (raw_name, raw_value, value_at) = match segment.find('=') {
-            Some(eq) => (&segment[..eq], &segment[eq + 1..], start + eq + 1),
-            None => (segment, "", start + segment.len()),
-        };
-        let name = decode_text(raw_name, start, || raw_name.to_owned())?;
-        let value = decode_text(raw_value, value_at, || name_for_error(&name))?;
-        fields.push(Field {
-            name,
-            value,
-            raw_value,
-        });
     }
     Ok(Form { fields })
-}
-
-fn memchr_count(bytes: &[u8], needle: u8) -> usize {
-    bytes.iter().filter(|&&b| b == needle).count()
 }
 
 /// Decodes a component of a valid UTF-8 body: borrowed when there is nothing to decode.
 fn decode_text<'a>(
     raw: &'a str,
     at: usize,
+    escaped: bool,
     name: impl FnOnce() -> String,
 ) -> Result<Cow<'a, str>, FormError> {
+    if !escaped {
+        return Ok(Cow::Borrowed(raw));
+    }
     match decode_component(raw.as_bytes(), at)? {
         Cow::Borrowed(_) => Ok(Cow::Borrowed(raw)),
         Cow::Owned(v) => String::from_utf8(v)
             .map(Cow::Owned)
             .map_err(|_| FormError::NotUtf8(name())),
     }
+}
+
+fn memchr_count(bytes: &[u8], needle: u8) -> usize {
+    bytes.iter().filter(|&&b| b == needle).count()
 }
 
 /// The general path, for bodies with bytes that are not UTF-8 (so some field will be refused
