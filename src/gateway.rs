@@ -35,8 +35,9 @@ pub struct Gateway {
     /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
     pub metrics: Arc<Metrics>,
-    /// False until listeners serve, and again once draining starts (`/ready`).
-    pub ready: AtomicBool,
+    /// False until listeners serve, and again once draining starts (`/ready`). Shared by the
+    /// per-worker copies of the gateway.
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Who is on the other end of a connection, and how they reached us; computed once per
@@ -79,7 +80,23 @@ impl Gateway {
             body_budget: BodyBudget::new(srv.body_buffer_memory.0),
             trusted_proxies: srv.trusted_proxies.clone(),
             metrics: Arc::new(metrics),
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The copy a worker thread serves with: the same keys, metrics and limits, its own
+    /// connection pool (whose connections live on that worker's runtime). Call it on the
+    /// worker's runtime.
+    pub fn for_worker(&self) -> Gateway {
+        Gateway {
+            runtime: self.runtime.clone(),
+            upstream: self.upstream.fresh(),
+            body_read_timeout: self.body_read_timeout,
+            max_body: self.max_body,
+            body_budget: self.body_budget.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            metrics: self.metrics.clone(),
+            ready: self.ready.clone(),
         }
     }
 

@@ -310,7 +310,9 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Connections are served by the server's worker threads, each with a runtime of its own;
+    // this one runs signals, the admin listener, reloads and the drain.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;

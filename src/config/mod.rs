@@ -108,6 +108,8 @@ pub struct ServerSettings {
     pub idle_timeout: Span,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_timeout: Span,
+    /// Worker threads serving connections; default: one per CPU.
+    pub workers: Option<usize>,
     /// Open client connections at most; beyond, new ones wait in the kernel's accept queue.
     pub max_connections: usize,
     /// Largest request head (request line and headers) accepted; larger gets 431.
@@ -138,6 +140,7 @@ impl Default for ServerSettings {
             body_read_timeout: Span::secs(10),
             idle_timeout: Span::secs(60),
             drain_timeout: Span::secs(30),
+            workers: None,
             max_connections: 4096,
             max_header_bytes: ByteSize::kib(16),
             max_headers: 100,
@@ -591,6 +594,9 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     }
     if srv.max_tls_handshakes == 0 {
         bad("server.max_tls_handshakes", "must be at least 1");
+    }
+    if srv.workers == Some(0) {
+        bad("server.workers", "must be at least 1");
     }
     if srv.max_connections == 0 {
         bad("server.max_connections", "must be at least 1");

@@ -23,6 +23,7 @@ use crate::config::UpstreamSettings;
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pool: Arc<Pool>,
+    settings: UpstreamSettings,
     authority: Authority,
     response_timeout: Duration,
 }
@@ -30,6 +31,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(s: &UpstreamSettings) -> Upstream {
         Upstream {
+            settings: s.clone(),
             pool: Pool::new(
                 s.url.authority.as_str(),
                 s.pool_max_idle,
@@ -39,6 +41,11 @@ impl Upstream {
             authority: s.url.authority.clone(),
             response_timeout: s.response_timeout.0,
         }
+    }
+
+    /// The same backend with a pool of its own (for another worker thread).
+    pub fn fresh(&self) -> Upstream {
+        Upstream::new(&self.settings)
     }
 
     /// Bound on waiting for the response headers, and then between response body frames.

@@ -65,6 +65,8 @@ impl Listener {
 /// Connection-level limits and timers.
 #[derive(Debug, Clone)]
 pub struct ConnSettings {
+    /// Worker threads (each with its own runtime and backend pool).
+    pub workers: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
@@ -76,6 +78,9 @@ pub struct ConnSettings {
 impl From<&ServerSettings> for ConnSettings {
     fn from(s: &ServerSettings) -> Self {
         ConnSettings {
+            workers: s.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
             header_read_timeout: s.header_read_timeout.0,
             idle_timeout: s.idle_timeout.0,
             drain_timeout: s.drain_timeout.0,
@@ -118,12 +123,29 @@ impl Drop for ConnGuard {
 /// Serves every listener until `shutdown` resolves, then stops accepting and gives open
 /// connections `drain_timeout` to finish their requests (HTTP/1 connections close once idle,
 /// HTTP/2 ones get GOAWAY).
+///
+/// Connections are served by `workers` threads, each with a single-threaded tokio runtime
+/// and its own pool of backend connections, all accepting on the same sockets (nginx's
+/// worker model). A request, its backend connection and its timers then live on one thread:
+/// no work stealing, no cross-thread wake-ups on the hot path. The caller's runtime keeps
+/// only this coordinator, signals, the admin listener and reloads.
 pub async fn run(
     listeners: Vec<Listener>,
     gateway: Arc<Gateway>,
     settings: ConnSettings,
     shutdown: impl Future<Output = ()>,
 ) {
+    // The sockets leave this runtime; each worker registers its own clone in its own.
+    let sockets: Vec<(std::net::TcpListener, Option<TlsListener>)> = listeners
+        .into_iter()
+        .filter_map(|l| match l.tcp.into_std() {
+            Ok(std) => Some((std, l.tls)),
+            Err(e) => {
+                tracing::error!("cannot hand a listener to the workers: {e}");
+                None
+            }
+        })
+        .collect();
     let builder = Arc::new(http_builder(&settings));
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let connections = Arc::new(Connections {
@@ -131,30 +153,53 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(settings.max_connections)),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let deadlines = Deadlines {
         first_request: settings.header_read_timeout,
         idle: settings.idle_timeout,
     };
-    let loops: Vec<_> = listeners
-        .into_iter()
-        .map(|l| {
-            tokio::spawn(accept_loop(
-                l,
-                gateway.clone(),
-                builder.clone(),
-                (connections.clone(), alive.clone()),
-                deadlines,
-                drain_rx.clone(),
-            ))
-        })
-        .collect();
+    let mut workers = Vec::new();
+    for n in 0..settings.workers.max(1) {
+        let socks: Vec<_> = sockets
+            .iter()
+            .filter_map(|(std, tls)| match std.try_clone() {
+                Ok(s) => Some((s, tls.clone())),
+                Err(e) => {
+                    tracing::error!("cannot share a listener with worker {n}: {e}");
+                    None
+                }
+            })
+            .collect();
+        let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel::<()>();
+        let worker = Worker {
+            sockets: socks,
+            gateway: gateway.clone(),
+            builder: builder.clone(),
+            connections: connections.clone(),
+            alive: alive.clone(),
+            deadlines,
+            drain: drain_rx.clone(),
+            stop: stop_rx.clone(),
+            accepting: accepting_tx,
+        };
+        match std::thread::Builder::new()
+            .name(format!("click-gateway-{n}"))
+            .spawn(move || worker.run())
+        {
+            Ok(thread) => workers.push((thread, accepting_rx)),
+            Err(e) => tracing::error!("cannot start worker {n}: {e}"),
+        }
+    }
+    drop(sockets);
     gateway.ready.store(true, Ordering::Relaxed);
     shutdown.await;
     gateway.ready.store(false, Ordering::Relaxed);
     let _ = drain_tx.send(true);
-    for l in loops {
-        // Each loop returns promptly once told to stop; its listener is dropped with it.
-        let _ = l.await;
+    let mut threads = Vec::new();
+    for (thread, accepting) in workers {
+        // Each worker answers once its accept loops are gone (and its listeners with them).
+        let _ = accepting.await;
+        threads.push(thread);
     }
     tracing::info!(
         connections = connections.open(),
@@ -168,6 +213,74 @@ pub async fn run(
         () = tokio::time::sleep(settings.drain_timeout) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
         }
+    }
+    // Workers drop their runtimes, and with them whatever is still open.
+    let _ = stop_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+}
+
+/// One worker thread's share of the serving.
+struct Worker {
+    sockets: Vec<(std::net::TcpListener, Option<TlsListener>)>,
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: Arc<Connections>,
+    alive: mpsc::Sender<()>,
+    deadlines: Deadlines,
+    drain: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    accepting: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Worker {
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("cannot start a worker runtime: {e}");
+                return;
+            }
+        };
+        let Worker {
+            sockets,
+            gateway,
+            builder,
+            connections,
+            alive,
+            deadlines,
+            drain,
+            mut stop,
+            accepting,
+        } = self;
+        runtime.block_on(async move {
+            let gateway = Arc::new(gateway.for_worker());
+            let mut loops = Vec::new();
+            for (std, tls) in sockets {
+                match TcpListener::from_std(std) {
+                    Ok(tcp) => loops.push(tokio::spawn(accept_loop(
+                        Listener { tcp, tls },
+                        gateway.clone(),
+                        builder.clone(),
+                        (connections.clone(), alive.clone()),
+                        deadlines,
+                        drain.clone(),
+                    ))),
+                    Err(e) => tracing::error!("worker cannot use a listener: {e}"),
+                }
+            }
+            drop(alive);
+            for l in loops {
+                let _ = l.await;
+            }
+            let _ = accepting.send(());
+            // Open connections drain on this runtime until the coordinator says stop.
+            let _ = stop.wait_for(|stop| *stop).await;
+        });
     }
 }
 
