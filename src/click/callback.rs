@@ -110,11 +110,11 @@ fn slot_of(name: &str) -> Option<usize> {
 }
 
 /// The known fields of a form, found in one pass.
-struct Slots<'f, 'a>([Option<&'f Field<'a>>; 11]);
+pub struct Slots<'f, 'a>([Option<&'f Field<'a>>; 11]);
 
 impl<'f, 'a> Slots<'f, 'a> {
     /// Sorts the fields into slots; the first repeated name (known or not) is an error.
-    fn of(form: &'f Form<'a>) -> Result<Self, RejectReason> {
+    pub fn of(form: &'f Form<'a>) -> Result<Self, RejectReason> {
         let mut slots = [None; 11];
         for (i, f) in form.fields.iter().enumerate() {
             let repeated = match slot_of(&f.name) {
@@ -141,12 +141,27 @@ impl<'f, 'a> Slots<'f, 'a> {
     }
 }
 
+impl<'f, 'a> Slots<'f, 'a> {
+    /// What the error answer may echo: `click_trans_id` when it is a number,
+    /// `merchant_trans_id` when not empty (each was sent once, or `of` had refused the form).
+    pub fn echo(&self) -> Echo<'f> {
+        Echo {
+            click_trans_id: parse_id(self.value(CLICK_TRANS_ID)),
+            merchant_trans_id: Some(self.value(MERCHANT_TRANS_ID)).filter(|v| !v.is_empty()),
+        }
+    }
+}
+
 impl<'a> Callback<'a> {
     /// Checks the form in a fixed order, so a given body always gets the same answer:
     /// repeated names, missing fields (`-8`); `action` (`-3`); `merchant_prepare_id` for a
     /// Complete and the shape of every id and the amount (`-8`).
     pub fn from_form(form: &'a Form<'a>) -> Result<Callback<'a>, RejectReason> {
-        let slots = Slots::of(form)?;
+        Self::from_slots(&Slots::of(form)?)
+    }
+
+    /// As [`Callback::from_form`], with the fields already slotted.
+    pub fn from_slots(slots: &Slots<'a, 'a>) -> Result<Callback<'a>, RejectReason> {
         for (name, k) in REQUIRED {
             match slots.field(k) {
                 None => return Err(RejectReason::MissingField(name)),

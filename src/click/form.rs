@@ -139,31 +139,28 @@ pub fn parse_urlencoded(body: &[u8]) -> Result<Form<'_>, FormError> {
     parse_urlencoded_bytes(body)
 }
 
+/// The bytes the urlencoded scanner stops at: `&`, `=`, `%`, `+`.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'&' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b'%' as usize] = true;
+    t[b'+' as usize] = true;
+    t
+};
+
 fn parse_urlencoded_text(text: &str) -> Result<Form<'_>, FormError> {
     // One pass over the bytes: segment bounds, the first `=`, and whether either side needs
     // decoding. `&`, `=`, `%` and `+` are ASCII, so every cut is on a char boundary.
-    let bytes = text.as_bytes();
     let mut fields = Vec::with_capacity(16);
     let (mut start, mut eq, mut name_escaped, mut value_escaped) = (0, None, false, false);
-    for i in 0..=bytes.len() {
-        match bytes.get(i).copied().unwrap_or(b'&') {
+    for (i, &c) in text.as_bytes().iter().enumerate() {
+        if !SPECIAL[usize::from(c)] {
+            continue;
+        }
+        match c {
             b'&' => {
-                if i > start {
-                    if fields.len() == MAX_FIELDS {
-                        return Err(FormError::TooManyFields);
-                    }
-                    let name_end = eq.unwrap_or(i);
-                    let raw_name = &text[start..name_end];
-                    let value_at = eq.map_or(i, |e| e + 1);
-                    let raw_value = &text[value_at..i];
-                    let name = decode_text(raw_name, start, name_escaped, || raw_name.to_owned())?;
-                    let value = decode_text(raw_value, value_at, value_escaped, || name_for_error(&name))?;
-                    fields.push(Field {
-                        name,
-                        value,
-                        raw_value,
-                    });
-                }
+                push_segment(&mut fields, text, start, eq, i, name_escaped, value_escaped)?;
                 (start, eq, name_escaped, value_escaped) = (i + 1, None, false, false);
             }
             b'=' if eq.is_none() => eq = Some(i),
@@ -172,7 +169,46 @@ fn parse_urlencoded_text(text: &str) -> Result<Form<'_>, FormError> {
             _ => {}
         }
     }
+    push_segment(
+        &mut fields,
+        text,
+        start,
+        eq,
+        text.len(),
+        name_escaped,
+        value_escaped,
+    )?;
     Ok(Form { fields })
+}
+
+/// Adds the segment `text[start..end]` (its first `=` at `eq`) as a field; empty segments
+/// are skipped, as `parse_qsl` skips them.
+fn push_segment<'a>(
+    fields: &mut Vec<Field<'a>>,
+    text: &'a str,
+    start: usize,
+    eq: Option<usize>,
+    end: usize,
+    name_escaped: bool,
+    value_escaped: bool,
+) -> Result<(), FormError> {
+    if end <= start {
+        return Ok(());
+    }
+    if fields.len() == MAX_FIELDS {
+        return Err(FormError::TooManyFields);
+    }
+    let raw_name = &text[start..eq.unwrap_or(end)];
+    let value_at = eq.map_or(end, |e| e + 1);
+    let raw_value = &text[value_at..end];
+    let name = decode_text(raw_name, start, name_escaped, || raw_name.to_owned())?;
+    let value = decode_text(raw_value, value_at, value_escaped, || name_for_error(&name))?;
+    fields.push(Field {
+        name,
+        value,
+        raw_value,
+    });
+    Ok(())
 }
 
 /// Decodes a component of a valid UTF-8 body: borrowed when there is nothing to decode.

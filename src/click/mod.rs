@@ -33,8 +33,18 @@ pub struct Verdict<'a> {
 
 /// Checks fields, then the signature against `keys`.
 pub fn judge<'a>(form: &'a Form<'a>, keys: &KeySet) -> Verdict<'a> {
-    let echo = Echo::from_form(form);
-    match Callback::from_form(form) {
+    let slots = match callback::Slots::of(form) {
+        Ok(slots) => slots,
+        Err(reason) => {
+            return Verdict {
+                echo: Echo::from_form(form),
+                callback: None,
+                outcome: Err(reason),
+            }
+        }
+    };
+    let echo = slots.echo();
+    match Callback::from_slots(&slots) {
         Err(reason) => Verdict {
             echo,
             callback: None,

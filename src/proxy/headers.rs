@@ -84,8 +84,14 @@ fn scan(headers: &HeaderMap) -> Found {
         // comparison with each listed name.
         match name.as_str() {
             "connection" => f.connection = true,
-            "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-            | "proxy-authorization" | "proxy-authenticate" => f.hop_by_hop = true,
+            "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate" => f.hop_by_hop = true,
             "forwarded" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
             | "x-forwarded-port" | "x-real-ip" => f.forwarding = true,
             "expect" => f.expect = true,
@@ -278,7 +284,12 @@ mod tests {
             h.insert(name.clone(), HeaderValue::from_static("1"));
             assert!(scan(&h).forwarding, "{name}");
         }
-        let h = map(&[("connection", "x"), ("expect", "1"), ("x-click-signature-verified", "1"), ("a_b", "1")]);
+        let h = map(&[
+            ("connection", "x"),
+            ("expect", "1"),
+            ("x-click-signature-verified", "1"),
+            ("a_b", "1"),
+        ]);
         let f = scan(&h);
         assert!(f.connection && f.expect && f.trust && f.underscore);
     }
