@@ -27,20 +27,31 @@ pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
-/// 16 hex digits: a per-process random key hashing a counter, unique within a process and
-/// unlikely to repeat across restarts.
+/// 16 hex digits: a counter started at a random point, scrambled by splitmix64 (a bijection,
+/// so ids never repeat within a process, and restarts start elsewhere). Ids need to be
+/// unique, not secret.
 fn generate() -> HeaderValue {
-    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static START: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = KEY.get_or_init(Default::default).build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let n = h.finish();
+    let start = *START.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        h.finish()
+    });
+    let n = splitmix64(start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)));
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 16];
     for (i, c) in text.iter_mut().enumerate() {
         *c = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0000000000000000"))
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
