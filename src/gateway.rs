@@ -21,7 +21,8 @@ use crate::proxy::{self, headers, ProxyBody, ProxyError, Scheme, Upstream};
 use crate::request_id;
 use crate::runtime::{Runtime, SharedRuntime};
 
-/// Everything a connection needs to serve requests. Cheap to share: one per process.
+/// Everything a connection needs to serve requests: one per worker thread (see
+/// [`Gateway::for_worker`]), sharing keys, metrics and limits.
 #[derive(Debug)]
 pub struct Gateway {
     pub runtime: SharedRuntime,
@@ -211,7 +212,7 @@ impl Gateway {
         if let (Err(ProxyError::Upstream(first)), Some(headers)) = (&outcome, retry) {
             tracing::info!(peer = %peer.addr, method = %parts.method, path = ?uri.path(), "retrying an idempotent request once after: {first}");
             self.metrics.upstream_error(route, "retried");
-            outcome = self.upstream.send(build(headers)).await;
+            outcome = self.upstream.send_fresh(build(headers)).await;
         }
         let series = self.metrics.route(route);
         series
@@ -222,7 +223,7 @@ impl Gateway {
                 series.upstream_status(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                let body = StallGuard::new(body, self.upstream.response_timeout(), lease);
+                let body = StallGuard::new(body, self.upstream.response_timeout(), lease, series.stalled.clone());
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(e) => {

@@ -76,6 +76,23 @@ pub async fn callback(
     if let Err(RejectReason::BodyTooLarge) = kind {
         return proxy::closing(refuse_too_large(gw, &log));
     }
+    // Callback bodies count against the shared buffer memory like any other.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let _reservation = match gw
+        .body_budget
+        .reserve(declared.unwrap_or(MAX_CALLBACK_BODY as u64), gw.body_read_timeout)
+        .await
+    {
+        Ok(permit) => permit,
+        Err(e) => {
+            gw.metrics.refuse(e.label());
+            return body_failure(peer, &parts, &e);
+        }
+    };
     let body = match read_bounded(body, MAX_CALLBACK_BODY, gw.body_read_timeout).await {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge(_)) => return proxy::closing(refuse_too_large(gw, &log)),
@@ -264,6 +281,24 @@ fn click_error(error: click::ClickError, echo: &Echo<'_>) -> Response<ProxyBody>
     resp
 }
 
+/// Client-chosen text made safe for a one-line log: control characters (a newline could
+/// forge a log line) are escaped as `\u{..}`; everything else is kept as sent.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Who sent the callback and which runtime judged it: the constant part of its log line.
 struct LogContext<'a> {
     peer: &'a Peer,
@@ -280,9 +315,13 @@ impl LogContext<'_> {
         let cb = d.callback;
         let reason = d.failure.as_ref();
         let sign_prefix = match (reason, cb) {
-            (Some(_), Some(c)) => Some(c.sign_string.get(..8).unwrap_or(c.sign_string)),
+            (Some(_), Some(c)) => {
+                let end = c.sign_string.char_indices().nth(8).map_or(c.sign_string.len(), |(i, _)| i);
+                Some(printable(&c.sign_string[..end]))
+            }
             _ => None,
         };
+        let merchant = d.echo.merchant_trans_id.map(printable);
         let why = reason.map(ToString::to_string);
         let fields = (
             d.outcome(),
@@ -303,11 +342,11 @@ impl LogContext<'_> {
                     mode = d.mode.as_str(),
                     service_id = cb.map(|c| c.service_id),
                     click_trans_id = d.echo.click_trans_id,
-                    merchant_trans_id = d.echo.merchant_trans_id.map(tracing::field::debug),
+                    merchant_trans_id = merchant.as_deref(),
                     action = cb.map(|c| c.action.as_str()),
                     slot = d.verified.map(|v| v.slot),
                     fp = d.verified.map(|v| tracing::field::display(v.fingerprint)),
-                    sign_string = sign_prefix.map(tracing::field::debug),
+                    sign_string = sign_prefix.as_deref(),
                     sign_skew_s = d.skew_secs,
                     generation = self.runtime.generation,
                     upstream_status = upstream.map(|u| u.0),
@@ -323,5 +362,16 @@ impl LogContext<'_> {
             "rejected" => emit!(warn, "callback rejected"),
             _ => emit!(warn, "callback would be rejected (shadow mode): forwarded"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_for_logs() {
+        assert_eq!(printable("order-1 №7"), "order-1 №7");
+        assert_eq!(printable("a\nb\r\u{1b}"), "a\\u{a}b\\u{d}\\u{1b}");
     }
 }

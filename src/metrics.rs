@@ -118,6 +118,8 @@ pub struct RouteMetrics {
     pub upstream_seconds: Histogram,
     /// `upstream_responses_total` by class: 1xx .. 5xx.
     pub status: [Counter; 5],
+    /// `upstream_errors_total{kind="stalled"}`: response bodies cut for stalling.
+    pub stalled: Counter,
 }
 
 impl RouteMetrics {
@@ -127,6 +129,7 @@ impl RouteMetrics {
             gateway_seconds: latency_histogram(),
             upstream_seconds: latency_histogram(),
             status: Default::default(),
+            stalled: Counter::default(),
         }
     }
 
@@ -145,6 +148,13 @@ impl RouteMetrics {
                     .get_or_create(&StatusClassLabels { route, class })
                     .clone()
             }),
+            stalled: m
+                .upstream_errors
+                .get_or_create(&KindLabels {
+                    route,
+                    kind: "stalled",
+                })
+                .clone(),
         }
     }
 
@@ -274,7 +284,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_errors",
-            "Requests the backend did not answer, by kind (connect, connect_timeout, timeout, closed: connection closed or reset before the response, retried: an idempotent request resent after that, stalled: response body stopped)",
+            "Backend failures by kind: connect, connect_timeout, timeout (no response headers in time), closed (connection closed or reset before the response), retried (an idempotent request resent after closed; it may then have succeeded), stalled (response body stopped and was cut), bad_uri",
             m.upstream_errors.clone(),
         );
         registry.register(

@@ -95,6 +95,9 @@ impl Reloader {
         if loaded.settings.upstream != self.started_with.upstream {
             restart_needed.push("upstream");
         }
+        if loaded.settings.admin != self.started_with.admin {
+            restart_needed.push("admin");
+        }
         // (An HTTPS listener added or removed shows as a changed tls_listen above.)
         if let (Some(resolver), Some(tls)) = (&self.certificates, &loaded.tls) {
             if resolver.current().cert.first() != tls.certified.cert.first() {

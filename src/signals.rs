@@ -32,25 +32,55 @@ pub fn install() -> io::Result<Signals> {
 
 impl Signals {
     /// Reloads on every SIGHUP; returns at the first SIGTERM or SIGINT (use it as the server's
-    /// shutdown future).
-    pub async fn run(mut self, reloader: Arc<Reloader>) {
-        loop {
+    /// shutdown future). A reload runs in its own task, so a slow one (a keys file on a hung
+    /// mount) never delays a stop; SIGHUPs that arrive during a reload are coalesced into one
+    /// more reload after it. A second SIGTERM or SIGINT during the drain exits at once.
+    pub async fn run(self, reloader: Arc<Reloader>) {
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = self;
+        let mut running: Option<tokio::task::JoinHandle<()>> = None;
+        let mut again = false;
+        let name = loop {
             tokio::select! {
-                _ = self.hup.recv() => reload(&reloader).await,
-                _ = self.term.recv() => return stop("SIGTERM"),
-                _ = self.int.recv() => return stop("SIGINT"),
+                _ = hup.recv() => {
+                    if running.is_some() {
+                        again = true;
+                    } else {
+                        running = Some(tokio::spawn(reload(reloader.clone())));
+                    }
+                }
+                _ = async {
+                    if let Some(task) = running.as_mut() {
+                        let _ = task.await;
+                    }
+                }, if running.is_some() => {
+                    running = None;
+                    if std::mem::take(&mut again) {
+                        running = Some(tokio::spawn(reload(reloader.clone())));
+                    }
+                }
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
             }
-        }
+        };
+        tracing::info!("{name} received: draining, then stopping (send it again to stop at once)");
+        notify::stopping();
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::warn!("second {name}: exiting without waiting for the drain");
+            std::process::exit(1);
+        });
     }
 }
 
-fn stop(name: &str) {
-    tracing::info!("{name} received: draining, then stopping");
-    notify::stopping();
-}
-
-async fn reload(reloader: &Arc<Reloader>) {
-    let r = reloader.clone();
+async fn reload(reloader: Arc<Reloader>) {
+    let r = reloader;
     // File reads and the blocking sd_notify socket: keep them off the reactor threads.
     let outcome = tokio::task::spawn_blocking(move || {
         notify::reloading();

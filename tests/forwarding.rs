@@ -358,7 +358,7 @@ async fn a_response_body_that_stalls_is_cut_at_the_response_timeout() {
 #[tokio::test]
 async fn upstream_connections_are_reused_then_retired_at_the_idle_timeout() {
     let mut up = TestUpstream::start().await;
-    let config = ConfigDir::new(up.addr, KEYS_TOML, "", "pool_idle_timeout = \"300ms\"");
+    let config = ConfigDir::new(up.addr, KEYS_TOML, "", "pool_idle_timeout = \"2s\"");
     let gw = TestGateway::start_with(config).await;
     let mut client = h1_connect(gw.addr).await;
     let get = || {
@@ -380,7 +380,7 @@ async fn upstream_connections_are_reused_then_retired_at_the_idle_timeout() {
         "keep-alive to the backend: {peers:?}"
     );
     // The scenario needs time to pass: a connection idle past the timeout is never reused.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let resp = client.send_request(get()).await.unwrap();
     http_body_util::BodyExt::collect(resp.into_body())
         .await

@@ -158,6 +158,10 @@ async fn silent_and_idle_connections_are_closed_http1_and_http2() {
         .unwrap();
     let got = until_closed(&mut s).await;
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    let m = scrape(gw.admin_addr).await;
+    let closed = |reason: &str| m.get(&format!("click_gateway_connections_closed_total{{reason=\"{reason}\"}}")).copied();
+    assert_eq!(closed("first_request_timeout"), Some(2.0), "the silent and the preface-only connections");
+    assert!(closed("idle").unwrap_or(0.0) >= 1.0, "the idle HTTP/2 connection");
     gw.stop().await;
 }
 
@@ -248,6 +252,8 @@ async fn beyond_max_connections_clients_wait_and_are_served() {
         up.next().await;
         held.push(c);
     }
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(m.get("click_gateway_open_connections"), Some(&3.0));
     // More clients queue behind them.
     let waiting: Vec<_> = (0..10)
         .map(|_| {
@@ -279,20 +285,43 @@ async fn body_buffer_memory_is_shared_and_bounded() {
         "",
     ))
     .await;
-    // One client reserves the whole budget and stalls mid-body.
-    let mut hog = TcpStream::connect(gw.addr).await.unwrap();
-    hog.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\npartial")
+    // A body that fills the budget and stays reserved until its backend answers (/slow waits
+    // for the test to release it).
+    let addr = gw.addr;
+    let big = tokio::spawn(async move { post(addr, "/slow", "application/octet-stream", &[1u8; 65_536]).await });
+    assert_eq!(up.next().await.uri, "/slow");
+    // No memory for another body: 503 once body_read_timeout has passed waiting for it.
+    let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
+    assert_eq!(resp.status, 503);
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(m.get("click_gateway_requests_refused_total{reason=\"busy\"}"), Some(&1.0));
+    up.release();
+    assert_eq!(big.await.unwrap().status, 200);
+    // The budget is whole again.
+    assert_eq!(post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await.status, 200);
+    assert_eq!(gw.gateway.body_budget.available_kib(), 64);
+    while up.try_next().is_some() {}
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_still_goes_idle_after_a_request_that_outlived_a_deadline() {
+    let mut up = TestUpstream::start().await;
+    let gw = fast_gateway(&up).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream))
         .await
         .unwrap();
-    // The upstream's first sight of anything is the one that fits after the hog's deadline.
-    let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
-    assert!(resp.status == 200 || resp.status == 503, "{}", resp.status);
-    let hog_answer = until_closed(&mut hog).await;
-    assert!(String::from_utf8_lossy(&hog_answer).starts_with("HTTP/1.1 408"));
-    // With the hog gone, the budget is free again.
-    let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
-    assert_eq!(resp.status, 200);
-    while up.try_next().is_some() {}
-    assert_eq!(gw.gateway.body_budget.available_kib(), 64);
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://shop.example/slow").body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let pending = h2.send_request(req);
+    let answer = tokio::spawn(pending);
+    assert_eq!(up.next().await.uri, "/slow");
+    // The scenario needs the request to be in flight when the connection's first deadline
+    // (400 ms) passes; then it ends, and the idle deadline must still close the connection.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    up.release();
+    assert_eq!(answer.await.unwrap().unwrap().status(), 200);
+    tokio::time::timeout(PATIENCE, conn).await.expect("the idle HTTP/2 connection was kept open").unwrap().unwrap();
     gw.stop().await;
 }

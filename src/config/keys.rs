@@ -64,17 +64,36 @@ fn service_id(text: &str) -> Option<u64> {
     crate::click::callback::parse_id(text)
 }
 
+/// Reads a whole file and makes sure it did not change while being read: its size and
+/// modification time, taken from the open file before and after, must agree, and the size
+/// must be what was read. A reload that races an editor or a config manager writing in place
+/// must not swap in half a file. (A file replaced by rename while we read is fine: the open
+/// handle keeps reading the complete old one.)
+fn read_stable(path: &Path, what: &str) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {what}: {e}");
+    let mut file = fs::File::open(path).map_err(cannot)?;
+    let stamp = |m: fs::Metadata| (m.len(), m.modified().ok());
+    let before = file.metadata().map(stamp).map_err(cannot)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(cannot)?;
+    let after = file.metadata().map(stamp).map_err(cannot)?;
+    if before == after && after.0 == text.len() as u64 {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{what} changed while it was being read (still being written?); nothing was loaded from it"
+        ))
+    }
+}
+
 fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<Problem>) {
     let origin = path.display().to_string();
     let problem = |key: String, message: String| Problem::new(&origin, Some(key), message);
-    let text = match fs::read_to_string(path) {
+    let text = match read_stable(path, "keys file") {
         Ok(t) => t,
         Err(e) => {
-            problems.push(Problem::new(
-                &origin,
-                None,
-                format!("cannot read keys file: {e}"),
-            ));
+            problems.push(Problem::new(&origin, None, e));
             return;
         }
     };
@@ -213,14 +232,10 @@ fn env_service(name: &str) -> Option<Option<u64>> {
 
 fn read_env_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<Problem>) {
     let origin = path.display().to_string();
-    let text = match fs::read_to_string(path) {
+    let text = match read_stable(path, "env file") {
         Ok(t) => t,
         Err(e) => {
-            problems.push(Problem::new(
-                &origin,
-                None,
-                format!("cannot read env file: {e}"),
-            ));
+            problems.push(Problem::new(&origin, None, e));
             return;
         }
     };
@@ -534,6 +549,17 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_whose_size_does_not_match_what_was_read_is_refused() {
+        // /proc files report a size of 0 yet have content: the same mismatch a file being
+        // rewritten while it is read shows.
+        let e = read_stable(Path::new("/proc/self/status"), "keys file").unwrap_err();
+        assert!(e.contains("changed while it was being read"), "{e}");
+        let d = Dir::new("stable");
+        let f = d.file("k.toml", "[services.1]\nsecret_keys = [\"k\"]\n");
+        assert!(read_stable(&f, "keys file").is_ok());
     }
 
     #[test]

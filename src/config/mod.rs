@@ -642,6 +642,36 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             bad(&format!("click.paths[{i}]"), "listed twice");
         }
     }
+    // Beyond these, `Instant + duration` and tokio's semaphores would overflow (a panic in
+    // every connection): no sane deployment wants more.
+    const MAX_SPAN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    const MAX_PERMITS: usize = 1 << 24;
+    for (key, n) in [
+        ("server.max_connections", s.server.max_connections),
+        ("server.max_tls_handshakes", s.server.max_tls_handshakes),
+        ("server.workers", s.server.workers.unwrap_or(1)),
+    ] {
+        if n > MAX_PERMITS {
+            bad(key, "is implausibly large (at most 16777216)");
+        }
+    }
+    for (key, span) in [
+        ("server.drain_timeout", s.server.drain_timeout),
+        ("server.idle_timeout", s.server.idle_timeout),
+        ("server.header_read_timeout", s.server.header_read_timeout),
+        ("server.body_read_timeout", s.server.body_read_timeout),
+        ("server.tls_handshake_timeout", s.server.tls_handshake_timeout),
+        ("upstream.connect_timeout", s.upstream.connect_timeout),
+        ("upstream.response_timeout", s.upstream.response_timeout),
+        ("upstream.pool_idle_timeout", s.upstream.pool_idle_timeout),
+    ] {
+        if span.0 > MAX_SPAN {
+            bad(key, "is longer than a day");
+        }
+    }
+    if s.click.max_sign_age.is_some_and(|a| a.0.is_zero() || a.0 > MAX_SPAN * 366) {
+        bad("click.max_sign_age", "must be between 1s and a year");
+    }
     for (key, span) in [
         ("server.header_read_timeout", s.server.header_read_timeout),
         (

@@ -64,13 +64,17 @@ pub struct Pool {
 pub struct Lease {
     sender: Sender,
     pool: Weak<Pool>,
+    /// When the response headers arrived: the backend's keep-alive clock starts about then,
+    /// so the pool counts idleness from here (a slow client reading a long body must not
+    /// make the connection look younger than the backend thinks it is).
+    answered: Instant,
 }
 
 impl Lease {
     /// Returns the connection to its pool if it can take another request.
     pub fn release(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.sender);
+            pool.put(self.sender, self.answered);
         }
     }
 }
@@ -115,6 +119,12 @@ impl Pool {
                 },
             }
         }
+        self.send_fresh(req).await
+    }
+
+    /// Sends `req` on a new connection, never a pooled one (for resending a request that met
+    /// a pooled connection closing under it).
+    pub async fn send_fresh(self: &Arc<Self>, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let mut sender = self.connect().await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, self.lease(sender))),
@@ -126,6 +136,7 @@ impl Pool {
         Lease {
             sender,
             pool: Arc::downgrade(self),
+            answered: Instant::now(),
         }
     }
 
@@ -151,8 +162,8 @@ impl Pool {
         None
     }
 
-    fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn put(&self, sender: Sender, since: Instant) {
+        if sender.is_closed() || since.elapsed() >= self.idle_timeout {
             return;
         }
         let mut idle = self
@@ -160,10 +171,7 @@ impl Pool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since });
         }
     }
 

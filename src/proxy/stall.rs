@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::pool::Lease;
 use tokio::time::{Instant, Sleep};
 
@@ -29,16 +31,19 @@ pub struct StallGuard {
     last_progress: Instant,
     deadline: Option<Pin<Box<Sleep>>>,
     lease: Option<Lease>,
+    /// Counts bodies cut for stalling.
+    stalled: Counter,
 }
 
 impl StallGuard {
-    pub fn new(inner: Incoming, timeout: Duration, lease: Lease) -> StallGuard {
+    pub fn new(inner: Incoming, timeout: Duration, lease: Lease, stalled: Counter) -> StallGuard {
         StallGuard {
             inner,
             timeout,
             last_progress: Instant::now(),
             deadline: None,
             lease: Some(lease),
+            stalled,
         }
     }
 
@@ -94,6 +99,7 @@ impl Body for StallGuard {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) if Instant::now() >= this.last_progress + this.timeout => {
                     tracing::warn!("{}", Stalled(this.timeout));
+                    this.stalled.inc();
                     return Poll::Ready(Some(Err(Box::new(Stalled(this.timeout)))));
                 }
                 // Progress was made since the timer was armed: wait the rest from there.

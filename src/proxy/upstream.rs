@@ -84,6 +84,14 @@ impl Upstream {
         }
     }
 
+    /// As [`Upstream::send`], on a new connection (see [`Pool::send_fresh`]).
+    pub async fn send_fresh(&self, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        match tokio::time::timeout(self.response_timeout, self.pool.send_fresh(req)).await {
+            Err(_) => Err(ProxyError::Timeout),
+            Ok(result) => result,
+        }
+    }
+
     /// Idle pooled connections.
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()

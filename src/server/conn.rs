@@ -23,7 +23,7 @@ use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::gateway::{Gateway, Peer};
 use crate::metrics::ReasonLabels;
@@ -44,6 +44,8 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `started` to the end of the last response.
     last_done_ms: AtomicU64,
+    /// Wakes the watchdog when a request ends, so the idle deadline is armed again.
+    done: Notify,
 }
 
 impl Activity {
@@ -53,6 +55,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
+            done: Notify::new(),
         })
     }
 
@@ -83,6 +86,7 @@ impl Drop for InFlight {
         let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.0.last_done_ms.store(ms, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.done.notify_one();
     }
 }
 
@@ -162,6 +166,8 @@ pub async fn serve<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
+            // With requests in flight there is no deadline: wait for one to end.
+            () = activity.done.notified(), if deadline.is_none() && !closing => {}
             () = sleep_until(deadline), if deadline.is_some() => {
                 // Re-check: a request may have started or ended meanwhile.
                 let still_due = activity.next_deadline(deadlines).is_some_and(|d| d <= Instant::now());

@@ -298,13 +298,16 @@ async fn accept_loop(
     loop {
         // At the connection cap, stop accepting: new clients wait in the kernel's queue.
         let permit = tokio::select! {
+            biased;
+            _ = drain.changed() => return,
             permit = connections.permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = drain.changed() => return,
         };
         let (stream, addr) = tokio::select! {
+            biased;
+            _ = drain.changed() => return,
             accepted = listener.tcp.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -314,7 +317,6 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = drain.changed() => return,
         };
         let _ = stream.set_nodelay(true);
         connections.open.fetch_add(1, Ordering::Relaxed);

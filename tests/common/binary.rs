@@ -42,7 +42,15 @@ impl GatewayProcess {
                 let _ = notify_tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         });
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_click-gateway"))
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_click-gateway"));
+        // Only what the test sets: no keys or overrides from the developer's shell.
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if ["CLICK_GATEWAY_", "CLICK_SERVICE_", "RUST_LOG"].iter().any(|p| name_text.starts_with(p)) {
+                cmd.env_remove(&name);
+            }
+        }
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(config.path())
