@@ -223,7 +223,12 @@ impl Gateway {
                 series.upstream_status(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                let body = StallGuard::new(body, self.upstream.response_timeout(), lease, series.stalled.clone());
+                let body = StallGuard::new(
+                    body,
+                    self.upstream.response_timeout(),
+                    lease,
+                    series.stalled.clone(),
+                );
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(e) => {

@@ -84,7 +84,10 @@ pub async fn callback(
         .and_then(|v| v.parse::<u64>().ok());
     let _reservation = match gw
         .body_budget
-        .reserve(declared.unwrap_or(MAX_CALLBACK_BODY as u64), gw.body_read_timeout)
+        .reserve(
+            declared.unwrap_or(MAX_CALLBACK_BODY as u64),
+            gw.body_read_timeout,
+        )
         .await
     {
         Ok(permit) => permit,
@@ -316,7 +319,11 @@ impl LogContext<'_> {
         let reason = d.failure.as_ref();
         let sign_prefix = match (reason, cb) {
             (Some(_), Some(c)) => {
-                let end = c.sign_string.char_indices().nth(8).map_or(c.sign_string.len(), |(i, _)| i);
+                let end = c
+                    .sign_string
+                    .char_indices()
+                    .nth(8)
+                    .map_or(c.sign_string.len(), |(i, _)| i);
                 Some(printable(&c.sign_string[..end]))
             }
             _ => None,

@@ -86,3 +86,55 @@ async fn other_traffic_reaches_django_unchanged() {
     assert_eq!(resp.json()["body_length"], 300_000);
     gw.stop().await;
 }
+
+/// The same fields as multipart/form-data, one part per field.
+fn multipart(body: &str, boundary: &str) -> String {
+    let form = click_gateway::click::form::parse_urlencoded(body.as_bytes()).unwrap();
+    let mut out = String::new();
+    for f in &form.fields {
+        out.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"\r\n\r\n{}\r\n",
+            f.name, f.value
+        ));
+    }
+    out.push_str(&format!("--{boundary}--\r\n"));
+    out
+}
+
+#[tokio::test]
+async fn multipart_callbacks_mean_the_same_to_django_or_are_refused() {
+    let django = Gunicorn::start(&["--worker-class", "sync", "--workers", "2"]).await;
+    let gw = TestGateway::start(django.addr).await;
+    let ct = "multipart/form-data; boundary=XXbound";
+    // A valid one: Django checks the signature itself over what it parsed, and agrees.
+    let body = multipart(&signed("0", None, "2103040009"), "XXbound");
+    let answer = post(gw.addr, "/click/prepare/", ct, body.as_bytes())
+        .await
+        .json();
+    assert_eq!(answer["error"], 0, "{answer}");
+    // A field smuggled inside another by repeating the boundary after a bare LF: Django would
+    // split there and read amount=1; the gateway refuses the body instead.
+    let smuggled = body.replace(
+        "name=\"error_note\"\r\n\r\nSuccess",
+        "name=\"error_note\"\r\n\r\nSuccess\n--XXbound\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n1",
+    );
+    assert_ne!(smuggled, body);
+    let answer = post(gw.addr, "/click/prepare/", ct, smuggled.as_bytes())
+        .await
+        .json();
+    assert_eq!(answer["error"], -8, "{answer}");
+    // A name Django strips to a signed field's.
+    let renamed = body.replacen("name=\"error_note\"", "name=\" amount\"", 1);
+    let answer = post(gw.addr, "/click/prepare/", ct, renamed.as_bytes())
+        .await
+        .json();
+    assert_eq!(answer["error"], -8, "{answer}");
+    let seen = django_saw(&django);
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the valid callback reached Django: {seen:?}"
+    );
+    assert_eq!(seen[0]["verdict"], "ok");
+    gw.stop().await;
+}

@@ -159,9 +159,21 @@ async fn silent_and_idle_connections_are_closed_http1_and_http2() {
     let got = until_closed(&mut s).await;
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     let m = scrape(gw.admin_addr).await;
-    let closed = |reason: &str| m.get(&format!("click_gateway_connections_closed_total{{reason=\"{reason}\"}}")).copied();
-    assert_eq!(closed("first_request_timeout"), Some(2.0), "the silent and the preface-only connections");
-    assert!(closed("idle").unwrap_or(0.0) >= 1.0, "the idle HTTP/2 connection");
+    let closed = |reason: &str| {
+        m.get(&format!(
+            "click_gateway_connections_closed_total{{reason=\"{reason}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(
+        closed("first_request_timeout"),
+        Some(2.0),
+        "the silent and the preface-only connections"
+    );
+    assert!(
+        closed("idle").unwrap_or(0.0) >= 1.0,
+        "the idle HTTP/2 connection"
+    );
     gw.stop().await;
 }
 
@@ -288,17 +300,27 @@ async fn body_buffer_memory_is_shared_and_bounded() {
     // A body that fills the budget and stays reserved until its backend answers (/slow waits
     // for the test to release it).
     let addr = gw.addr;
-    let big = tokio::spawn(async move { post(addr, "/slow", "application/octet-stream", &[1u8; 65_536]).await });
+    let big = tokio::spawn(async move {
+        post(addr, "/slow", "application/octet-stream", &[1u8; 65_536]).await
+    });
     assert_eq!(up.next().await.uri, "/slow");
     // No memory for another body: 503 once body_read_timeout has passed waiting for it.
     let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
     assert_eq!(resp.status, 503);
     let m = scrape(gw.admin_addr).await;
-    assert_eq!(m.get("click_gateway_requests_refused_total{reason=\"busy\"}"), Some(&1.0));
+    assert_eq!(
+        m.get("click_gateway_requests_refused_total{reason=\"busy\"}"),
+        Some(&1.0)
+    );
     up.release();
     assert_eq!(big.await.unwrap().status, 200);
     // The budget is whole again.
-    assert_eq!(post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await.status, 200);
+    assert_eq!(
+        post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000])
+            .await
+            .status,
+        200
+    );
     assert_eq!(gw.gateway.body_budget.available_kib(), 64);
     while up.try_next().is_some() {}
     gw.stop().await;
@@ -309,11 +331,14 @@ async fn an_http2_connection_still_goes_idle_after_a_request_that_outlived_a_dea
     let mut up = TestUpstream::start().await;
     let gw = fast_gateway(&up).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     let conn = tokio::spawn(conn);
-    let req = http::Request::get("http://shop.example/slow").body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let req = http::Request::get("http://shop.example/slow")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
     let pending = h2.send_request(req);
     let answer = tokio::spawn(pending);
     assert_eq!(up.next().await.uri, "/slow");
@@ -322,6 +347,10 @@ async fn an_http2_connection_still_goes_idle_after_a_request_that_outlived_a_dea
     tokio::time::sleep(Duration::from_millis(800)).await;
     up.release();
     assert_eq!(answer.await.unwrap().unwrap().status(), 200);
-    tokio::time::timeout(PATIENCE, conn).await.expect("the idle HTTP/2 connection was kept open").unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("the idle HTTP/2 connection was kept open")
+        .unwrap()
+        .unwrap();
     gw.stop().await;
 }

@@ -367,9 +367,25 @@ async fn a_stale_sign_time_in_the_default_shadow_mode_is_forwarded_and_counted()
     // V1 was signed in 2024: a valid signature, a stale time; sign_age_mode defaults to shadow.
     let resp = callback(gw.addr, "/click/prepare/", V1).await;
     assert_eq!(resp.text(), r#"{"error":0,"upstream":true}"#);
-    assert_eq!(up.next().await.header("x-click-signature-verified"), Some("12345"), "the signature did verify");
+    assert_eq!(
+        up.next().await.header("x-click-signature-verified"),
+        Some("12345"),
+        "the signature did verify"
+    );
     let m = scrape(gw.admin_addr).await;
-    assert_eq!(value(&m, &callbacks("12345", "prepare", "would_reject", "stale_sign_time", "none")), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            &callbacks(
+                "12345",
+                "prepare",
+                "would_reject",
+                "stale_sign_time",
+                "none"
+            )
+        ),
+        1.0
+    );
     gw.stop().await;
 }
 

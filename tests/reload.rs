@@ -318,16 +318,34 @@ async fn a_reload_applies_click_settings_and_says_which_need_a_restart() {
     write_atomic(&path, &changed);
     s.gw.signal(libc::SIGHUP);
     let line = s.gw.wait_log(|l| l.contains("reload ok")).await;
-    assert!(line.contains("click.paths: /click/prepare/ /click/complete/ -> /pay/click/"), "{line}");
-    s.gw.wait_log(|l| l.contains("[server] settings changed: they apply only after a restart")).await;
+    assert!(
+        line.contains("click.paths: /click/prepare/ /click/complete/ -> /pay/click/"),
+        "{line}"
+    );
+    s.gw.wait_log(|l| l.contains("[server] settings changed: they apply only after a restart"))
+        .await;
     // The new path is a callback path; the old one is now ordinary traffic.
-    let resp = callback(s.gw.addr, "/pay/click/", &prepare_signed_with(B, "12345", 1)).await;
+    let resp = callback(
+        s.gw.addr,
+        "/pay/click/",
+        &prepare_signed_with(B, "12345", 1),
+    )
+    .await;
     assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
-    let resp = callback(s.gw.addr, "/click/prepare/", &prepare_signed_with(B, "12345", 2)).await;
+    let resp = callback(
+        s.gw.addr,
+        "/click/prepare/",
+        &prepare_signed_with(B, "12345", 2),
+    )
+    .await;
     assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
     let got = s.up.next().await;
     assert_eq!(got.uri, "/click/prepare/");
-    assert_eq!(got.header("x-click-signature-verified"), None, "not verified, only proxied");
+    assert_eq!(
+        got.header("x-click-signature-verified"),
+        None,
+        "not verified, only proxied"
+    );
 }
 
 #[tokio::test]
@@ -339,7 +357,9 @@ async fn sigterm_closes_what_outlives_the_drain_deadline_and_exits_0() {
     let stuck = tokio::spawn(async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf).await;
         buf
@@ -347,7 +367,15 @@ async fn sigterm_closes_what_outlives_the_drain_deadline_and_exits_0() {
     assert_eq!(up.next().await.uri, "/slow");
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait_exit().await, Some(0));
-    assert!(gw.log_text().contains("drain deadline passed; closing remaining connections"));
-    let got = tokio::time::timeout(PATIENCE, stuck).await.unwrap().unwrap();
-    assert!(got.is_empty(), "the request never finished, so nothing was answered");
+    assert!(gw
+        .log_text()
+        .contains("drain deadline passed; closing remaining connections"));
+    let got = tokio::time::timeout(PATIENCE, stuck)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        got.is_empty(),
+        "the request never finished, so nothing was answered"
+    );
 }

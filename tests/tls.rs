@@ -203,7 +203,10 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
         assert_eq!(n, 0, "expected the connection to be closed");
     }
     let m = scrape(gw.admin_addr).await;
-    assert_eq!(m.get("click_gateway_tls_handshake_failures_total{reason=\"timeout\"}"), Some(&2.0));
+    assert_eq!(
+        m.get("click_gateway_tls_handshake_failures_total{reason=\"timeout\"}"),
+        Some(&2.0)
+    );
     // Meanwhile a real client still gets through.
     let stream = tls_connect(&pki, tls_addr, &[b"http/1.1"]).await;
     let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

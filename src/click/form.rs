@@ -36,12 +36,16 @@ pub enum FormKind {
 }
 
 impl FormKind {
-    /// Reads a `Content-Type` value (RFC 9110 §8.3). A `charset` other than UTF-8 is refused:
-    /// the signature is defined over UTF-8 bytes.
+    /// Reads a `Content-Type` value (RFC 9110 §8.3), as narrowly as Django reads it: the type
+    /// in lowercase (Django compares it exactly), at most a `charset` that is UTF-8 (the
+    /// signature is defined over UTF-8 bytes) and, for multipart, one `boundary`. Any other
+    /// parameter is refused, RFC 2231 forms like `boundary*=` above all: Django's header
+    /// parser would honour them where this one would not.
     pub fn from_content_type(value: &str) -> Result<FormKind, &'static str> {
         let mut parts = value.split(';');
         let essence = parts.next().unwrap_or("").trim();
         let mut boundary = None;
+        let mut charset = false;
         for param in parts {
             if param.trim().is_empty() {
                 continue;
@@ -51,28 +55,35 @@ impl FormKind {
             };
             let name = name.trim();
             let val = unquote(val.trim()).ok_or("malformed content-type parameter")?;
-            if name.eq_ignore_ascii_case("charset") {
-                if !val.eq_ignore_ascii_case("utf-8") && !val.eq_ignore_ascii_case("utf8") {
-                    return Err("charset is not UTF-8");
+            if name.eq_ignore_ascii_case("charset") && !charset {
+                if !val.eq_ignore_ascii_case("utf-8") {
+                    return Err("charset is not utf-8");
                 }
-            } else if name.eq_ignore_ascii_case("boundary") {
+                charset = true;
+            } else if name.eq_ignore_ascii_case("boundary") && boundary.is_none() {
                 boundary = Some(val);
+            } else {
+                return Err("unexpected or repeated content-type parameter");
             }
         }
-        if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            Ok(FormKind::UrlEncoded)
-        } else if essence.eq_ignore_ascii_case("multipart/form-data") {
-            // RFC 2046 §5.1.1: 1 to 70 characters.
-            match boundary {
-                Some(b) if !b.is_empty() && b.len() <= 70 => {
-                    Ok(FormKind::Multipart { boundary: b })
-                }
-                _ => Err("multipart/form-data without a valid boundary"),
+        match (essence, boundary) {
+            ("application/x-www-form-urlencoded", None) => Ok(FormKind::UrlEncoded),
+            // RFC 2046 §5.1.1: 1 to 70 characters from a restricted set.
+            ("multipart/form-data", Some(b)) if is_boundary(&b) => {
+                Ok(FormKind::Multipart { boundary: b })
             }
-        } else {
-            Err("content-type is not a form")
+            ("multipart/form-data", _) => Err("multipart/form-data without a valid boundary"),
+            _ => Err("content-type is not a form"),
         }
     }
+}
+
+/// RFC 2046 §5.1.1 `bchars`, 1 to 70 of them, not ending in a space.
+fn is_boundary(b: &str) -> bool {
+    (1..=70).contains(&b.len())
+        && !b.ends_with(' ')
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&c))
 }
 
 fn unquote(v: &str) -> Option<String> {
@@ -131,12 +142,26 @@ impl<'a> Form<'a> {
 /// names and values alike. Unlike Python, an invalid `%` escape or a value that is not UTF-8
 /// after decoding is an error rather than something silently kept or replaced.
 pub fn parse_urlencoded(body: &[u8]) -> Result<Form<'_>, FormError> {
-    // Fast path: a body that is valid UTF-8 as a whole is split as text, so the components
-    // that need no decoding (most of them) are borrowed without being validated again.
-    if let Ok(text) = std::str::from_utf8(body) {
-        return parse_urlencoded_text(text);
+    // A body that is not UTF-8 as a whole is refused, whatever its escapes decode to: Django
+    // would then read every raw non-ASCII byte differently (as Latin-1).
+    match std::str::from_utf8(body) {
+        Ok(text) => parse_urlencoded_text(text),
+        Err(e) => Err(FormError::NotUtf8(field_at(body, e.valid_up_to()))),
     }
-    parse_urlencoded_bytes(body)
+}
+
+/// The (lossy, clipped) name of the field whose segment contains byte `at`, for errors.
+fn field_at(body: &[u8], at: usize) -> String {
+    let start = body[..at]
+        .iter()
+        .rposition(|&b| b == b'&')
+        .map_or(0, |i| i + 1);
+    let segment = &body[start..];
+    let end = segment
+        .iter()
+        .position(|&b| b == b'=' || b == b'&')
+        .unwrap_or(segment.len());
+    name_for_error(&String::from_utf8_lossy(&segment[..end]))
 }
 
 /// The bytes the urlencoded scanner stops at: `&`, `=`, `%`, `+`.
@@ -229,44 +254,6 @@ fn decode_text<'a>(
     }
 }
 
-fn memchr_count(bytes: &[u8], needle: u8) -> usize {
-    bytes.iter().filter(|&&b| b == needle).count()
-}
-
-/// The general path, for bodies with bytes that are not UTF-8 (so some field will be refused
-/// with the right name in the error).
-fn parse_urlencoded_bytes(body: &[u8]) -> Result<Form<'_>, FormError> {
-    let segments = memchr_count(body, b'&') + 1;
-    let mut fields = Vec::with_capacity(segments.min(MAX_FIELDS));
-    let mut offset = 0;
-    for segment in body.split(|&b| b == b'&') {
-        let start = offset;
-        offset += segment.len() + 1;
-        if segment.is_empty() {
-            continue;
-        }
-        if fields.len() == MAX_FIELDS {
-            return Err(FormError::TooManyFields);
-        }
-        let (raw_name, raw_value, value_at) = match segment.iter().position(|&b| b == b'=') {
-            Some(eq) => (&segment[..eq], &segment[eq + 1..], start + eq + 1),
-            None => (segment, &segment[segment.len()..], start + segment.len()),
-        };
-        let name = decode_component(raw_name, start)?;
-        let value = decode_component(raw_value, value_at)?;
-        let name = into_utf8(name, || String::from_utf8_lossy(raw_name).into_owned())?;
-        let value = into_utf8(value, || name_for_error(&name))?;
-        let raw_value = std::str::from_utf8(raw_value)
-            .map_err(|_| FormError::NotUtf8(name_for_error(&name)))?;
-        fields.push(Field {
-            name,
-            value,
-            raw_value,
-        });
-    }
-    Ok(Form { fields })
-}
-
 fn name_for_error(name: &str) -> String {
     name.chars().take(40).collect()
 }
@@ -306,27 +293,16 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-fn into_utf8(
-    bytes: Cow<'_, [u8]>,
-    name: impl FnOnce() -> String,
-) -> Result<Cow<'_, str>, FormError> {
-    match bytes {
-        Cow::Borrowed(b) => std::str::from_utf8(b)
-            .map(Cow::Borrowed)
-            .map_err(|_| FormError::NotUtf8(name())),
-        Cow::Owned(v) => String::from_utf8(v)
-            .map(Cow::Owned)
-            .map_err(|_| FormError::NotUtf8(name())),
-    }
-}
-
 /// Parses `multipart/form-data` (RFC 7578) holding plain text fields only.
 ///
 /// Deliberately narrower than RFC 2046 so that there is one reading of the body: it must start
 /// with the first delimiter (no preamble) and end with the close delimiter (optionally followed
-/// by CRLF, nothing else); each part has a `Content-Disposition: form-data; name=...` without
-/// `filename`, an optional `Content-Type: text/plain` in UTF-8, and no `Content-Transfer-Encoding`
-/// other than an identity one (Django would base64-decode such a field; the signer would not).
+/// by CRLF, nothing else); `--boundary` appears nowhere but at the delimiters (Django splits
+/// on it wherever it stands, even after a bare LF inside a value); each part has a
+/// `Content-Disposition: form-data; name=...` without `filename`, a name of
+/// `[A-Za-z0-9_]` only (Django strips whitespace and more from names), an optional
+/// `Content-Type: text/plain` in UTF-8, and no `Content-Transfer-Encoding` other than an
+/// identity one (Django would base64-decode such a field; the signer would not).
 pub fn parse_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Result<Form<'a>, FormError> {
     use FormError::Multipart as Bad;
     let mut delimiter = Vec::with_capacity(boundary.len() + 4);
@@ -341,7 +317,8 @@ pub fn parse_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Result<Form<'a>, 
     loop {
         if let Some(after) = rest.strip_prefix(b"--") {
             return match after {
-                b"" | b"\r\n" => Ok(Form { fields }),
+                b"" | b"\r\n" if count(body, first) == fields.len() + 1 => Ok(Form { fields }),
+                b"" | b"\r\n" => Err(Bad("the boundary also appears inside a part")),
                 _ => Err(Bad("data after the closing boundary")),
             };
         }
@@ -433,8 +410,24 @@ fn disposition_name(value: &str) -> Result<String, FormError> {
         }
         name = Some(unquote(v.trim()).ok_or(Bad("malformed field name"))?);
     }
-    name.filter(|n| !n.is_empty())
-        .ok_or(Bad("part without a field name"))
+    let name = name
+        .filter(|n| !n.is_empty())
+        .ok_or(Bad("part without a field name"))?;
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Bad("field name outside [A-Za-z0-9_]"));
+    }
+    Ok(name)
+}
+
+/// Occurrences of `needle` in `haystack`, overlapping ones included.
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return 0;
+    }
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -546,6 +539,18 @@ mod tests {
         assert!(FormKind::from_content_type("multipart/form-data").is_err());
         assert!(FormKind::from_content_type("application/json").is_err());
         assert!(FormKind::from_content_type("").is_err());
+        for refused in [
+            "multipart/form-data; boundary=XX; boundary*=utf-8''YY",
+            "multipart/form-data; boundary*=utf-8''YY",
+            "multipart/form-data; boundary=XX; boundary=YY",
+            "application/x-www-form-urlencoded; charset*=utf-8''latin1",
+            "application/x-www-form-urlencoded; charset=utf8",
+            "application/x-www-form-urlencoded; boundary=XX",
+            "Multipart/Form-Data; boundary=XX",
+            "multipart/form-data; boundary=\"a\\b\"",
+        ] {
+            assert!(FormKind::from_content_type(refused).is_err(), "{refused}");
+        }
     }
 
     const MP: &[u8] = b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1 2\r\n--XX\r\ncontent-disposition: form-data; name=b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\xd0\xb7\r\n--XX--\r\n";
@@ -571,6 +576,12 @@ mod tests {
             b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n",
             b"--XX\r\n\r\n1\r\n--XX--",
             b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\xff\r\n--XX--",
+            // Django splits on the boundary wherever it stands, even after a bare LF.
+            b"--XX\r\nContent-Disposition: form-data; name=\"error_note\"\r\n\r\nx--XX\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n1\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\n--XX\r\n--XX--",
+            // Django strips names.
+            b"--XX\r\nContent-Disposition: form-data; name=\" amount\"\r\n\r\n1\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=amount\x1f\r\n\r\n1\r\n--XX--",
         ];
         for body in cases {
             assert!(

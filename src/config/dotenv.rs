@@ -3,17 +3,28 @@
 //!
 //! The syntax is python-dotenv's for the common cases: `NAME=value`, optional `export `,
 //! whitespace around `=`, `#` comments (a comment in an unquoted value needs whitespace before
-//! the `#`), `'single'` quotes taken literally, `"double"` quotes with `\\ \" \' \n \r \t`
+//! the `#`), `'single'` quotes (with python-dotenv's `\\` and `\'` escapes), `"double"` quotes with `\\ \" \' \n \r \t`
 //! escapes, quoted values spanning lines. Unlike python-dotenv, nothing is interpolated (`${X}`
 //! stays as written) and trailing whitespace of an unquoted value is kept, so the caller can
 //! refuse a key that carries it instead of trimming it silently.
 
-/// One `NAME=value` assignment and the line it starts on (1-based).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `NAME=value` assignment and the line it starts on (1-based). Its `Debug` hides the
+/// value: values include secret keys.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub name: String,
     pub value: String,
     pub line: usize,
+}
+
+impl std::fmt::Debug for Assignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Assignment({} on line {}, value hidden)",
+            self.name, self.line
+        )
+    }
 }
 
 /// A line that could not be read, with the name it assigns when that much was readable.
@@ -121,6 +132,14 @@ fn quoted(s: &str, q: char) -> Option<(Option<String>, usize)> {
     while let Some((i, c)) = chars.next() {
         match c {
             c if c == q => return Some((ok.then_some(out), i + 1)),
+            // python-dotenv's single-quote escapes: `\\` and `\'` only.
+            '\\' if q == '\'' => match chars.clone().next() {
+                Some((_, e @ ('\\' | '\''))) => {
+                    chars.next();
+                    out.push(e);
+                }
+                _ => out.push('\\'),
+            },
             '\\' if q == '"' => match chars.next() {
                 Some((_, e @ ('\\' | '"' | '\''))) => out.push(e),
                 Some((_, 'n')) => out.push('\n'),
@@ -163,6 +182,7 @@ mod tests {
         assert_eq!(one("A=b #c"), "b");
         assert_eq!(one("A=b c #d"), "b c");
         assert_eq!(one("A='b c#d \\n'"), "b c#d \\n");
+        assert_eq!(one("A='a\\\\b\\'c'"), "a\\b'c");
         assert_eq!(one("A=\"b\\\"c\\n\" # note"), "b\"c\n");
         assert_eq!(one("A=${X}"), "${X}");
         assert_eq!(one("A="), "");

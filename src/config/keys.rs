@@ -213,7 +213,7 @@ fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<P
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before
@@ -289,6 +289,16 @@ fn read_env_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<Pr
 }
 
 fn read_process_env(env: &Environment, found: &mut Vec<SourceKeys>, problems: &mut Vec<Problem>) {
+    for name in env.not_utf8() {
+        if env_service(name).is_some() {
+            let origin = format!("environment variable {name}");
+            problems.push(Problem::new(
+                &origin,
+                None,
+                "the key is not valid UTF-8".into(),
+            ));
+        }
+    }
     for (name, value) in env.vars() {
         let Some(id) = env_service(name) else {
             continue;

@@ -242,6 +242,10 @@ impl TryFrom<String> for UtcOffset {
             _ => return Err(bad()),
         };
         let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+        let digits = |t: &str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(h) || !digits(m) {
+            return Err(bad());
+        }
         let h: i32 = h.parse().map_err(|_| bad())?;
         let m: i32 = m.parse().map_err(|_| bad())?;
         if !(0..=14).contains(&h) || !(0..60).contains(&m) {
@@ -331,26 +335,47 @@ fn display_problems(problems: &[Problem]) -> String {
 }
 
 /// A snapshot of environment variables, passed in rather than read inside, so tests stay
-/// independent of the process environment and a reload reads what startup read.
-#[derive(Debug, Clone, Default)]
+/// independent of the process environment and a reload reads what startup read. Its `Debug`
+/// shows names only: values include secret keys.
+#[derive(Clone, Default)]
 pub struct Environment {
     vars: Vec<(String, String)>,
+    /// Names whose value is not UTF-8 (reported when they matter, e.g. a key variable).
+    not_utf8: Vec<String>,
+}
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.vars.iter().map(|(k, _)| k))
+            .finish()
+    }
 }
 
 impl Environment {
-    /// The process environment (variables that are not UTF-8 are skipped).
+    /// The process environment (variables whose name is not UTF-8 are skipped).
     pub fn from_process() -> Environment {
-        Environment {
-            vars: std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect(),
+        let mut env = Environment::default();
+        for (k, v) in std::env::vars_os() {
+            let Ok(k) = k.into_string() else { continue };
+            match v.into_string() {
+                Ok(v) => env.vars.push((k, v)),
+                Err(_) => env.not_utf8.push(k),
+            }
         }
+        env
     }
 
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Environment {
         Environment {
             vars: pairs.into_iter().collect(),
+            not_utf8: Vec::new(),
         }
+    }
+
+    /// Names of variables whose value is not UTF-8.
+    pub fn not_utf8(&self) -> &[String] {
+        &self.not_utf8
     }
 
     pub fn vars(&self) -> impl Iterator<Item = (&String, &String)> {
@@ -384,18 +409,36 @@ impl Provider for EnvOverride {
     }
 }
 
-fn env_overrides(env: &Environment) -> Vec<EnvOverride> {
-    env.vars()
-        .filter_map(|(var, value)| {
-            let rest = var.strip_prefix(ENV_OVERRIDE_PREFIX)?;
-            Some(EnvOverride {
-                var: var.clone(),
-                key: rest.to_ascii_lowercase().replace("__", "."),
-                value: value.clone(),
-            })
-        })
-        .collect()
+/// The `CLICK_GATEWAY_<SECTION>__<KEY>` variables; one that names no section is a problem
+/// of its own, reported under its name.
+fn env_overrides(env: &Environment) -> (Vec<EnvOverride>, Vec<Problem>) {
+    let mut overrides = Vec::new();
+    let mut problems = Vec::new();
+    for (var, value) in env.vars() {
+        let Some(rest) = var.strip_prefix(ENV_OVERRIDE_PREFIX) else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        let section = key.split('.').next().unwrap_or("");
+        if !key.contains('.') || !SECTIONS.contains(&section) {
+            problems.push(Problem::new(
+                &format!("environment variable {var}"),
+                None,
+                "names no setting: use CLICK_GATEWAY_<SECTION>__<KEY>, e.g. CLICK_GATEWAY_UPSTREAM__URL".into(),
+            ));
+            continue;
+        }
+        overrides.push(EnvOverride {
+            var: var.clone(),
+            key,
+            value: value.clone(),
+        });
+    }
+    (overrides, problems)
 }
+
+/// The sections of gateway.toml.
+const SECTIONS: [&str; 4] = ["server", "upstream", "click", "admin"];
 
 /// Settings and keys, validated together.
 #[derive(Debug, Clone)]
@@ -419,8 +462,34 @@ pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
             format!("cannot read config file: {e}"),
         )]);
     }
+    // Syntax first, reported by position only: figment's TOML errors quote the offending
+    // line, and a key pasted into the wrong file must not end up in a log.
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            if let Err(e) = text.parse::<toml::Table>() {
+                let at = e.span().map(|s| keys::line_col(&text, s.start));
+                let key = at.map(|(l, c)| format!("line {l}, column {c}"));
+                return fail(vec![Problem::new(
+                    &origin,
+                    key,
+                    e.message().trim().replace('\n', "; "),
+                )]);
+            }
+        }
+        Err(e) => {
+            return fail(vec![Problem::new(
+                &origin,
+                None,
+                format!("cannot read config file: {e}"),
+            )])
+        }
+    }
+    let (overrides, env_problems) = env_overrides(env);
+    if !env_problems.is_empty() {
+        return fail(env_problems);
+    }
     let mut figment = Figment::new().merge(Toml::file_exact(path));
-    for o in env_overrides(env) {
+    for o in overrides {
         figment = figment.merge(o);
     }
     let mut settings = extract(&figment, &origin)?;
@@ -485,7 +554,7 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     })?;
     let mut problems = Vec::new();
     for key in root.keys() {
-        if !["server", "upstream", "click", "admin"].contains(&key.as_str()) {
+        if !SECTIONS.contains(&key.as_str()) {
             problems.push(Problem::new(
                 origin,
                 Some(key.clone()),
@@ -620,12 +689,21 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             "not a loopback address: metrics name services and volumes; set admin.allow_remote = true to expose them",
         );
     }
+    let mut mode_ids = std::collections::BTreeMap::new();
     for id in s.click.service_modes.keys() {
-        if crate::click::callback::parse_id(id).is_none() {
-            bad(
+        match crate::click::callback::parse_id(id) {
+            None => bad(
                 &format!("click.service_modes.{id}"),
                 "service id must be decimal digits",
-            );
+            ),
+            Some(n) => {
+                if let Some(first) = mode_ids.insert(n, id) {
+                    bad(
+                        &format!("click.service_modes.{id}"),
+                        &format!("same service as {first}"),
+                    );
+                }
+            }
         }
     }
     if s.click.paths.is_empty() {
@@ -660,7 +738,10 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
         ("server.idle_timeout", s.server.idle_timeout),
         ("server.header_read_timeout", s.server.header_read_timeout),
         ("server.body_read_timeout", s.server.body_read_timeout),
-        ("server.tls_handshake_timeout", s.server.tls_handshake_timeout),
+        (
+            "server.tls_handshake_timeout",
+            s.server.tls_handshake_timeout,
+        ),
         ("upstream.connect_timeout", s.upstream.connect_timeout),
         ("upstream.response_timeout", s.upstream.response_timeout),
         ("upstream.pool_idle_timeout", s.upstream.pool_idle_timeout),
@@ -669,7 +750,10 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             bad(key, "is longer than a day");
         }
     }
-    if s.click.max_sign_age.is_some_and(|a| a.0.is_zero() || a.0 > MAX_SPAN * 366) {
+    if s.click
+        .max_sign_age
+        .is_some_and(|a| a.0.is_zero() || a.0 > MAX_SPAN * 366)
+    {
         bad("click.max_sign_age", "must be between 1s and a year");
     }
     for (key, span) in [
@@ -800,6 +884,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(text.contains("cannot read config file"), "{text}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn misnamed_overrides_and_syntax_errors_name_their_origin_not_their_text() {
+        let d = dir("names");
+        let cfg = d.join("gateway.toml");
+        fs::write(
+            &cfg,
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let text = load(&cfg, &env(&[("CLICK_GATEWAY_UPSTREAM_URL", "http://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.starts_with("environment variable CLICK_GATEWAY_UPSTREAM_URL: names no setting"),
+            "{text}"
+        );
+        fs::write(
+            &cfg,
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\nsecret = sekrit-pasted-here\n",
+        )
+        .unwrap();
+        let text = load(&cfg, &env(&[])).unwrap_err().to_string();
+        assert!(text.contains("gateway.toml: line 3, column"), "{text}");
+        assert!(!text.contains("sekrit"), "{text}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn offsets_and_service_modes() {
+        for (t, want) in [
+            ("+05:00", Some(18_000)),
+            ("-03:30", Some(-12_600)),
+            ("UTC", Some(0)),
+        ] {
+            assert_eq!(
+                UtcOffset::try_from(t.to_owned()).ok().map(|o| o.0),
+                want,
+                "{t}"
+            );
+        }
+        for bad in ["++05:00", "-+05:00", "+5:00", "05:00", "+15:00"] {
+            assert!(UtcOffset::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+        let d = dir("modes");
+        let cfg = d.join("gateway.toml");
+        fs::write(
+            &cfg,
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[click]\nservice_modes = { \"12345\" = \"shadow\", \"012345\" = \"enforce\" }\n",
+        )
+        .unwrap();
+        let text = load(&cfg, &env(&[])).unwrap_err().to_string();
+        assert!(text.contains("same service as"), "{text}");
         fs::remove_dir_all(d).unwrap();
     }
 

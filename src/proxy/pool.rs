@@ -124,7 +124,10 @@ impl Pool {
 
     /// Sends `req` on a new connection, never a pooled one (for resending a request that met
     /// a pooled connection closing under it).
-    pub async fn send_fresh(self: &Arc<Self>, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    pub async fn send_fresh(
+        self: &Arc<Self>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let mut sender = self.connect().await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, self.lease(sender))),

@@ -85,7 +85,10 @@ impl Upstream {
     }
 
     /// As [`Upstream::send`], on a new connection (see [`Pool::send_fresh`]).
-    pub async fn send_fresh(&self, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    pub async fn send_fresh(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         match tokio::time::timeout(self.response_timeout, self.pool.send_fresh(req)).await {
             Err(_) => Err(ProxyError::Timeout),
             Ok(result) => result,

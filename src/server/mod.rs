@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerSettings;
 use crate::gateway::{Gateway, Peer};
-use crate::metrics::ReasonLabels;
 use crate::proxy::Scheme;
 use conn::Deadlines;
 use prometheus_client::metrics::gauge::Gauge;
@@ -340,23 +339,14 @@ async fn accept_loop(
                     let peer = Peer::new(addr, Scheme::Http, &gw.trusted_proxies);
                     conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain).await;
                 }
-                Some(tls) => match tls.handshake(stream).await {
+                Some(tls) => match tls.handshake(stream, &gw.metrics).await {
                     Ok(stream) => {
                         let peer = Peer::new(addr, Scheme::Https, &gw.trusted_proxies);
                         conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain)
                             .await;
                     }
-                    Err(e) => {
-                        tracing::debug!(peer = %addr, "{e}");
-                        let reason = match e {
-                            tls::TlsError::HandshakeTimeout(_) => "timeout",
-                            _ => "error",
-                        };
-                        gw.metrics
-                            .tls_handshake_failures
-                            .get_or_create(&ReasonLabels { reason })
-                            .inc();
-                    }
+                    // Counted by the handshake itself, before the socket closed.
+                    Err(e) => tracing::debug!(peer = %addr, "{e}"),
                 },
             }
         });

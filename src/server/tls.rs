@@ -19,6 +19,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::tls::provider;
+use crate::metrics::{Metrics, ReasonLabels};
 
 /// Serves whichever certificate was stored last.
 #[derive(Debug)]
@@ -87,16 +88,33 @@ impl TlsListener {
     }
 
     /// Completes the handshake, or gives up at the deadline (counted from accept, waiting
-    /// for a handshake slot included), so idle and slow clients cannot hold sockets.
-    pub async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, TlsError> {
+    /// for a handshake slot included), so idle and slow clients cannot hold sockets. Failures
+    /// are counted before the socket is closed.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        metrics: &Metrics,
+    ) -> Result<TlsStream<TcpStream>, TlsError> {
         let work = async {
             let _permit = self.handshakes.acquire().await;
             self.acceptor.accept(tcp).await
         };
-        match tokio::time::timeout(self.handshake_timeout, work).await {
-            Err(_) => Err(TlsError::HandshakeTimeout(self.handshake_timeout)),
-            Ok(Err(e)) => Err(TlsError::Handshake(e)),
-            Ok(Ok(stream)) => Ok(stream),
+        tokio::pin!(work);
+        let failure = |reason| {
+            metrics
+                .tls_handshake_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        };
+        tokio::select! {
+            result = &mut work => result.map_err(|e| {
+                failure("error");
+                TlsError::Handshake(e)
+            }),
+            () = tokio::time::sleep(self.handshake_timeout) => {
+                failure("timeout");
+                Err(TlsError::HandshakeTimeout(self.handshake_timeout))
+            }
         }
     }
 }

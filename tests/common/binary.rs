@@ -46,7 +46,10 @@ impl GatewayProcess {
         // Only what the test sets: no keys or overrides from the developer's shell.
         for (name, _) in std::env::vars_os() {
             let name_text = name.to_string_lossy();
-            if ["CLICK_GATEWAY_", "CLICK_SERVICE_", "RUST_LOG"].iter().any(|p| name_text.starts_with(p)) {
+            if ["CLICK_GATEWAY_", "CLICK_SERVICE_", "RUST_LOG"]
+                .iter()
+                .any(|p| name_text.starts_with(p))
+            {
                 cmd.env_remove(&name);
             }
         }

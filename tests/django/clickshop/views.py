@@ -13,13 +13,21 @@ import os
 from django.http import JsonResponse
 
 
+def _body(request):
+    # Django keeps no raw body once it has streamed a multipart form.
+    try:
+        return request.body.decode("utf-8")
+    except Exception:  # RawPostDataException
+        return None
+
+
 def _record(request, **extra):
     entry = {
         "path": request.path,
         "host": request.get_host(),
         "forwarded_for": request.META.get("HTTP_X_FORWARDED_FOR"),
         "verified_header": request.META.get("HTTP_X_CLICK_SIGNATURE_VERIFIED"),
-        "body": request.body.decode("utf-8"),
+        "body": _body(request),
         **extra,
     }
     with open(os.environ["CLICKSHOP_LOG"], "a", encoding="utf-8") as f:
