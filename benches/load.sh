@@ -21,7 +21,8 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 THREADS=$(nproc)
 
 missing=()
-command -v nginx >/dev/null || missing+=(nginx-light)
+[ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v curl >/dev/null || missing+=(curl)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v openssl >/dev/null || missing+=(openssl)
@@ -33,6 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 cargo build --release --quiet
 GATEWAY=$PWD/target/release/click-gateway
+NGINX=/usr/sbin/nginx   # not on a non-root user's PATH
+# Room for the idle-connection measurement and the load generators.
+ulimit -n "$(( IDLE_CONNS + 4096 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
 pids=()
@@ -136,8 +140,8 @@ keys_file = "keys.toml"
 enabled = false
 EOF
 
-nginx -c "$work/up/nginx.conf" & pids+=($!)
-nginx -c "$work/proxy/nginx.conf" & pids+=($!)
+"$NGINX" -c "$work/up/nginx.conf" & pids+=($!)
+"$NGINX" -c "$work/proxy/nginx.conf" & pids+=($!)
 NGX_PID=$!
 # Logs at warn for both: nginx runs with access_log off.
 "$GATEWAY" serve --config "$work/gateway.toml" --log-level warn & GW_PID=$!

@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine:
-#   - curl (the CLI tests drive the real binary with it),
-#   - systemd-analyze (checks the shipped unit file), openssl (certs/generate.sh),
-#   - a Python virtualenv in target/test-venv with Django and gunicorn (the real backend of the
-#     end-to-end test), pinned in tests/django/requirements.txt.
-# Safe to run again: it only installs what is missing.
+# Installs what the test suite needs on a fresh Debian machine, only what is missing:
+#   - curl (the CLI and TLS tests drive the real binary with it),
+#   - systemd-analyze (checks the shipped unit file) and procps (/bin/kill, which the unit uses),
+#   - openssl (certs/generate.sh), a C compiler (ring builds C),
+#   - a Python virtualenv in target/test-venv with Django and gunicorn (the real backend of
+#     the end-to-end tests), pinned in tests/django/requirements.txt.
+# The Rust toolchain itself (cargo 1.82 or later) must already be there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "tests/setup.sh: cargo is missing: install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+
 apt_install() {
     local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "tests/setup.sh: run as root or install sudo to get: $*" >&2; exit 1; }
+        sudo="sudo"
+    fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
 }
@@ -18,7 +27,9 @@ apt_install() {
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+[ -x /bin/kill ] || missing+=(procps)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
