@@ -7,8 +7,16 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 
+/// The binary, without keys or overrides from the developer's shell.
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_click-gateway"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_click-gateway"));
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("CLICK_GATEWAY_") || text.starts_with("CLICK_SERVICE_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
 }
 
 fn repo() -> PathBuf {
