@@ -283,12 +283,7 @@ async fn a_reused_connection_closed_under_a_get_is_retried_but_a_callback_never_
     let (addr, seen) = closing_upstream().await;
     let gw = TestGateway::start(addr).await;
     let mut client = h1_connect(gw.addr).await;
-    let get = || {
-        http::Request::get("/page")
-            .header("host", "x")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap()
-    };
+    let get = || get_request("/page");
     for _ in 0..3 {
         let resp = client.send_request(get()).await.unwrap();
         assert_eq!(
@@ -361,12 +356,7 @@ async fn upstream_connections_are_reused_then_retired_at_the_idle_timeout() {
     let config = ConfigDir::new(up.addr, KEYS_TOML, "", "pool_idle_timeout = \"2s\"");
     let gw = TestGateway::start_with(config).await;
     let mut client = h1_connect(gw.addr).await;
-    let get = || {
-        http::Request::get("/page")
-            .header("host", "x")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap()
-    };
+    let get = || get_request("/page");
     let mut peers = Vec::new();
     for _ in 0..5 {
         let resp = client.send_request(get()).await.unwrap();

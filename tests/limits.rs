@@ -136,15 +136,8 @@ async fn silent_and_idle_connections_are_closed_http1_and_http2() {
         .unwrap();
     until_closed(&mut s).await;
     // HTTP/2 with one request, then idle: the gateway ends the connection (GOAWAY).
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get("http://shop.example/h2")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let (mut h2, conn) = h2_connect(gw.addr).await;
+    let req = get_request("http://shop.example/h2");
     assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
     tokio::time::timeout(PATIENCE, conn)
         .await
@@ -330,15 +323,8 @@ async fn body_buffer_memory_is_shared_and_bounded() {
 async fn an_http2_connection_still_goes_idle_after_a_request_that_outlived_a_deadline() {
     let mut up = TestUpstream::start().await;
     let gw = fast_gateway(&up).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get("http://shop.example/slow")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let (mut h2, conn) = h2_connect(gw.addr).await;
+    let req = get_request("http://shop.example/slow");
     let pending = h2.send_request(req);
     let answer = tokio::spawn(pending);
     assert_eq!(up.next().await.uri, "/slow");

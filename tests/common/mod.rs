@@ -602,6 +602,31 @@ pub async fn h1_connect(addr: SocketAddr) -> hyper::client::conn::http1::SendReq
     sender
 }
 
+/// A GET for a hyper client (`uri` absolute for HTTP/2, a path for HTTP/1 with Host: x).
+pub fn get_request(uri: &str) -> Request<Full<Bytes>> {
+    let mut req = Request::get(uri);
+    if uri.starts_with('/') {
+        req = req.header("host", "x");
+    }
+    req.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// An HTTP/2 client connection over plain TCP (prior knowledge); the connection task's
+/// handle ends when the gateway closes the connection.
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
 /// A urlencoded callback request for a hyper client.
 pub fn callback_request(path: &str, body: &str) -> Request<Full<Bytes>> {
     Request::post(path)
