@@ -382,3 +382,21 @@ async fn upstream_connections_are_reused_then_retired_at_the_idle_timeout() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn large_response_heads_pass() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let resp = raw(
+        gw.addr,
+        b"GET /big-head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.header("content-security-policy").map(str::len),
+        Some(20_000)
+    );
+    up.next().await;
+    gw.stop().await;
+}

@@ -194,9 +194,8 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        // hyper's adaptive read buffer: an exact size would also cap the response head.
         let (sender, conn) = http1::Builder::new()
-            // Callback answers are small; a smaller first read buffer is cheaper to allocate.
-            .read_buf_exact_size(Some(4096))
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::Connect(root_cause(&e)))?;

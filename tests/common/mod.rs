@@ -129,6 +129,7 @@ impl Recorded {
 /// - `/hop`: a response carrying hop-by-hop headers;
 /// - `/stream`: sends a first chunk, then the rest once the test releases it;
 /// - `/slow`: answers only once the test releases it;
+/// - `/big-head`: a response with 20 KB of headers;
 /// - anything else: `200 application/json` `{"error":0,"upstream":true}`.
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -231,6 +232,12 @@ async fn answer(
             .header("x-kept", "3")
             .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
                 b"hop",
+            ))))
+            .unwrap(),
+        "/big-head" => Response::builder()
+            .header("content-security-policy", "x".repeat(20_000))
+            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                b"big",
             ))))
             .unwrap(),
         "/slow" => {
