@@ -139,12 +139,8 @@ pub async fn callback(
     let gateway_time = started.elapsed();
     count(gw, runtime, &decision, gateway_time);
 
-    if decision.failure.is_some() && decision.mode == Mode::Enforce {
-        let error = decision.failure.as_ref().map(|r| r.click_error());
-        let resp = click_error(
-            error.unwrap_or(click::ClickError::BadRequest),
-            &decision.echo,
-        );
+    if let (Some(reason), Mode::Enforce) = (&decision.failure, decision.mode) {
+        let resp = click_error(reason.click_error(), &decision.echo);
         log.line(&decision, None, started.elapsed());
         return resp;
     }
