@@ -147,6 +147,8 @@ NGX_PID=$!
 "$GATEWAY" serve --config "$work/gateway.toml" --log-level warn & GW_PID=$!
 pids+=("$GW_PID")
 for p in $UP $NGX $NGX_TLS $GW $GW_TLS; do wait_port "$p"; done
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+fresh_gw=$(rss_kib "$GW_PID")
 
 # A pool of distinct signed Prepare bodies, rotated by wrk.
 BENCH_KEY=$KEY python3 - "$GATEWAY" > "$work/post.lua" <<'EOF'
@@ -226,8 +228,8 @@ for round in $(seq 1 "$ROUNDS"); do
     run_h2 gateway "$GW_TLS"
 done
 
-# Memory: the gateway idle, then holding idle keep-alive connections (nginx for comparison).
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# Memory: the gateway just started (above), idle after the load, then holding idle
+# keep-alive connections.
 idle_gw=$(rss_kib "$GW_PID")
 hold() { # port -> holds $IDLE_CONNS keep-alive connections until stdin closes
     python3 - "$1" "$IDLE_CONNS" <<'EOF'
@@ -251,10 +253,10 @@ read -r _ <&"${HOLD[0]}"
 held_gw=$(rss_kib "$GW_PID")
 eval "exec ${HOLD[1]}>&-"; wait "$HOLD_PID" 2>/dev/null || true
 
-python3 - "$results" "$idle_gw" "$held_gw" "$IDLE_CONNS" <<'EOF'
+python3 - "$results" "$idle_gw" "$held_gw" "$IDLE_CONNS" "$fresh_gw" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-idle, held, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+idle, held, n, fresh = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 print()
 print("%-16s %-8s %5s %10s %9s %9s %7s" % ("scenario", "target", "round", "req/s", "p50 ms", "p99 ms", "non2xx"))
 for s, t, r, rps, p50, p99, bad, err in rows:
@@ -274,5 +276,5 @@ for scenario in dict.fromkeys(r[0] for r in rows):
     print(line)
     print("%-16s median req/s: %s" % ("", "  ".join("%s %.0f" % (t, med(t, 0)) for t in ("direct", "nginx", "gateway") if any(t in v for v in by.values()))))
 print()
-print("gateway RSS: idle %.1f MiB, with %d idle keep-alive connections %.1f MiB" % (idle / 1024, n, held / 1024))
+print("gateway RSS: idle at start %.1f MiB, idle after the load %.1f MiB, with %d idle keep-alive connections %.1f MiB" % (fresh / 1024, idle / 1024, n, held / 1024))
 EOF
