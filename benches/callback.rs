@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use click_gateway::click::keys::{KeyEntry, KeySet, KeySource, ServiceKeys};
-use click_gateway::click::{self, Form, FormKind, Secret};
+use click_gateway::click::{FormKind, Parsed, Secret};
 use click_gateway::config::UpstreamSettings;
 use click_gateway::proxy::headers::{self, Scheme};
 use click_gateway::proxy::Upstream;
@@ -55,8 +55,8 @@ fn bench(c: &mut Criterion) {
     let body = V1.as_bytes();
     c.bench_function("verify", |b| {
         b.iter(|| {
-            let form = Form::parse(&FormKind::UrlEncoded, black_box(body)).unwrap();
-            let verdict = click::judge(&form, &keys);
+            let parsed = Parsed::parse(&FormKind::UrlEncoded, black_box(body)).unwrap();
+            let verdict = parsed.judge(&keys);
             assert!(verdict.outcome.is_ok());
         })
     });
@@ -73,8 +73,8 @@ fn bench(c: &mut Criterion) {
     let uri: Uri = "/click/prepare/".parse().unwrap();
     c.bench_function("verify+forward", |b| {
         b.iter(|| {
-            let form = Form::parse(&FormKind::UrlEncoded, black_box(body)).unwrap();
-            let verdict = click::judge(&form, &keys);
+            let parsed = Parsed::parse(&FormKind::UrlEncoded, black_box(body)).unwrap();
+            let verdict = parsed.judge(&keys);
             let verified = verdict.outcome.unwrap();
             let mut h = template.clone();
             headers::for_upstream(&mut h, &xff, Scheme::Https, false);
@@ -86,8 +86,9 @@ fn bench(c: &mut Criterion) {
     let forged = V1.replace("amount=1000.00", "amount=1000");
     c.bench_function("forged", |b| {
         b.iter(|| {
-            let form = Form::parse(&FormKind::UrlEncoded, black_box(forged.as_bytes())).unwrap();
-            let verdict = click::judge(&form, &keys);
+            let parsed =
+                Parsed::parse(&FormKind::UrlEncoded, black_box(forged.as_bytes())).unwrap();
+            let verdict = parsed.judge(&keys);
             assert!(verdict.outcome.is_err());
         })
     });

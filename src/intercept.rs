@@ -20,7 +20,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::click::{
-    self, Callback, Echo, Form, FormKind, RejectReason, Verified, MAX_CALLBACK_BODY,
+    self, Callback, Echo, FormKind, Parsed, RejectReason, Verified, MAX_CALLBACK_BODY,
 };
 use crate::clock;
 use crate::config::Mode;
@@ -108,34 +108,34 @@ pub async fn callback(
 
     let form;
     let verdict;
-    let decision = match kind.and_then(|kind| Form::parse(&kind, &body).map_err(RejectReason::Form))
-    {
-        Err(reason) => Decision {
-            echo: Echo::default(),
-            callback: None,
-            verified: None,
-            mode: runtime.mode_for(None),
-            failure: Some(reason),
-            skew_secs: None,
-        },
-        Ok(parsed) => {
-            form = parsed;
-            verdict = click::judge(&form, &runtime.keys);
-            let service = verdict.callback.as_ref().map(|c| c.service_id);
-            let mut d = Decision {
-                echo: verdict.echo,
-                callback: verdict.callback.as_ref(),
-                verified: verdict.outcome.as_ref().ok().copied(),
-                mode: runtime.mode_for(service),
-                failure: verdict.outcome.clone().err(),
+    let decision =
+        match kind.and_then(|kind| Parsed::parse(&kind, &body).map_err(RejectReason::Form)) {
+            Err(reason) => Decision {
+                echo: Echo::default(),
+                callback: None,
+                verified: None,
+                mode: runtime.mode_for(None),
+                failure: Some(reason),
                 skew_secs: None,
-            };
-            if let (Some(cb), Some(_)) = (d.callback, d.verified) {
-                check_sign_time(runtime, cb, &mut d);
+            },
+            Ok(parsed) => {
+                form = parsed;
+                verdict = form.judge(&runtime.keys);
+                let service = verdict.callback.as_ref().map(|c| c.service_id);
+                let mut d = Decision {
+                    echo: verdict.echo,
+                    callback: verdict.callback.as_ref(),
+                    verified: verdict.outcome.as_ref().ok().copied(),
+                    mode: runtime.mode_for(service),
+                    failure: verdict.outcome.clone().err(),
+                    skew_secs: None,
+                };
+                if let (Some(cb), Some(_)) = (d.callback, d.verified) {
+                    check_sign_time(runtime, cb, &mut d);
+                }
+                d
             }
-            d
-        }
-    };
+        };
     let gateway_time = started.elapsed();
     count(gw, runtime, &decision, gateway_time);
 

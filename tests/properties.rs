@@ -1,12 +1,15 @@
 //! Property tests of the form parser and the verifier: for any field values a body signed
-//! with the key verifies, any single-byte change to a signed field or the digest fails, and the
-//! parsers never panic on arbitrary bytes.
+//! with the key verifies, any single-byte change to a signed field or the digest fails, the
+//! parsers never panic on arbitrary bytes, the word-at-a-time urlencoded scanner reads bodies
+//! as a plain byte-by-byte parser does, and the callback fast path judges every body exactly
+//! as the general path does.
 
 use std::collections::BTreeMap;
 
+use click_gateway::click::form::{parse_urlencoded, FormError, MAX_FIELDS};
 use click_gateway::click::keys::{KeyEntry, KeySet, KeySource, ServiceKeys};
 use click_gateway::click::sign::{CallbackBody, SignedFields};
-use click_gateway::click::{self, Form, FormKind, Secret};
+use click_gateway::click::{self, Form, FormKind, Parsed, Secret};
 use proptest::prelude::*;
 
 fn keys(service: u64, key: &str) -> KeySet {
@@ -23,11 +26,74 @@ fn keys(service: u64, key: &str) -> KeySet {
     KeySet::new(map)
 }
 
+/// Judged the way the gateway judges a callback (the fast path when the body allows it).
 fn verifies(body: &[u8], keys: &KeySet) -> bool {
-    match Form::parse(&FormKind::UrlEncoded, body) {
-        Ok(form) => click::judge(&form, keys).outcome.is_ok(),
+    match Parsed::parse(&FormKind::UrlEncoded, body) {
+        Ok(parsed) => parsed.judge(keys).outcome.is_ok(),
         Err(_) => false,
     }
+}
+
+/// `parse_qsl` as the Python documentation describes it, one byte at a time: split on `&`,
+/// skip empty segments, split at the first `=`, `+` is a space, `%XX` a byte; plus this
+/// gateway's refusals (a bad escape, a non-UTF-8 body or value, too many fields). Each field
+/// is (name, value, raw value).
+fn reference_parse(body: &[u8]) -> Result<Vec<(String, String, String)>, ()> {
+    fn decode(raw: &str) -> Result<String, ()> {
+        let bytes = raw.as_bytes();
+        let (mut out, mut i) = (Vec::new(), 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = bytes.get(i + 1..i + 3).ok_or(())?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(());
+                    }
+                    let hex = std::str::from_utf8(hex).map_err(|_| ())?;
+                    out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map_err(|_| ())
+    }
+    let text = std::str::from_utf8(body).map_err(|_| ())?;
+    let segments: Vec<&str> = text.split('&').filter(|s| !s.is_empty()).collect();
+    if segments.len() > MAX_FIELDS {
+        return Err(());
+    }
+    segments
+        .into_iter()
+        .map(|seg| {
+            let (name, raw) = seg.split_once('=').unwrap_or((seg, ""));
+            Ok((decode(name)?, decode(raw)?, raw.to_owned()))
+        })
+        .collect()
+}
+
+/// A body drawn from pieces that matter to the scanner and the callback fields: the names
+/// Click sends (plain, escaped, repeated), unknown names, escapes good and bad, `+`, multi-byte
+/// UTF-8 and empty segments.
+fn callback_like_body() -> impl Strategy<Value = String> {
+    let name = prop_oneof![
+        4 => prop::sample::select(vec![
+            "click_trans_id", "service_id", "click_paydoc_id", "merchant_trans_id", "amount",
+            "action", "error", "error_note", "sign_time", "sign_string", "merchant_prepare_id",
+        ]).prop_map(str::to_owned),
+        1 => prop::sample::select(vec!["service%5Fid", "amount+", "x", "", "sign_time%", "%E2%82%AC"])
+            .prop_map(str::to_owned),
+    ];
+    let value = "([0-9a-zA-Z.:-]|%3A|%20|%2|%ZZ|%e2%82%ac|%C3|\\+|=|€){0,12}";
+    proptest::collection::vec((name, value, any::<bool>()), 0..16).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(k, v, with_eq)| if with_eq { format!("{k}={v}") } else { k })
+            .collect::<Vec<_>>()
+            .join("&")
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +235,54 @@ proptest! {
     }
 
     #[test]
+    fn signed_bodies_take_the_fast_path(f in fields()) {
+        let body = f.body(&f.key);
+        let parsed = Parsed::parse(&FormKind::UrlEncoded, body.as_bytes()).unwrap();
+        prop_assert!(matches!(parsed, Parsed::Slotted(_)));
+        prop_assert!(parsed.judge(&keys(f.service_id, &f.key)).outcome.is_ok());
+    }
+
+    #[test]
+    fn fast_path_judges_as_the_general_path(body in callback_like_body(), signed in fields(), splice in any::<prop::sample::Index>()) {
+        // Half the bodies are a signed callback with a random piece spliced in.
+        let signed = signed.body(&signed.key);
+        let at = splice.index(signed.len() + 1);
+        let spliced = format!("{}&{body}&{}", &signed[..at.min(signed.len())], &signed[at.min(signed.len())..]);
+        let keys = keys(12345, "k");
+        for body in [body, spliced] {
+            let general = Form::parse(&FormKind::UrlEncoded, body.as_bytes());
+            let fast = Parsed::parse(&FormKind::UrlEncoded, body.as_bytes());
+            match (&general, &fast) {
+                (Ok(form), Ok(parsed)) => {
+                    let (g, f) = (click::judge(form, &keys), parsed.judge(&keys));
+                    prop_assert_eq!(g.echo, f.echo, "{}", body);
+                    prop_assert_eq!(&g.outcome, &f.outcome, "{}", body);
+                    prop_assert_eq!(format!("{:?}", g.callback), format!("{:?}", f.callback), "{}", body);
+                }
+                (Err(g), Err(f)) => prop_assert_eq!(g, f),
+                _ => prop_assert!(false, "{body:?}: general {general:?}, fast {}", fast.is_ok()),
+            }
+        }
+    }
+
+    #[test]
+    fn urlencoded_parser_matches_a_byte_by_byte_reference(
+        bytes in prop_oneof![
+            callback_like_body().prop_map(String::into_bytes),
+            proptest::collection::vec(prop::sample::select(b"&=%+a0F\xc3\xa9 ".to_vec()), 0..200),
+        ]
+    ) {
+        let ours = parse_urlencoded(&bytes).map(|form| {
+            form.fields
+                .into_iter()
+                .map(|f| (f.name.into_owned(), f.value.into_owned(), f.raw_value.to_owned()))
+                .collect::<Vec<_>>()
+        });
+        let expected = reference_parse(&bytes);
+        prop_assert_eq!(ours.map_err(|_: FormError| ()), expected, "{:?}", String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
     fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048), boundary in "[ -~]{1,70}") {
         let _ = Form::parse(&FormKind::UrlEncoded, &bytes);
         let kind = FormKind::Multipart { boundary: boundary.clone() };
@@ -180,6 +294,9 @@ proptest! {
         let keys = keys(12345, "k");
         if let Ok(form) = Form::parse(&FormKind::UrlEncoded, &bytes) {
             let _ = click::judge(&form, &keys);
+        }
+        if let Ok(parsed) = Parsed::parse(&FormKind::UrlEncoded, &bytes) {
+            let _ = parsed.judge(&keys);
         }
     }
 

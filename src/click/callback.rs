@@ -5,7 +5,7 @@
 //! decimal text, `action` is `0` (Prepare) or `1` (Complete), Complete adds
 //! `merchant_prepare_id`. Values keep their exact text, since that text is what was signed.
 
-use super::form::{Field, Form};
+use super::form::{self, Form};
 use super::respond::RejectReason;
 use super::sign::SignedFields;
 
@@ -109,16 +109,30 @@ fn slot_of(name: &str) -> Option<usize> {
     })
 }
 
-/// The known fields of a form, found in one pass.
-pub struct Slots<'f, 'a>([Option<&'f Field<'a>>; 11]);
+/// How many fields a callback can have that the gateway reads.
+const SLOTS: usize = 11;
+
+/// The known fields of a form, found in one pass: each one's value, decoded, and its raw
+/// text in the body.
+pub struct Slots<'f, 'a>([Option<(&'f str, &'a str)>; SLOTS]);
+
+/// A callback's fields read straight from its body into their slots.
+pub type SlotFields<'a> = form::SlotForm<'a, SLOTS>;
+
+/// The fast path for a urlencoded callback body: `None` when the body has anything unusual
+/// (an unknown, escaped or repeated name, a value that does not decode), which the general
+/// path ([`Form::parse`], then [`Slots::of`]) then answers precisely.
+pub fn slot_fields(body: &[u8]) -> Option<SlotFields<'_>> {
+    SlotFields::parse(body, slot_of)
+}
 
 impl<'f, 'a> Slots<'f, 'a> {
     /// Sorts the fields into slots; the first repeated name (known or not) is an error.
     pub fn of(form: &'f Form<'a>) -> Result<Self, RejectReason> {
-        let mut slots = [None; 11];
+        let mut slots = [None; SLOTS];
         for (i, f) in form.fields.iter().enumerate() {
             let repeated = match slot_of(&f.name) {
-                Some(k) => slots[k].replace(f).is_some(),
+                Some(k) => slots[k].replace((&*f.value, f.raw_value)).is_some(),
                 None => form.fields[..i].iter().any(|g| g.name == f.name),
             };
             if repeated {
@@ -128,16 +142,23 @@ impl<'f, 'a> Slots<'f, 'a> {
         Ok(Slots(slots))
     }
 
-    fn field(&self, k: usize) -> Option<&'f Field<'a>> {
+    /// The slots of fields already read by [`slot_fields`]: nothing left to check, since the
+    /// fast path took only bodies whose every name is known and sent once.
+    pub fn of_fields(fields: &'f SlotFields<'a>) -> Self {
+        Slots(std::array::from_fn(|k| fields.get(k)))
+    }
+
+    /// The value of slot `k` (decoded) and its raw text.
+    fn field(&self, k: usize) -> Option<(&'f str, &'a str)> {
         self.0[k]
     }
 
     fn value(&self, k: usize) -> &'f str {
-        self.0[k].map(|f| &*f.value).unwrap_or_default()
+        self.0[k].map(|(value, _)| value).unwrap_or_default()
     }
 
     fn raw(&self, k: usize) -> &'a str {
-        self.0[k].map(|f| f.raw_value).unwrap_or_default()
+        self.0[k].map(|(_, raw)| raw).unwrap_or_default()
     }
 }
 
@@ -165,13 +186,15 @@ impl<'a> Callback<'a> {
         for (name, k) in REQUIRED {
             match slots.field(k) {
                 None => return Err(RejectReason::MissingField(name)),
-                Some(f) if f.value.is_empty() => return Err(RejectReason::EmptyField(name)),
+                Some(("", _)) => return Err(RejectReason::EmptyField(name)),
                 Some(_) => {}
             }
         }
-        let error_note = slots
-            .field(ERROR_NOTE)
-            .ok_or(RejectReason::MissingField("error_note"))?;
+        // `let ... else` rather than `ok_or(reason)?`: a reason built eagerly is also dropped
+        // on the success path, at a cost the hot path notices.
+        let Some((error_note, _)) = slots.field(ERROR_NOTE) else {
+            return Err(RejectReason::MissingField("error_note"));
+        };
 
         let action = match slots.value(ACTION) {
             "0" => Action::Prepare,
@@ -182,19 +205,20 @@ impl<'a> Callback<'a> {
             (Action::Complete, None) => {
                 return Err(RejectReason::MissingField("merchant_prepare_id"))
             }
-            (Action::Complete, Some(f)) if f.value.is_empty() => {
+            (Action::Complete, Some(("", _))) => {
                 return Err(RejectReason::EmptyField("merchant_prepare_id"))
             }
-            (Action::Complete, Some(f)) => {
-                parse_id(&f.value).ok_or(RejectReason::MalformedId("merchant_prepare_id"))?;
-                Some(f)
+            (Action::Complete, Some(field)) if parse_id(field.0).is_some() => Some(field),
+            (Action::Complete, Some(_)) => {
+                return Err(RejectReason::MalformedId("merchant_prepare_id"))
             }
             // A Prepare carries no merchant_prepare_id; one sent anyway is not signed.
             (Action::Prepare, _) => None,
         };
 
-        let id = |k: usize, name: &'static str| {
-            parse_id(slots.value(k)).ok_or(RejectReason::MalformedId(name))
+        let id = |k: usize, name: &'static str| match parse_id(slots.value(k)) {
+            Some(id) => Ok(id),
+            None => Err(RejectReason::MalformedId(name)),
         };
         let click_trans_id = id(CLICK_TRANS_ID, "click_trans_id")?;
         let service_id = id(SERVICE_ID, "service_id")?;
@@ -210,7 +234,7 @@ impl<'a> Callback<'a> {
             click_trans_id: slots.value(CLICK_TRANS_ID),
             service_id: slots.value(SERVICE_ID),
             merchant_trans_id: slots.value(MERCHANT_TRANS_ID),
-            merchant_prepare_id: prepare_id.map(|f| &*f.value),
+            merchant_prepare_id: prepare_id.map(|(value, _)| value),
             amount: slots.value(AMOUNT),
             action: slots.value(ACTION),
             sign_time: slots.value(SIGN_TIME),
@@ -219,7 +243,7 @@ impl<'a> Callback<'a> {
             click_trans_id: slots.raw(CLICK_TRANS_ID),
             service_id: slots.raw(SERVICE_ID),
             merchant_trans_id: slots.raw(MERCHANT_TRANS_ID),
-            merchant_prepare_id: prepare_id.map(|f| f.raw_value),
+            merchant_prepare_id: prepare_id.map(|(_, raw)| raw),
             amount: slots.raw(AMOUNT),
             action: slots.raw(ACTION),
             sign_time: slots.raw(SIGN_TIME),
@@ -230,7 +254,7 @@ impl<'a> Callback<'a> {
             click_trans_id,
             click_paydoc_id: slots.value(CLICK_PAYDOC_ID),
             error: slots.value(ERROR),
-            error_note: &error_note.value,
+            error_note,
             sign_string: slots.value(SIGN_STRING),
             signed,
             signed_raw,
@@ -243,12 +267,19 @@ fn clip(name: &str) -> String {
     name.chars().take(40).collect()
 }
 
-/// A decimal id up to 64 bits: ASCII digits only (no sign, no spaces, no exponent).
+/// A decimal id up to 64 bits: ASCII digits only (no sign, no spaces, no exponent). One pass,
+/// checked, so an id past `u64::MAX` is refused rather than wrapped.
 pub fn parse_id(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() {
         return None;
     }
-    text.parse().ok()
+    text.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Click's `error` field: an integer, possibly negative (`-5017` for a failed debit).
@@ -257,14 +288,22 @@ fn is_integer(text: &str) -> bool {
     !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Decimal text in soums: `1000`, `1000.00`, `1000.5`.
+/// Decimal text in soums: `1000`, `1000.00`, `1000.5`: digits, at most one `.`, with digits on
+/// both sides of it.
 pub fn is_amount(text: &str) -> bool {
-    let (int, frac) = match text.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (text, None),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(int) && frac.is_none_or(digits)
+    let bytes = text.as_bytes();
+    let mut dot = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {}
+            b'.' if dot.is_none() => dot = Some(i),
+            _ => return false,
+        }
+    }
+    match dot {
+        None => !bytes.is_empty(),
+        Some(i) => i > 0 && i + 1 < bytes.len(),
+    }
 }
 
 #[cfg(test)]
@@ -376,11 +415,32 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_plain_decimal_u64() {
+        assert_eq!(parse_id("0"), Some(0));
+        assert_eq!(parse_id("007"), Some(7));
+        assert_eq!(parse_id("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "18446744073709551616",
+            "99999999999999999999",
+            "+1",
+            "-1",
+            "1 ",
+            "1e3",
+            "١",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn amount_and_error_shapes() {
         for ok in ["1000", "1000.00", "0.5"] {
             assert!(is_amount(ok), "{ok}");
         }
-        for bad in ["1,000", "1000.", ".5", "1e3", "-5", " 1000", "1.2.3"] {
+        assert!(!is_amount(""));
+        for bad in [".", "1,000", "1000.", ".5", "1e3", "-5", " 1000", "1.2.3"] {
+            assert!(!is_amount(bad), "{bad}");
             assert_eq!(
                 check(&with("amount", bad)),
                 Err(RejectReason::MalformedField("amount"))

@@ -14,7 +14,7 @@ use std::fmt;
 
 use super::callback::{Action, Callback};
 use super::keys::{Fingerprint, KeySet};
-use super::sign::{sign, HexDigest, SignedFields};
+use super::sign::{sign, Signature, SignedFields};
 
 /// Upper bound on keys of other services tried per failed callback.
 pub const MAX_OTHER_KEYS: usize = 256;
@@ -161,7 +161,7 @@ impl fmt::Display for Diagnosis {
 }
 
 /// Explains a failed verification. Call only after the callback's own keys failed as sent.
-pub fn diagnose(cb: &Callback<'_>, expected: &HexDigest, keys: &KeySet) -> Diagnosis {
+pub fn diagnose(cb: &Callback<'_>, expected: &Signature, keys: &KeySet) -> Diagnosis {
     let other = || find_other_service(cb, expected, keys);
     let Some(service) = keys.get(cb.service_id) else {
         return Diagnosis::UnknownService {
@@ -188,7 +188,7 @@ pub fn diagnose(cb: &Callback<'_>, expected: &HexDigest, keys: &KeySet) -> Diagn
     }
 }
 
-fn find_other_service(cb: &Callback<'_>, expected: &HexDigest, keys: &KeySet) -> Option<KeyMatch> {
+fn find_other_service(cb: &Callback<'_>, expected: &Signature, keys: &KeySet) -> Option<KeyMatch> {
     keys.iter()
         .filter(|(id, _)| *id != cb.service_id)
         .flat_map(|(id, svc)| {

@@ -11,6 +11,8 @@
 
 use std::borrow::Cow;
 
+use super::hex;
+
 /// Django's default `DATA_UPLOAD_MAX_NUMBER_FIELDS` is 1000; a Click callback has 11 fields.
 /// Capping far lower keeps duplicate detection cheap on hostile bodies.
 pub const MAX_FIELDS: usize = 64;
@@ -164,79 +166,228 @@ fn field_at(body: &[u8], at: usize) -> String {
     name_for_error(&String::from_utf8_lossy(&segment[..end]))
 }
 
-/// The bytes the urlencoded scanner stops at: `&`, `=`, `%`, `+`.
-static SPECIAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'&' as usize] = true;
-    t[b'=' as usize] = true;
-    t[b'%' as usize] = true;
-    t[b'+' as usize] = true;
-    t
-};
+/// Marks the bytes the urlencoded scanner stops at (`&`, `=`, `%`, `+`) in an 8-byte word:
+/// bit 7 of byte `k` of the result is set exactly when byte `k` of `word` is one of them.
+///
+/// A word at a time rather than a byte at a time: a callback body is mostly digits and
+/// letters, and this keeps the scan at a few instructions per 8 bytes. For each target, `x` is
+/// zero where the byte matches; `(x & 0x7f) + 0x7f` sets bit 7 of every byte whose low seven
+/// bits are not all zero, without carrying into the next byte, and `| x` adds the bytes whose
+/// bit 7 is set, so the complement's bit 7 marks exactly the zero bytes.
+fn special_bytes(word: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let zero_bytes = |x: u64| !(((x & LOW7) + LOW7) | x | LOW7);
+    [b'&', b'=', b'%', b'+']
+        .iter()
+        .fold(0, |m, &t| m | zero_bytes(word ^ (u64::from(t) * ONES)))
+}
 
 fn parse_urlencoded_text(text: &str) -> Result<Form<'_>, FormError> {
-    // One pass over the bytes: segment bounds, the first `=`, and whether either side needs
-    // decoding. `&`, `=`, `%` and `+` are ASCII, so every cut is on a char boundary.
     let mut fields = Vec::with_capacity(16);
-    let (mut start, mut eq, mut name_escaped, mut value_escaped) = (0, None, false, false);
-    for (i, &c) in text.as_bytes().iter().enumerate() {
-        if !SPECIAL[usize::from(c)] {
-            continue;
+    scan_segments(text, |seg| {
+        if fields.len() == MAX_FIELDS {
+            return Err(FormError::TooManyFields);
         }
-        match c {
-            b'&' => {
-                push_segment(&mut fields, text, start, eq, i, name_escaped, value_escaped)?;
-                (start, eq, name_escaped, value_escaped) = (i + 1, None, false, false);
-            }
-            b'=' if eq.is_none() => eq = Some(i),
-            b'%' | b'+' if eq.is_none() => name_escaped = true,
-            b'%' | b'+' => value_escaped = true,
-            _ => {}
-        }
-    }
-    push_segment(
-        &mut fields,
-        text,
-        start,
-        eq,
-        text.len(),
-        name_escaped,
-        value_escaped,
-    )?;
+        fields.push(seg.decode(text)?);
+        Ok(())
+    })?;
     Ok(Form { fields })
 }
 
-/// Adds the segment `text[start..end]` (its first `=` at `eq`) as a field; empty segments
-/// are skipped, as `parse_qsl` skips them.
-fn push_segment<'a>(
-    fields: &mut Vec<Field<'a>>,
+/// A urlencoded body read straight into `N` slots: the callback fast path, with no field
+/// vector and no second pass to sort the fields.
+///
+/// It only takes the common case, a body whose every name is known, sent once and not
+/// escaped, and whose values decode to UTF-8; for anything else [`SlotForm::parse`] returns
+/// `None` and the caller parses the body with [`Form::parse`], which then gives the precise
+/// error or the same fields. Both read a body the same way: the same scanner, the same
+/// decoding.
+pub struct SlotForm<'a, const N: usize> {
     text: &'a str,
+    spans: [SlotSpan; N],
+    /// The decoded values of the slots whose value had escapes, one after the other.
+    decoded: String,
+}
+
+/// Where a slot's value lies: its raw text in the body and, when it had anything to decode,
+/// its decoded text in `decoded`. Offsets are `u16` so that a whole [`SlotForm`] is a few
+/// cache lines that move cheaply; a longer body (callback bodies are capped at 16 KiB) takes
+/// the general path.
+#[derive(Clone, Copy)]
+struct SlotSpan {
+    raw: [u16; 2],
+    decoded: [u16; 2],
+}
+
+impl SlotSpan {
+    /// No offset reaches `u16::MAX`, since longer bodies are refused.
+    const NONE: [u16; 2] = [u16::MAX; 2];
+    const EMPTY: SlotSpan = SlotSpan {
+        raw: Self::NONE,
+        decoded: Self::NONE,
+    };
+}
+
+impl<'a, const N: usize> SlotForm<'a, N> {
+    /// `slot_of` names each field's slot; `None` for a name it does not know.
+    pub fn parse(body: &'a [u8], slot_of: impl Fn(&str) -> Option<usize>) -> Option<Self> {
+        let text = std::str::from_utf8(body).ok()?;
+        let offset = |at: usize| u16::try_from(at).ok().filter(|&at| at < u16::MAX);
+        offset(text.len())?;
+        let mut spans = [SlotSpan::EMPTY; N];
+        let mut escaped = [false; N];
+        scan_segments(text, |seg| {
+            let slot = (!seg.name_escaped)
+                .then(|| slot_of(&text[seg.start..seg.name_end()]))
+                .flatten()
+                .ok_or(())?;
+            let span = spans.get_mut(slot).ok_or(())?;
+            if span.raw != SlotSpan::NONE {
+                return Err(());
+            }
+            let value_at = seg.eq.map_or(seg.end, |e| e + 1);
+            span.raw = [offset(value_at).ok_or(())?, offset(seg.end).ok_or(())?];
+            escaped[slot] = seg.value_escaped;
+            Ok(())
+        })
+        .ok()?;
+        // Decoding never lengthens a value, so the decoded text fits in the body's length and
+        // its offsets fit in u16 as the body's do.
+        let mut decoded = Vec::with_capacity(if escaped.contains(&true) {
+            text.len()
+        } else {
+            0
+        });
+        for (span, _) in spans.iter_mut().zip(escaped).filter(|(_, e)| *e) {
+            let [start, end] = span.raw.map(usize::from);
+            let from = decoded.len();
+            decode_into(&text.as_bytes()[start..end], start, &mut decoded).ok()?;
+            std::str::from_utf8(&decoded[from..]).ok()?;
+            span.decoded = [offset(from)?, offset(decoded.len())?];
+        }
+        // Each piece was checked to be UTF-8, so the whole is.
+        let decoded = String::from_utf8(decoded).ok()?;
+        Some(SlotForm {
+            text,
+            spans,
+            decoded,
+        })
+    }
+
+    /// Slot `k`'s value, decoded, and its raw text in the body.
+    pub fn get(&self, k: usize) -> Option<(&str, &'a str)> {
+        let span = self.spans.get(k).filter(|s| s.raw != SlotSpan::NONE)?;
+        let [start, end] = span.raw.map(usize::from);
+        let raw = self.text.get(start..end)?;
+        let value = match span.decoded {
+            SlotSpan::NONE => raw,
+            [from, to] => self.decoded.get(usize::from(from)..usize::from(to))?,
+        };
+        Some((value, raw))
+    }
+}
+
+/// One non-empty `&`-separated segment: `text[start..end]`, its first `=` at `eq`, and
+/// whether its name or its value holds anything to decode.
+#[derive(Clone, Copy)]
+struct Segment {
     start: usize,
     eq: Option<usize>,
     end: usize,
     name_escaped: bool,
     value_escaped: bool,
-) -> Result<(), FormError> {
-    if end <= start {
-        return Ok(());
+}
+
+impl Segment {
+    fn name_end(&self) -> usize {
+        self.eq.unwrap_or(self.end)
     }
-    if fields.len() == MAX_FIELDS {
-        return Err(FormError::TooManyFields);
+
+    /// The segment as a field, decoded.
+    fn decode<'a>(&self, text: &'a str) -> Result<Field<'a>, FormError> {
+        let raw_name = &text[self.start..self.name_end()];
+        let value_at = self.eq.map_or(self.end, |e| e + 1);
+        let raw_value = &text[value_at..self.end];
+        let name = decode_text(raw_name, self.start, self.name_escaped, || {
+            raw_name.to_owned()
+        })?;
+        let value = decode_text(raw_value, value_at, self.value_escaped, || {
+            name_for_error(&name)
+        })?;
+        Ok(Field {
+            name,
+            value,
+            raw_value,
+        })
     }
-    let raw_name = &text[start..eq.unwrap_or(end)];
-    let value_at = eq.map_or(end, |e| e + 1);
-    let raw_value = &text[value_at..end];
-    let name = decode_text(raw_name, start, name_escaped, || raw_name.to_owned())?;
-    let value = decode_text(raw_value, value_at, value_escaped, || name_for_error(&name))?;
-    fields.push(Field {
-        name,
-        value,
-        raw_value,
-    });
+}
+
+/// The 8 bytes at `at`, zero-padded past the end (a zero byte is never special).
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    match bytes.get(at..at + 8) {
+        Some(w) => u64::from_le_bytes(w.try_into().unwrap_or_default()),
+        None => {
+            let mut w = [0u8; 8];
+            let tail = bytes.get(at..).unwrap_or_default();
+            w[..tail.len()].copy_from_slice(tail);
+            u64::from_le_bytes(w)
+        }
+    }
+}
+
+/// Finds the segments of a urlencoded body in one pass over its bytes, calling `each` on
+/// every non-empty one in order (empty segments are skipped, as `parse_qsl` skips them). `&`,
+/// `=`, `%` and `+` are ASCII, so every cut is on a char boundary.
+fn scan_segments<E>(text: &str, mut each: impl FnMut(Segment) -> Result<(), E>) -> Result<(), E> {
+    let bytes = text.as_bytes();
+    let mut seg = Segment {
+        start: 0,
+        eq: None,
+        end: 0,
+        name_escaped: false,
+        value_escaped: false,
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        let mut marks = special_bytes(word_at(bytes, at));
+        while marks != 0 {
+            // Little-endian: the lowest mark is the first special byte of the word.
+            let i = at + (marks.trailing_zeros() / 8) as usize;
+            marks &= marks - 1;
+            match bytes[i] {
+                b'&' => {
+                    if i > seg.start {
+                        each(Segment { end: i, ..seg })?;
+                    }
+                    seg = Segment {
+                        start: i + 1,
+                        eq: None,
+                        end: 0,
+                        name_escaped: false,
+                        value_escaped: false,
+                    };
+                }
+                b'=' if seg.eq.is_none() => seg.eq = Some(i),
+                b'%' | b'+' if seg.eq.is_none() => seg.name_escaped = true,
+                b'%' | b'+' => seg.value_escaped = true,
+                _ => {}
+            }
+        }
+        at += 8;
+    }
+    if bytes.len() > seg.start {
+        each(Segment {
+            end: bytes.len(),
+            ..seg
+        })?;
+    }
     Ok(())
 }
 
-/// Decodes a component of a valid UTF-8 body: borrowed when there is nothing to decode.
+/// Decodes a component of a valid UTF-8 body: borrowed when the scanner saw nothing to decode
+/// (the common case: ids, amounts, the signature), otherwise decoded and checked to be UTF-8.
+#[inline]
 fn decode_text<'a>(
     raw: &'a str,
     at: usize,
@@ -246,51 +397,43 @@ fn decode_text<'a>(
     if !escaped {
         return Ok(Cow::Borrowed(raw));
     }
-    match decode_component(raw.as_bytes(), at)? {
-        Cow::Borrowed(_) => Ok(Cow::Borrowed(raw)),
-        Cow::Owned(v) => String::from_utf8(v)
-            .map(Cow::Owned)
-            .map_err(|_| FormError::NotUtf8(name())),
-    }
+    String::from_utf8(decode_component(raw.as_bytes(), at)?)
+        .map(Cow::Owned)
+        .map_err(|_| FormError::NotUtf8(name()))
 }
 
 fn name_for_error(name: &str) -> String {
     name.chars().take(40).collect()
 }
 
-/// Decodes `+` and `%XX`; borrows when there is nothing to decode (the common case for ids).
-fn decode_component(raw: &[u8], at: usize) -> Result<Cow<'_, [u8]>, FormError> {
-    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
-        return Ok(Cow::Borrowed(raw));
-    }
+/// Decodes `+` to a space and `%XX` to a byte, copying the plain runs between them whole.
+/// `at` is the offset of `raw` in the body, for the error.
+fn decode_component(raw: &[u8], at: usize) -> Result<Vec<u8>, FormError> {
     let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = raw.get(i + 1).and_then(|&b| hex_value(b));
-                let lo = raw.get(i + 2).and_then(|&b| hex_value(b));
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
-                    _ => return Err(FormError::BadPercent(at + i)),
-                }
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Ok(Cow::Owned(out))
+    decode_into(raw, at, &mut out)?;
+    Ok(out)
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+/// As [`decode_component`], appending to `out`.
+fn decode_into(raw: &[u8], at: usize, out: &mut Vec<u8>) -> Result<(), FormError> {
+    let mut rest = raw;
+    while let Some(i) = rest.iter().position(|&b| b == b'%' || b == b'+') {
+        out.extend_from_slice(&rest[..i]);
+        if rest[i] == b'+' {
+            out.push(b' ');
+            rest = &rest[i + 1..];
+            continue;
+        }
+        match rest.get(i + 1..i + 3) {
+            Some(&[hi, lo]) if let Some(byte) = hex::byte(hi, lo) => {
+                out.push(byte);
+                rest = &rest[i + 3..];
+            }
+            _ => return Err(FormError::BadPercent(at + (raw.len() - rest.len()) + i)),
+        }
     }
+    out.extend_from_slice(rest);
+    Ok(())
 }
 
 /// Parses `multipart/form-data` (RFC 7578) holding plain text fields only.
@@ -446,6 +589,35 @@ mod tests {
             .iter()
             .map(|f| (f.name.to_string(), f.value.to_string()))
             .collect()
+    }
+
+    fn slots(body: &str) -> Option<SlotForm<'_, 3>> {
+        SlotForm::parse(body.as_bytes(), |name| {
+            ["a", "b", "c"].iter().position(|&n| n == name)
+        })
+    }
+
+    #[test]
+    fn slot_form_reads_known_fields_and_leaves_the_rest_to_the_general_path() {
+        let form = slots("b=x+y%3Az&&a=1&c").unwrap();
+        assert_eq!(form.get(0), Some(("1", "1")));
+        assert_eq!(form.get(1), Some(("x y:z", "x+y%3Az")));
+        assert_eq!(form.get(2), Some(("", "")));
+        assert_eq!(form.get(3), None);
+        assert_eq!(slots("a=1").unwrap().get(1), None);
+        for unusual in [
+            "a=1&a=2", // repeated
+            "a=1&d=2", // unknown
+            "%61=1",   // escaped name
+            "a+=1",    // escaped name
+            "a=%zz",   // bad escape
+            "a=%C3",   // not UTF-8 once decoded
+        ] {
+            assert!(slots(unusual).is_none(), "{unusual}");
+        }
+        assert!(SlotForm::<1>::parse(&[0xff], |_| Some(0)).is_none());
+        let long = format!("a={}", "1".repeat(usize::from(u16::MAX)));
+        assert!(slots(&long).is_none());
     }
 
     #[test]

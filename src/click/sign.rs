@@ -12,6 +12,7 @@
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 
+use super::hex;
 use super::keys::Secret;
 
 /// The signed values of a callback, as decoded from the body.
@@ -27,42 +28,45 @@ pub struct SignedFields<'a> {
     pub sign_time: &'a str,
 }
 
-/// A lowercase hex md5 digest, as Click sends it in `sign_string`.
+/// An md5 digest, as Click sends it hex-encoded in `sign_string`. Held as its 16 bytes, so a
+/// comparison is two machine words rather than 32 characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HexDigest(pub [u8; 32]);
+pub struct Signature([u8; 16]);
 
-impl HexDigest {
+impl Signature {
     /// Accepts exactly 32 hex characters in any case (the comparison is case-insensitive).
-    pub fn parse(text: &str) -> Option<HexDigest> {
-        let bytes: &[u8; 32] = text.as_bytes().try_into().ok()?;
-        let mut out = [0u8; 32];
-        for (o, &b) in out.iter_mut().zip(bytes) {
-            if !b.is_ascii_hexdigit() {
-                return None;
-            }
-            *o = b.to_ascii_lowercase();
+    pub fn parse(text: &str) -> Option<Signature> {
+        let digits: &[u8; 32] = text.as_bytes().try_into().ok()?;
+        let (mut out, mut seen) = ([0u8; 16], 0);
+        for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let (hi, lo) = (
+                hex::DIGIT[usize::from(pair[0])],
+                hex::DIGIT[usize::from(pair[1])],
+            );
+            seen |= hi | lo;
+            *o = hi << 4 | lo;
         }
-        Some(HexDigest(out))
+        // Any non-digit set bits above the low four (its value is 0xff).
+        (seen < 16).then_some(Signature(out))
     }
 
     /// Constant-time equality, so response timing reveals nothing about how close a guess was.
-    pub fn ct_eq(&self, other: &HexDigest) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("")
+    pub fn ct_eq(&self, other: &Signature) -> bool {
+        u128::from_ne_bytes(self.0)
+            .ct_eq(&u128::from_ne_bytes(other.0))
+            .into()
     }
 }
 
-impl std::fmt::Display for HexDigest {
+/// Lowercase hex, the form Click sends.
+impl std::fmt::Display for Signature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
 /// Computes the signature of `fields` under `secret`, without building the string in memory.
-pub fn sign(fields: &SignedFields<'_>, secret: &Secret) -> HexDigest {
+pub fn sign(fields: &SignedFields<'_>, secret: &Secret) -> Signature {
     let mut md5 = Md5::new();
     md5.update(fields.click_trans_id);
     md5.update(fields.service_id);
@@ -74,17 +78,7 @@ pub fn sign(fields: &SignedFields<'_>, secret: &Secret) -> HexDigest {
     md5.update(fields.amount);
     md5.update(fields.action);
     md5.update(fields.sign_time);
-    to_hex(&md5.finalize().into())
-}
-
-fn to_hex(digest: &[u8; 16]) -> HexDigest {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
-    for (i, b) in digest.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-    }
-    HexDigest(out)
+    Signature(md5.finalize().into())
 }
 
 /// The fields of a callback body that `click-gateway sign` writes, in Click's order.
@@ -100,7 +94,7 @@ impl CallbackBody<'_> {
     /// A complete `application/x-www-form-urlencoded` body, signed with `secret`.
     pub fn encode(&self, secret: &Secret) -> String {
         let s = &self.signed;
-        let digest = sign(s, secret);
+        let digest = sign(s, secret).to_string();
         let mut fields = vec![
             ("click_trans_id", s.click_trans_id),
             ("service_id", s.service_id),
@@ -116,7 +110,7 @@ impl CallbackBody<'_> {
             ("error", self.error),
             ("error_note", self.error_note),
             ("sign_time", s.sign_time),
-            ("sign_string", digest.as_str()),
+            ("sign_string", &digest),
         ]);
         let mut out = String::with_capacity(256);
         for (i, (name, value)) in fields.iter().enumerate() {
@@ -170,7 +164,7 @@ mod tests {
     fn prepare_and_complete_formulas() {
         let key = Secret::new("TEST_SECRET_aB3dE5");
         assert_eq!(
-            sign(&v1(), &key).as_str(),
+            sign(&v1(), &key).to_string(),
             "4c30b2304e2d17ef17eec7d8710e914c"
         );
         let complete = SignedFields {
@@ -180,7 +174,7 @@ mod tests {
             ..v1()
         };
         assert_eq!(
-            sign(&complete, &key).as_str(),
+            sign(&complete, &key).to_string(),
             "4b240e5966f8ea8ce6b654c14de08f7a"
         );
     }
@@ -199,28 +193,31 @@ mod tests {
             )
         };
         assert_eq!(
-            with("1000", "2024-05-01 12:30:45").as_str(),
+            with("1000", "2024-05-01 12:30:45").to_string(),
             "98bccec0b93a8c704d1daef634aeecb4"
         );
         assert_eq!(
-            with("1000.0", "2024-05-01 12:30:45").as_str(),
+            with("1000.0", "2024-05-01 12:30:45").to_string(),
             "8ec41dc0f1a8c1cb8955d2dced13e809"
         );
         // "sign_time left encoded": `%XX` decoded, `+` kept.
         assert_eq!(
-            with("1000.00", "2024-05-01+12:30:45").as_str(),
+            with("1000.00", "2024-05-01+12:30:45").to_string(),
             "1fe497622140d77fe18c1bcc7614b5fe"
         );
     }
 
     #[test]
     fn digest_parse_is_case_insensitive_and_exact_length() {
-        let d = HexDigest::parse("4C30B2304E2D17EF17EEC7D8710E914C").unwrap();
-        assert!(d.ct_eq(&HexDigest::parse("4c30b2304e2d17ef17eec7d8710e914c").unwrap()));
-        assert!(HexDigest::parse("4c30b2304e2d17ef17eec7d8710e914").is_none());
-        assert!(HexDigest::parse("4c30b2304e2d17ef17eec7d8710e914cc").is_none());
-        assert!(HexDigest::parse("4c30b2304e2d17ef17eec7d8710e914g").is_none());
-        assert!(HexDigest::parse("").is_none());
+        let d = Signature::parse("4C30B2304E2D17EF17EEC7D8710E914C").unwrap();
+        assert!(d.ct_eq(&Signature::parse("4c30b2304e2d17ef17eec7d8710e914c").unwrap()));
+        assert!(Signature::parse("4c30b2304e2d17ef17eec7d8710e914").is_none());
+        assert!(Signature::parse("4c30b2304e2d17ef17eec7d8710e914cc").is_none());
+        assert!(Signature::parse("4c30b2304e2d17ef17eec7d8710e914g").is_none());
+        assert!(Signature::parse("").is_none());
+        assert_eq!(d.to_string(), "4c30b2304e2d17ef17eec7d8710e914c");
+        // Differs in the last nibble only.
+        assert!(!d.ct_eq(&Signature::parse("4c30b2304e2d17ef17eec7d8710e914d").unwrap()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::callback::Callback;
 use super::diagnose::{self, Diagnosis};
 use super::keys::{Fingerprint, KeySet};
-use super::sign::{sign, HexDigest};
+use super::sign::{sign, Signature};
 
 /// A callback that verified: which service, and which of its keys (its slot) matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub struct Verified {
 /// reported. On failure the diagnosis explains why (see [`diagnose`]), computed against the
 /// same key set, so the log line describes the keys that actually judged the request.
 pub fn verify(cb: &Callback<'_>, keys: &KeySet) -> Result<Verified, Diagnosis> {
-    let Some(expected) = HexDigest::parse(cb.sign_string) else {
+    let Some(expected) = Signature::parse(cb.sign_string) else {
         return Err(Diagnosis::MalformedDigest);
     };
     if let Some(service) = keys.get(cb.service_id) {

@@ -3,15 +3,15 @@
 
 use std::io::{self, Write};
 
-use crate::click::{self, Form, FormKind, KeySet, RejectReason};
+use crate::click::{FormKind, KeySet, Parsed, RejectReason};
 
 /// Writes the verdict on `body`; returns whether it verifies.
 pub fn run(body: &[u8], kind: &FormKind, keys: &KeySet, out: &mut dyn Write) -> io::Result<bool> {
-    let form = match Form::parse(kind, body) {
+    let parsed = match Parsed::parse(kind, body) {
         Ok(f) => f,
         Err(e) => return rejected(&RejectReason::Form(e), out),
     };
-    let verdict = click::judge(&form, keys);
+    let verdict = parsed.judge(keys);
     match verdict.outcome {
         Ok(v) => {
             let action = verdict.callback.as_ref().map_or("?", |c| c.action.as_str());

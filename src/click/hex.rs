@@ -1,0 +1,46 @@
+//! Hex digits, read with one table load each: `%XX` escapes in form bodies and the 32-digit
+//! `sign_string`. Both accept either case, as Python's `unquote` and Click's signature
+//! comparison do.
+
+/// The value of each hex digit (either case), `0xff` for every other byte. Or-ing the values
+/// of several digits and testing `< 16` checks them all at once.
+pub const DIGIT: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The byte written by the two hex digits `hi` and `lo`, if both are hex digits.
+pub fn byte(hi: u8, lo: u8) -> Option<u8> {
+    let (hi, lo) = (DIGIT[usize::from(hi)], DIGIT[usize::from(lo)]);
+    (hi | lo < 16).then_some(hi << 4 | lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_byte_pair_agrees_with_the_standard_library() {
+        for hi in 0..=255u8 {
+            for lo in 0..=255u8 {
+                let text = [hi, lo];
+                let expected = std::str::from_utf8(&text)
+                    .ok()
+                    .filter(|t| t.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|t| u8::from_str_radix(t, 16).ok());
+                assert_eq!(byte(hi, lo), expected, "{hi:#x} {lo:#x}");
+            }
+        }
+    }
+}
