@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# User-space instructions per signed Prepare callback, counted by callgrind, for click-gateway
+# and for nginx doing the same reverse-proxy job in front of the same upstream. Instruction
+# counts do not move with the noise of a shared VM the way requests/s do, so this is the figure
+# to compare changes by. Each proxy runs twice under callgrind, for N1 and N2 requests; the
+# difference divided by N2 - N1 is the cost of one request, start-up and shutdown cancelled.
+#
+#   benches/instructions.sh              # N1=500 N2=2500 by default; under a minute
+#   KEEP=/tmp/cg benches/instructions.sh # keep the callgrind files, for callgrind_annotate
+#
+# Installs what it needs (valgrind, nginx-light, nghttp2-client for h2load), builds the release
+# binary, and stops every process it started, by pid, on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N1=${N1:-500}
+N2=${N2:-2500}
+
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+[ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+cargo build --release --quiet
+GATEWAY=$PWD/target/release/click-gateway
+NGINX=/usr/sbin/nginx
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.callgrind "$KEEP"/ || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port: under valgrind, start-up takes seconds
+    for _ in $(seq 1 600); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on $1" >&2; exit 1
+}
+
+UP=$(free_port); PROXY=$(free_port)
+mkdir -p "$work/up" "$work/proxy"
+temp_paths() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
+cat > "$work/up/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/up/nginx.pid;
+error_log $work/up/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    $(temp_paths "$work/up")
+    server {
+        listen 127.0.0.1:$UP;
+        location / {
+            default_type application/json;
+            return 200 '{"click_trans_id":1,"merchant_trans_id":"o","merchant_prepare_id":5001,"error":0,"error_note":"Success"}';
+        }
+    }
+}
+EOF
+# One process (no master) so that callgrind sees all of nginx's work; the same proxy settings
+# as load.sh.
+cat > "$work/proxy/nginx.conf" <<EOF
+master_process off;
+worker_processes 1;
+daemon off;
+pid $work/proxy/nginx.pid;
+error_log $work/proxy/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    $(temp_paths "$work/proxy")
+    upstream backend {
+        server 127.0.0.1:$UP;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$PROXY;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+KEY="bench-secret-$$"
+printf '[services.12345]\nsecret_keys = ["%s"]\n' "$KEY" > "$work/keys.toml"
+cat > "$work/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PROXY"
+[upstream]
+url = "http://127.0.0.1:$UP"
+pool_max_idle = 64
+[click]
+keys_file = "keys.toml"
+[admin]
+enabled = false
+EOF
+BENCH_KEY=$KEY "$GATEWAY" sign --action prepare --service-id 12345 --click-trans-id 2103040001 \
+    --merchant-trans-id order-1 --amount 1000.00 --sign-time "2026-11-28 12:00:00" \
+    --secret-env BENCH_KEY | tr -d '\n' > "$work/body"
+
+"$NGINX" -c "$work/up/nginx.conf" & pids+=($!)
+wait_port "$UP"
+
+TOTAL=0
+count() { # name requests command... -> sets TOTAL: instructions of the command serving them
+    local name=$1 n=$2; shift 2
+    local out=$work/$name.$n.callgrind
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" \
+        >"$work/$name.$n.stdout" 2>"$work/$name.$n.log" &
+    local pid=$!
+    pids+=("$pid")
+    wait_port "$PROXY"
+    h2load --h1 -n "$n" -c 4 -t 1 -d "$work/body" \
+        -H 'content-type: application/x-www-form-urlencoded' \
+        "http://127.0.0.1:$PROXY/click/prepare/" > "$work/$name.$n.h2load"
+    grep -q "$n succeeded, 0 failed, 0 errored" "$work/$name.$n.h2load" &&
+        grep -q "status codes: $n 2xx" "$work/$name.$n.h2load" || {
+        echo "$name: not every request was answered 2xx" >&2; cat "$work/$name.$n.h2load" >&2; exit 1; }
+    kill -TERM "$pid"
+    wait "$pid" || true
+    TOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$out")
+}
+
+PER_REQUEST=0
+per_request() { # name command... -> sets PER_REQUEST
+    local name=$1; shift
+    count "$name" "$N1" "$@"; local a=$TOTAL
+    count "$name" "$N2" "$@"; local b=$TOTAL
+    PER_REQUEST=$(( (b - a) / (N2 - N1) ))
+}
+
+per_request gateway "$GATEWAY" serve --config "$work/gateway.toml" --log-level warn
+gw=$PER_REQUEST
+per_request nginx "$NGINX" -c "$work/proxy/nginx.conf"
+ngx=$PER_REQUEST
+echo "user-space instructions per signed Prepare callback ($N1 vs $N2 requests, h2load --h1 -c 4):"
+echo "  nginx reverse proxy:  $ngx"
+echo "  click-gateway:        $gw (verifies each)"
+python3 -c "print('  gateway / nginx:      %.2f' % ($gw / $ngx))"
