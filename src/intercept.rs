@@ -106,7 +106,7 @@ pub async fn callback(
         }
     };
 
-    let form;
+    let parsed;
     let verdict;
     let decision =
         match kind.and_then(|kind| Parsed::parse(&kind, &body).map_err(RejectReason::Form)) {
@@ -118,9 +118,9 @@ pub async fn callback(
                 failure: Some(reason),
                 skew_secs: None,
             },
-            Ok(parsed) => {
-                form = parsed;
-                verdict = form.judge(&runtime.keys);
+            Ok(body_form) => {
+                parsed = body_form;
+                verdict = parsed.judge(&runtime.keys);
                 let service = verdict.callback.as_ref().map(|c| c.service_id);
                 let mut d = Decision {
                     echo: verdict.echo,

@@ -94,12 +94,41 @@ impl From<&ServerSettings> for ConnSettings {
 #[derive(Debug)]
 pub struct Connections {
     open: AtomicUsize,
+    /// Open connections of each worker, for [`Connections::ahead`].
+    per_worker: Box<[AtomicUsize]>,
     permits: Arc<Semaphore>,
 }
+
+/// How long a worker that holds more than its share of connections leaves a new one to the
+/// others before taking it anyway (see [`Connections::ahead`]).
+const BALANCE_WAIT: Duration = Duration::from_millis(1);
 
 impl Connections {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether `worker` holds more than one connection over another worker's count.
+    ///
+    /// All workers wait on the same listening socket, and whichever wakes first accepts
+    /// everything queued: a burst of new connections (a load balancer's, or a client pool's
+    /// start) would otherwise land on one worker while the other idles (58 of 65 connections of
+    /// a `wrk` run on one of two workers, before this). A worker that is ahead leaves new
+    /// connections to the others, which are woken by the same arrival, for at most
+    /// [`BALANCE_WAIT`]; it takes them itself after that, so a busy or stuck worker delays a
+    /// connection by a millisecond and loses none. nginx's answer is the same in spirit
+    /// (`accept_mutex`, `EPOLLEXCLUSIVE`); `SO_REUSEPORT` sockets per worker would also
+    /// balance, but would let a second instance started by mistake share the port silently
+    /// instead of failing to bind.
+    fn ahead(&self, worker: usize) -> bool {
+        let Some(mine) = self.per_worker.get(worker) else {
+            return false;
+        };
+        let mine = mine.load(Ordering::Relaxed);
+        self.per_worker
+            .iter()
+            .enumerate()
+            .any(|(i, other)| i != worker && other.load(Ordering::Relaxed) + 1 < mine)
     }
 }
 
@@ -107,6 +136,7 @@ impl Connections {
 /// all the `alive` senders are gone.
 struct ConnGuard {
     connections: Arc<Connections>,
+    worker: usize,
     gauge: Gauge,
     _alive: mpsc::Sender<()>,
     _permit: OwnedSemaphorePermit,
@@ -115,6 +145,9 @@ struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.connections.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(mine) = self.connections.per_worker.get(self.worker) {
+            mine.fetch_sub(1, Ordering::Relaxed);
+        }
         self.gauge.dec();
     }
 }
@@ -125,7 +158,7 @@ impl Drop for ConnGuard {
 ///
 /// Connections are served by `workers` threads, each with a single-threaded tokio runtime
 /// and its own pool of backend connections, all accepting on the same sockets (nginx's
-/// worker model). A request, its backend connection and its timers then live on one thread:
+/// worker model), and kept to even shares of the connections (see [`Connections::ahead`]). A request, its backend connection and its timers then live on one thread:
 /// no work stealing, no cross-thread wake-ups on the hot path. The caller's runtime keeps
 /// only this coordinator, signals, the admin listener and reloads.
 pub async fn run(
@@ -147,8 +180,10 @@ pub async fn run(
         .collect();
     let builder = Arc::new(http_builder(&settings));
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let workers_n = settings.workers.max(1);
     let connections = Arc::new(Connections {
         open: AtomicUsize::new(0),
+        per_worker: (0..workers_n).map(|_| AtomicUsize::new(0)).collect(),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -158,7 +193,7 @@ pub async fn run(
         idle: settings.idle_timeout,
     };
     let mut workers = Vec::new();
-    for n in 0..settings.workers.max(1) {
+    for n in 0..workers_n {
         let socks: Vec<_> = sockets
             .iter()
             .filter_map(|(std, tls)| match std.try_clone() {
@@ -171,6 +206,7 @@ pub async fn run(
             .collect();
         let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let worker = Worker {
+            index: n,
             sockets: socks,
             gateway: gateway.clone(),
             builder: builder.clone(),
@@ -225,6 +261,7 @@ pub async fn run(
 
 /// One worker thread's share of the serving.
 struct Worker {
+    index: usize,
     sockets: Vec<(std::net::TcpListener, Option<TlsListener>)>,
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -249,6 +286,7 @@ impl Worker {
             }
         };
         let Worker {
+            index,
             sockets,
             gateway,
             builder,
@@ -265,6 +303,7 @@ impl Worker {
             for (std, tls) in sockets {
                 match TcpListener::from_std(std) {
                     Ok(tcp) => loops.push(tokio::spawn(accept_loop(
+                        index,
                         Listener { tcp, tls },
                         gateway.clone(),
                         builder.clone(),
@@ -287,6 +326,7 @@ impl Worker {
 }
 
 async fn accept_loop(
+    worker: usize,
     listener: Listener,
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -304,6 +344,13 @@ async fn accept_loop(
                 Err(_) => return,
             },
         };
+        if connections.ahead(worker) {
+            tokio::select! {
+                biased;
+                _ = drain.changed() => return,
+                () = tokio::time::sleep(BALANCE_WAIT) => {}
+            }
+        }
         let (stream, addr) = tokio::select! {
             biased;
             _ = drain.changed() => return,
@@ -319,9 +366,13 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         connections.open.fetch_add(1, Ordering::Relaxed);
+        if let Some(mine) = connections.per_worker.get(worker) {
+            mine.fetch_add(1, Ordering::Relaxed);
+        }
         gateway.metrics.open_connections.inc();
         let guard = ConnGuard {
             connections: connections.clone(),
+            worker,
             gauge: gateway.metrics.open_connections.clone(),
             _alive: alive.clone(),
             _permit: permit,
@@ -380,4 +431,35 @@ fn http_builder(s: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(counts: &[usize]) -> Connections {
+        Connections {
+            open: AtomicUsize::new(counts.iter().sum()),
+            per_worker: counts.iter().map(|&n| AtomicUsize::new(n)).collect(),
+            permits: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    #[test]
+    fn a_worker_is_ahead_only_when_it_holds_two_more_than_another() {
+        let c = connections(&[5, 3]);
+        assert!(c.ahead(0));
+        assert!(!c.ahead(1));
+        let c = connections(&[4, 3, 9]);
+        assert!(!c.ahead(0), "one over is an even split of an odd count");
+        assert!(c.ahead(2));
+        assert!(
+            !connections(&[7]).ahead(0),
+            "a single worker takes everything"
+        );
+        assert!(
+            !connections(&[0, 0]).ahead(5),
+            "an unknown worker is never held back"
+        );
+    }
 }
