@@ -108,7 +108,7 @@ impl Connections {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Whether `worker` holds more than one connection over another worker's count.
+    /// Whether `worker` holds two or more connections more than another worker.
     ///
     /// All workers wait on the same listening socket, and whichever wakes first accepts
     /// everything queued: a burst of new connections (a load balancer's, or a client pool's
@@ -158,8 +158,9 @@ impl Drop for ConnGuard {
 ///
 /// Connections are served by `workers` threads, each with a single-threaded tokio runtime
 /// and its own pool of backend connections, all accepting on the same sockets (nginx's
-/// worker model), and kept to even shares of the connections (see [`Connections::ahead`]). A request, its backend connection and its timers then live on one thread:
-/// no work stealing, no cross-thread wake-ups on the hot path. The caller's runtime keeps
+/// worker model) and kept to even shares of the connections (see [`Connections::ahead`]).
+/// A request, its backend connection and its timers then live on one thread: no work
+/// stealing, no cross-thread wake-ups on the hot path. The caller's runtime keeps
 /// only this coordinator, signals, the admin listener and reloads.
 pub async fn run(
     listeners: Vec<Listener>,
