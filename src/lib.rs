@@ -6,6 +6,10 @@
 //! the keys and settings of one [`runtime`] snapshot. [`config`] reads everything at startup
 //! and on reload; [`commands`] holds the `check`, `sign` and `verify` subcommands.
 
+// A panic on the request or reload path would drop a payment callback: outside tests, every
+// fallible step is handled, and clippy (`-D warnings` in CI) keeps it that way.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod click;
 pub mod clock;

@@ -1,6 +1,8 @@
 //! `click-gateway`: argument parsing, logging, signals and exit codes. Everything else lives in
 //! the library.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
