@@ -16,91 +16,20 @@ cd "$(dirname "$0")/.."
 N1=${N1:-500}
 N2=${N2:-2500}
 
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-[ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v python3 >/dev/null || missing+=(python3)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
-fi
+. benches/common.sh
+install_missing valgrind:valgrind nginx:nginx-light h2load:nghttp2-client python3:python3
 cargo build --release --quiet
 GATEWAY=$PWD/target/release/click-gateway
-NGINX=/usr/sbin/nginx
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.callgrind "$KEEP"/ || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port: under valgrind, start-up takes seconds
-    for _ in $(seq 1 600); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2; exit 1
+before_cleanup() {
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.callgrind "$KEEP"/; fi
 }
 
 UP=$(free_port); PROXY=$(free_port)
-mkdir -p "$work/up" "$work/proxy"
-temp_paths() { echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"; }
-cat > "$work/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    $(temp_paths "$work/up")
-    server {
-        listen 127.0.0.1:$UP;
-        location / {
-            default_type application/json;
-            return 200 '{"click_trans_id":1,"merchant_trans_id":"o","merchant_prepare_id":5001,"error":0,"error_note":"Success"}';
-        }
-    }
-}
-EOF
+upstream_conf "$work/up" "$UP"
 # One process (no master) so that callgrind sees all of nginx's work; the same proxy settings
 # as load.sh.
-cat > "$work/proxy/nginx.conf" <<EOF
-master_process off;
-worker_processes 1;
-daemon off;
-pid $work/proxy/nginx.pid;
-error_log $work/proxy/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    $(temp_paths "$work/proxy")
-    upstream backend {
-        server 127.0.0.1:$UP;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$PROXY;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }
-}
-EOF
+proxy_conf "$work/proxy" "$UP" "master_process off;
+worker_processes 1;" "        listen 127.0.0.1:$PROXY;"
 KEY="bench-secret-$$"
 printf '[services.12345]\nsecret_keys = ["%s"]\n' "$KEY" > "$work/keys.toml"
 cat > "$work/gateway.toml" <<EOF
@@ -129,7 +58,7 @@ count() { # name requests command... -> sets TOTAL: instructions of the command 
         >"$work/$name.$n.stdout" 2>"$work/$name.$n.log" &
     local pid=$!
     pids+=("$pid")
-    wait_port "$PROXY"
+    wait_port "$PROXY" 60   # under valgrind, start-up takes seconds
     h2load --h1 -n "$n" -c 4 -t 1 -d "$work/body" \
         -H 'content-type: application/x-www-form-urlencoded' \
         "http://127.0.0.1:$PROXY/click/prepare/" > "$work/$name.$n.h2load"

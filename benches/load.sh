@@ -20,41 +20,12 @@ H2_STREAMS=${H2_STREAMS:-8}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 THREADS=$(nproc)
 
-missing=()
-[ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v curl >/dev/null || missing+=(curl)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v openssl >/dev/null || missing+=(openssl)
-command -v python3 >/dev/null || missing+=(python3)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
-fi
+. benches/common.sh
+install_missing nginx:nginx-light curl:curl wrk:wrk h2load:nghttp2-client openssl:openssl python3:python3
 cargo build --release --quiet
 GATEWAY=$PWD/target/release/click-gateway
-NGINX=/usr/sbin/nginx   # not on a non-root user's PATH
 # Room for the idle-connection measurement and the load generators.
 ulimit -n "$(( IDLE_CONNS + 4096 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2; exit 1
-}
 
 UP=$(free_port); NGX=$(free_port); NGX_TLS=$(free_port); GW=$(free_port); GW_TLS=$(free_port)
 
@@ -63,62 +34,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
     -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-# The upstream: nginx answering a fixed JSON to any method, keep-alive on.
-mkdir -p "$work/up" "$work/proxy"
-cat > "$work/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    client_body_temp_path $work/up; proxy_temp_path $work/up; fastcgi_temp_path $work/up;
-    uwsgi_temp_path $work/up; scgi_temp_path $work/up;
-    server {
-        listen 127.0.0.1:$UP;
-        location / {
-            default_type application/json;
-            return 200 '{"click_trans_id":1,"merchant_trans_id":"o","merchant_prepare_id":5001,"error":0,"error_note":"Success"}';
-        }
-    }
-}
-EOF
-
+upstream_conf "$work/up" "$UP"
 # The peer: nginx as a reverse proxy, as many workers as the gateway has threads.
-cat > "$work/proxy/nginx.conf" <<EOF
-worker_processes $THREADS;
-daemon off;
-pid $work/proxy/nginx.pid;
-error_log $work/proxy/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $work/proxy; proxy_temp_path $work/proxy; fastcgi_temp_path $work/proxy;
-    uwsgi_temp_path $work/proxy; scgi_temp_path $work/proxy;
-    upstream backend {
-        server 127.0.0.1:$UP;
-        keepalive 64;
-    }
-    server {
+proxy_conf "$work/proxy" "$UP" "worker_processes $THREADS;" "
         listen 127.0.0.1:$NGX;
         listen 127.0.0.1:$NGX_TLS ssl http2;
         ssl_certificate $work/cert.pem;
-        ssl_certificate_key $work/key.pem;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }
-}
-EOF
+        ssl_certificate_key $work/key.pem;"
 
 KEY="bench-secret-$$"
 cat > "$work/keys.toml" <<EOF
@@ -142,7 +64,6 @@ EOF
 
 "$NGINX" -c "$work/up/nginx.conf" & pids+=($!)
 "$NGINX" -c "$work/proxy/nginx.conf" & pids+=($!)
-NGX_PID=$!
 # Logs at warn for both: nginx runs with access_log off.
 "$GATEWAY" serve --config "$work/gateway.toml" --log-level warn & GW_PID=$!
 pids+=("$GW_PID")
