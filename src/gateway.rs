@@ -255,7 +255,7 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn content_length(parts: &Parts) -> Option<u64> {
+pub(crate) fn content_length(parts: &Parts) -> Option<u64> {
     parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -71,25 +71,19 @@ pub async fn callback(
         request_id,
         runtime,
     };
-    let kind = precheck(&parts);
+    let declared = crate::gateway::content_length(&parts);
+    let kind = precheck(&parts, declared);
     // Limits are never shadowed: what was not read cannot be forwarded.
     if let Err(RejectReason::BodyTooLarge) = kind {
         return proxy::closing(refuse_too_large(gw, &log));
     }
-    // Callback bodies count against the shared buffer memory like any other.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let _reservation = match gw
-        .body_budget
-        .reserve(
-            declared.unwrap_or(MAX_CALLBACK_BODY as u64),
-            gw.body_read_timeout,
-        )
-        .await
-    {
+    // Callback bodies count against the shared buffer memory like any other, for no more than
+    // `read_bounded` below can buffer: a request refused for another reason (a GET declaring
+    // gigabytes) must not hold the whole budget while its body is read.
+    let need = declared.map_or(MAX_CALLBACK_BODY as u64, |n| {
+        n.min(MAX_CALLBACK_BODY as u64)
+    });
+    let _reservation = match gw.body_budget.reserve(need, gw.body_read_timeout).await {
         Ok(permit) => permit,
         Err(e) => {
             gw.metrics.refuse(e.label());
@@ -224,15 +218,11 @@ fn count(gw: &Gateway, runtime: &Runtime, d: &Decision<'_>, gateway_time: Durati
 }
 
 /// What can be refused from the request head alone, before reading any body.
-fn precheck(parts: &Parts) -> Result<FormKind, RejectReason> {
+fn precheck(parts: &Parts, declared: Option<u64>) -> Result<FormKind, RejectReason> {
     if parts.method != Method::POST {
         return Err(RejectReason::MethodNotAllowed);
     }
     let headers = &parts.headers;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_CALLBACK_BODY as u64) {
         return Err(RejectReason::BodyTooLarge);
     }

@@ -320,6 +320,40 @@ async fn body_buffer_memory_is_shared_and_bounded() {
 }
 
 #[tokio::test]
+async fn a_refused_callback_declaring_a_huge_body_does_not_hold_the_whole_budget() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start_with(ConfigDir::new(
+        up.addr,
+        KEYS_TOML,
+        "max_body = \"64KiB\"\nbody_buffer_memory = \"64KiB\"\nbody_read_timeout = \"2s\"",
+        "",
+    ))
+    .await;
+    // A GET to a callback path (refused once read) that declares 10 GB and sends nothing:
+    // it waits for its body, holding a reservation.
+    let mut stalled = TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /click/prepare/ HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10000000000\r\n\r\n")
+        .await
+        .unwrap();
+    // Once its reservation is taken, at most one callback body's worth is gone...
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while gw.gateway.body_budget.available_kib() == 64 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the callback never reserved its body's memory");
+    assert_eq!(gw.gateway.body_budget.available_kib(), 64 - 16);
+    // ...and other bodies are still buffered and forwarded.
+    let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.next().await.uri, "/upload");
+    drop(stalled);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn an_http2_connection_still_goes_idle_after_a_request_that_outlived_a_deadline() {
     let mut up = TestUpstream::start().await;
     let gw = fast_gateway(&up).await;
