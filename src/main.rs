@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::Targets;
@@ -318,7 +319,7 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         // Before anything can report readiness: a SIGHUP must never meet the default action.
         let signals =
             signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -387,10 +388,8 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
             "click-gateway {} ready",
             env!("CARGO_PKG_VERSION")
         );
-        // Listeners are bound: connections queue until the accept loops take them.
-        gateway
-            .ready
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Listeners are bound: connections queue until the accept loops take them (and
+        // `server::run` reports the gateway ready once they do).
         notify::ready("serving generation 1");
         let shutdown = async move {
             let _ = control.await;
@@ -408,5 +407,9 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // A reload stuck in a blocking read (a hung mount) must not keep the process from exiting:
+    // dropping the runtime would wait for it without limit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
 }

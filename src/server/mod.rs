@@ -94,10 +94,14 @@ impl From<&ServerSettings> for ConnSettings {
 #[derive(Debug)]
 pub struct Connections {
     open: AtomicUsize,
-    /// Open connections of each worker, for [`Connections::ahead`].
+    /// Open connections of each worker, for [`Connections::ahead`]; [`NOT_ACCEPTING`] for a
+    /// worker whose accept loops have not started (or never will).
     per_worker: Box<[AtomicUsize]>,
     permits: Arc<Semaphore>,
 }
+
+/// The count of a worker that takes no connections, which no other worker is ever "ahead" of.
+const NOT_ACCEPTING: usize = usize::MAX;
 
 /// How long a worker that holds more than its share of connections leaves a new one to the
 /// others before taking it anyway (see [`Connections::ahead`]).
@@ -128,7 +132,7 @@ impl Connections {
         self.per_worker
             .iter()
             .enumerate()
-            .any(|(i, other)| i != worker && other.load(Ordering::Relaxed) + 1 < mine)
+            .any(|(i, other)| i != worker && other.load(Ordering::Relaxed).saturating_add(1) < mine)
     }
 }
 
@@ -184,7 +188,9 @@ pub async fn run(
     let workers_n = settings.workers.max(1);
     let connections = Arc::new(Connections {
         open: AtomicUsize::new(0),
-        per_worker: (0..workers_n).map(|_| AtomicUsize::new(0)).collect(),
+        per_worker: (0..workers_n)
+            .map(|_| AtomicUsize::new(NOT_ACCEPTING))
+            .collect(),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -316,6 +322,11 @@ impl Worker {
                 }
             }
             drop(alive);
+            if !loops.is_empty() {
+                if let Some(mine) = connections.per_worker.get(index) {
+                    mine.store(0, Ordering::Relaxed);
+                }
+            }
             for l in loops {
                 let _ = l.await;
             }
@@ -323,6 +334,9 @@ impl Worker {
             // Open connections drain on this runtime until the coordinator says stop.
             let _ = stop.wait_for(|stop| *stop).await;
         });
+        // The coordinator joins this thread: a blocking task (a backend name lookup) must not
+        // hold the join without limit.
+        runtime.shutdown_timeout(Duration::from_secs(1));
     }
 }
 
@@ -440,7 +454,7 @@ mod tests {
 
     fn connections(counts: &[usize]) -> Connections {
         Connections {
-            open: AtomicUsize::new(counts.iter().sum()),
+            open: AtomicUsize::new(0),
             per_worker: counts.iter().map(|&n| AtomicUsize::new(n)).collect(),
             permits: Arc::new(Semaphore::new(1)),
         }
@@ -461,6 +475,10 @@ mod tests {
         assert!(
             !connections(&[0, 0]).ahead(5),
             "an unknown worker is never held back"
+        );
+        assert!(
+            !connections(&[9, NOT_ACCEPTING]).ahead(0),
+            "a worker that never started accepting is not waited for"
         );
     }
 }
