@@ -164,7 +164,10 @@ for _ in range(n):
 for s in socks:
     data = b""
     while b"\r\n\r\n" not in data:
-        data += s.recv(4096)
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("the gateway closed an idle connection before answering")
+        data += chunk
 print("held", flush=True)
 sys.stdin.read()
 EOF

@@ -244,12 +244,14 @@ proptest! {
 
     #[test]
     fn fast_path_judges_as_the_general_path(body in callback_like_body(), signed in fields(), splice in any::<prop::sample::Index>()) {
-        // Half the bodies are a signed callback with a random piece spliced in.
+        // Judged with the signer's own key, so verified callbacks, wrong keys and known services
+        // are compared too; each case also takes the signed callback alone and with a random
+        // piece spliced in.
+        let keys = keys(signed.service_id, &signed.key);
         let signed = signed.body(&signed.key);
         let at = splice.index(signed.len() + 1);
         let spliced = format!("{}&{body}&{}", &signed[..at.min(signed.len())], &signed[at.min(signed.len())..]);
-        let keys = keys(12345, "k");
-        for body in [body, spliced] {
+        for body in [body, signed.clone(), spliced] {
             let general = Form::parse(&FormKind::UrlEncoded, body.as_bytes());
             let fast = Parsed::parse(&FormKind::UrlEncoded, body.as_bytes());
             match (&general, &fast) {
@@ -269,7 +271,14 @@ proptest! {
     fn urlencoded_parser_matches_a_byte_by_byte_reference(
         bytes in prop_oneof![
             callback_like_body().prop_map(String::into_bytes),
-            proptest::collection::vec(prop::sample::select(b"&=%+a0F\xc3\xa9 ".to_vec()), 0..200),
+            // Multi-byte UTF-8 drawn whole, so most bodies get past the UTF-8 check.
+            proptest::collection::vec(
+                prop::sample::select(vec!["&", "=", "%", "+", "a", "0", "F", "é", " ", "%C3", "%A9"]),
+                0..200,
+            ).prop_map(|pieces| pieces.concat().into_bytes()),
+            // Around the field cap.
+            (60usize..70).prop_map(|n| "a=1&".repeat(n).into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..64),
         ]
     ) {
         let ours = parse_urlencoded(&bytes).map(|form| {
