@@ -40,7 +40,7 @@ struct Decision<'a> {
     failure: Option<RejectReason>,
     /// The mode the failure is judged in.
     mode: Mode,
-    /// `sign_time` minus now, when it could be read.
+    /// Now minus `sign_time` (positive: signed in the past), when it could be read.
     skew_secs: Option<i64>,
 }
 
@@ -116,12 +116,16 @@ pub async fn callback(
                 parsed = body_form;
                 verdict = parsed.judge(&runtime.keys);
                 let service = verdict.callback.as_ref().map(|c| c.service_id);
+                let (verified, failure) = match verdict.outcome {
+                    Ok(v) => (Some(v), None),
+                    Err(reason) => (None, Some(reason)),
+                };
                 let mut d = Decision {
                     echo: verdict.echo,
                     callback: verdict.callback.as_ref(),
-                    verified: verdict.outcome.as_ref().ok().copied(),
+                    verified,
                     mode: runtime.mode_for(service),
-                    failure: verdict.outcome.clone().err(),
+                    failure,
                     skew_secs: None,
                 };
                 if let (Some(cb), Some(_)) = (d.callback, d.verified) {
@@ -135,7 +139,7 @@ pub async fn callback(
 
     if let (Some(reason), Mode::Enforce) = (&decision.failure, decision.mode) {
         let resp = click_error(reason.click_error(), &decision.echo);
-        log.line(&decision, None, started.elapsed());
+        log.line(&decision, None, gateway_time);
         return resp;
     }
     // Verified, or shadow mode: forward the exact bytes; vouch only for a valid signature.
@@ -151,7 +155,7 @@ pub async fn callback(
 }
 
 /// Checks `sign_time` against the clock (a verified callback's, so the time is authentic), and
-/// records the distance for the `sign_time_skew_seconds` histogram.
+/// keeps the distance for the `sign_time_skew_seconds` histogram (which `count` records).
 fn check_sign_time(runtime: &Runtime, cb: &Callback<'_>, d: &mut Decision<'_>) {
     let parsed = clock::parse_sign_time(cb.signed.sign_time, runtime.sign_time_offset);
     d.skew_secs = parsed.map(|t| clock::unix_now() - t);
@@ -303,8 +307,10 @@ impl LogContext<'_> {
     fn line(&self, d: &Decision<'_>, upstream: Option<(u16, Duration)>, total: Duration) {
         let cb = d.callback;
         let reason = d.failure.as_ref();
-        let sign_prefix = match (reason, cb) {
-            (Some(_), Some(c)) => {
+        // Not for a callback whose signature verified and that failed a later check (its
+        // `sign_time`): its signature is genuine.
+        let sign_prefix = match (reason, cb, d.verified) {
+            (Some(_), Some(c), None) => {
                 let end = c
                     .sign_string
                     .char_indices()
@@ -315,7 +321,7 @@ impl LogContext<'_> {
             _ => None,
         };
         let merchant = d.echo.merchant_trans_id.map(printable);
-        let why = reason.map(ToString::to_string);
+        let why = reason.map(tracing::field::display);
         let fields = (
             d.outcome(),
             reason.map(|r| r.click_error().code()),
@@ -345,7 +351,7 @@ impl LogContext<'_> {
                     upstream_status = upstream.map(|u| u.0),
                     upstream_ms = upstream.map(|u| u.1.as_millis() as u64),
                     total_ms = total.as_millis() as u64,
-                    why = why.as_deref(),
+                    why,
                     $msg
                 )
             };
