@@ -460,6 +460,15 @@ mod tests {
             check(&body),
             Err(RejectReason::DuplicateField("amount".into()))
         );
+        // Encoded and unknown names are compared too.
+        assert_eq!(
+            check(&format!("{V1}&%61ction=1")),
+            Err(RejectReason::DuplicateField("action".into()))
+        );
+        assert_eq!(
+            check(&format!("{V1}&x=1&x=2")),
+            Err(RejectReason::DuplicateField("x".into()))
+        );
         let twice = format!("{V1}&click_trans_id=7");
         let form = parse_urlencoded(twice.as_bytes()).unwrap();
         let echo = Echo::from_form(&form);
