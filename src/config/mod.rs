@@ -165,8 +165,9 @@ pub struct UpstreamSettings {
     /// (gunicorn's `keepalive`, 2 s by default) so the backend never closes one under us.
     #[serde(default = "default_pool_idle_timeout")]
     pub pool_idle_timeout: Span,
-    /// Idle connections kept per backend; 0 disables pooling (right for gunicorn sync workers,
-    /// which close every connection anyway).
+    /// Idle connections to the backend kept by each worker (so up to `workers` times this in
+    /// all); 0 disables pooling (right for gunicorn sync workers, which close every connection
+    /// anyway).
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
 }

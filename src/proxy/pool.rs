@@ -206,11 +206,6 @@ impl Pool {
         });
         Ok(sender)
     }
-
-    /// Idle connections (for tests and metrics).
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
-    }
 }
 
 /// Closes idle connections once they reach the idle timeout, until the pool is gone.

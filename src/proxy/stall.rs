@@ -87,23 +87,20 @@ impl Body for StallGuard {
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
+        let (last_progress, timeout) = (this.last_progress, this.timeout);
+        let sleep = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last_progress + timeout)));
         loop {
-            let due = this.last_progress + this.timeout;
-            let sleep = this
-                .deadline
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if sleep.deadline() != due {
-                sleep.as_mut().reset(due);
-            }
             match sleep.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if Instant::now() >= this.last_progress + this.timeout => {
-                    tracing::warn!("{}", Stalled(this.timeout));
+                Poll::Ready(()) if Instant::now() >= last_progress + timeout => {
+                    tracing::warn!("{}", Stalled(timeout));
                     this.stalled.inc();
-                    return Poll::Ready(Some(Err(Box::new(Stalled(this.timeout)))));
+                    return Poll::Ready(Some(Err(Box::new(Stalled(timeout)))));
                 }
                 // Progress was made since the timer was armed: wait the rest from there.
-                Poll::Ready(()) => continue,
+                Poll::Ready(()) => sleep.as_mut().reset(last_progress + timeout),
             }
         }
     }

@@ -94,9 +94,4 @@ impl Upstream {
             Ok(result) => result,
         }
     }
-
-    /// Idle pooled connections.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count()
-    }
 }
