@@ -61,13 +61,18 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let upstream = Upstream::new(&UpstreamSettings {
-        url: "http://127.0.0.1:8000".to_owned().try_into().unwrap(),
-        connect_timeout: click_gateway::config::Span::secs(2),
-        response_timeout: click_gateway::config::Span::secs(30),
-        pool_idle_timeout: click_gateway::config::Span::secs(1),
-        pool_max_idle: 32,
-    });
+    let upstream = Upstream::new(
+        &UpstreamSettings {
+            url: "http://127.0.0.1:8000".to_owned().try_into().unwrap(),
+            connect_timeout: click_gateway::config::Span::secs(2),
+            response_timeout: click_gateway::config::Span::secs(30),
+            pool_idle_timeout: click_gateway::config::Span::secs(1),
+            pool_max_idle: 32,
+            max_connections: 256,
+            callback_connections: 16,
+        },
+        Default::default(),
+    );
     let template = click_headers();
     let xff = headers::peer_value("203.0.113.7".parse().unwrap());
     let uri: Uri = "/click/prepare/".parse().unwrap();

@@ -1,5 +1,16 @@
-//! The request handler: one snapshot of the runtime per request, then either the callback
-//! checkpoint ([`crate::intercept`]) or a plain forward to the backend, body buffered first.
+//! The request handler, one stage after another and never back up:
+//!
+//! 1. one snapshot of the runtime (keys and reloadable settings) for the whole request;
+//! 2. the lane, from the path alone ([`crate::lane`]);
+//! 3. the message the backend will read: hop-by-hop fields removed (those named by
+//!    `Connection` included), forwarding fields set, `Host` from `:authority` for HTTP/2
+//!    ([`crate::proxy::headers`]) — before anything is judged, so the checkpoint never
+//!    verifies something other than what is forwarded;
+//! 4. the body, read whole within the lane's memory budget and `body_read_timeout`;
+//! 5. callbacks only: the checkpoint's [`Judgment`] (answer in Click's format, or forward);
+//! 6. the forward ([`crate::proxy::forward`]), the only stage that talks to the backend.
+//!
+//! Every answer the gateway writes itself comes from [`crate::answer`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -8,16 +19,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
+use hyper::body::{Body, Incoming};
 
+use crate::answer::{self, Refusal};
+use crate::checkpoint::{self, Decision, Judgment, LogContext, Upstream as Answered};
+use crate::click::{ClickError, Echo, RejectReason, MAX_CALLBACK_BODY};
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
+use crate::lane::{Budgets, ConnectionShare, Lane, Reservation};
 use crate::metrics::Metrics;
-use crate::proxy::body::{read_bounded, BodyBudget, BodyError};
-use crate::proxy::stall::StallGuard;
-use crate::proxy::{self, headers, ProxyBody, ProxyError, Scheme, Upstream};
+use crate::proxy::body::{read_bounded, BodyError};
+use crate::proxy::{headers, Forwarder, ProxyBody, Scheme, Upstream};
 use crate::request_id;
 use crate::runtime::{Runtime, SharedRuntime};
 
@@ -26,13 +39,13 @@ use crate::runtime::{Runtime, SharedRuntime};
 #[derive(Debug)]
 pub struct Gateway {
     pub runtime: SharedRuntime,
-    pub upstream: Upstream,
+    pub forwarder: Forwarder,
     /// Bound on reading a request body once its headers are in.
     pub body_read_timeout: Duration,
     /// Largest non-callback request body (`server.max_body`).
     pub max_body: usize,
-    /// Memory shared by all bodies being buffered (`server.body_buffer_memory`).
-    pub body_budget: BodyBudget,
+    /// The body memory of the two lanes, shared by every worker.
+    pub budgets: Budgets,
     /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
     pub metrics: Arc<Metrics>,
@@ -64,23 +77,44 @@ impl Peer {
     }
 }
 
+/// One client connection as its requests see it: the peer, and the connection's share of the
+/// body budgets (used by HTTP/2 streams, see [`crate::lane`]).
+#[derive(Debug)]
+pub struct Client {
+    pub peer: Peer,
+    pub share: ConnectionShare,
+}
+
+impl Client {
+    pub fn new(peer: Peer) -> Arc<Client> {
+        Arc::new(Client {
+            peer,
+            share: ConnectionShare::default(),
+        })
+    }
+}
+
 impl Gateway {
     /// Builds the gateway for a freshly loaded configuration (generation 1).
     pub fn new(loaded: &Loaded) -> Gateway {
         let srv = &loaded.settings.server;
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         metrics.generation.set(1);
         metrics
             .last_reload_success
             .set(crate::clock::unix_now() as f64);
+        let upstream = Upstream::new(
+            &loaded.settings.upstream,
+            metrics.upstream_open_connections.clone(),
+        );
         Gateway {
             runtime: Runtime::new(loaded, 1, &metrics).shared(),
-            upstream: Upstream::new(&loaded.settings.upstream),
+            forwarder: Forwarder::new(upstream, metrics.clone()),
             body_read_timeout: srv.body_read_timeout.0,
             max_body: srv.max_body.as_usize(),
-            body_budget: BodyBudget::new(srv.body_buffer_memory.0),
+            budgets: Budgets::new(srv),
             trusted_proxies: srv.trusted_proxies.clone(),
-            metrics: Arc::new(metrics),
+            metrics,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -91,10 +125,10 @@ impl Gateway {
     pub fn for_worker(&self) -> Gateway {
         Gateway {
             runtime: self.runtime.clone(),
-            upstream: self.upstream.fresh(),
+            forwarder: self.forwarder.fresh(),
             body_read_timeout: self.body_read_timeout,
             max_body: self.max_body,
-            body_budget: self.body_budget.clone(),
+            budgets: self.budgets.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             metrics: self.metrics.clone(),
             ready: self.ready.clone(),
@@ -106,183 +140,212 @@ impl Gateway {
     /// backend also receives and the callback log line carries.
     pub async fn handle(
         self: Arc<Self>,
-        peer: Peer,
+        client: Arc<Client>,
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let request_id = request_id::ensure(req.headers_mut());
         let runtime = self.runtime.load_full();
-        let mut resp = if runtime.is_callback_path(req.uri().path()) {
-            let id = request_id.to_str().unwrap_or("");
-            crate::intercept::callback(&self, &runtime, &peer, id, req).await
+        let (mut parts, body) = req.into_parts();
+        let lane = if runtime.is_callback_path(parts.uri.path()) {
+            Lane::Callback
         } else {
-            self.proxy(&peer, req).await
+            Lane::General
+        };
+        let peer = &client.peer;
+        // Read before the forwarding fields are rewritten below.
+        let client_ip = match lane {
+            Lane::Callback => {
+                headers::client_ip(&parts.headers, peer.addr.ip(), &self.trusted_proxies)
+            }
+            Lane::General => peer.addr.ip(),
+        };
+        self.for_backend(peer, &mut parts);
+        let mut resp = match lane {
+            Lane::General => self.general(&client, parts, body).await,
+            Lane::Callback => {
+                let log = LogContext {
+                    peer,
+                    client: client_ip,
+                    request_id: request_id.to_str().unwrap_or(""),
+                    runtime: &runtime,
+                };
+                self.callback(&client, &log, parts, body).await
+            }
         };
         resp.headers_mut()
             .insert(request_id::HEADER.clone(), request_id);
         resp
     }
 
+    /// Rewrites the head into the message the backend will read (step 3 of the module docs).
+    fn for_backend(&self, peer: &Peer, parts: &mut Parts) {
+        // An HTTP/2 request carries its host in `:authority`, not in a Host header; keep it, or
+        // Django would see the upstream address (wrong ALLOWED_HOSTS check, wrong absolute URLs).
+        if !parts.headers.contains_key(header::HOST) {
+            let host = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                // HTTP/1.0 without Host: name the backend, as a client would.
+                .or_else(|| {
+                    HeaderValue::from_str(self.forwarder.upstream.authority().as_str()).ok()
+                });
+            if let Some(host) = host {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        headers::for_upstream(&mut parts.headers, &peer.xff, peer.scheme, peer.trusted);
+    }
+
     /// Everything that is not a callback: buffer the body, then forward.
-    async fn proxy(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn general(&self, client: &Client, parts: Parts, body: Incoming) -> Response<ProxyBody> {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
-        let declared = content_length(&parts);
+        let peer = &client.peer;
+        let declared = content_length(&parts.headers);
         if declared.is_some_and(|n| n > self.max_body as u64) {
-            self.metrics.refuse("body_too_large");
-            return too_large(peer, &parts, self.max_body);
+            return self.refuse_body(peer, &parts, BodyError::TooLarge(self.max_body));
         }
-        // Reserve buffer memory for the body before reading it (none for an empty one).
-        let mut reservation = None;
-        if !hyper::body::Body::is_end_stream(&body) {
-            let need = declared.unwrap_or(self.max_body as u64);
-            match self.body_budget.reserve(need, self.body_read_timeout).await {
-                Ok(permit) => reservation = Some(permit),
-                Err(e) => {
-                    self.metrics.refuse(e.label());
-                    return body_failure(peer, &parts, &e);
-                }
-            }
-        }
-        let body = match read_bounded(body, self.max_body, self.body_read_timeout).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                self.metrics.refuse(e.label());
-                return match e {
-                    BodyError::TooLarge(limit) => too_large(peer, &parts, limit),
-                    e => body_failure(peer, &parts, &e),
-                };
-            }
+        let need = declared.unwrap_or(self.max_body as u64);
+        let (_reservation, body) = match self
+            .buffer(Lane::General, client, &parts, body, need, self.max_body)
+            .await
+        {
+            Ok(read) => read,
+            Err(e) => return self.refuse_body(peer, &parts, e),
         };
         self.metrics
             .proxy_route
             .gateway_seconds
             .observe(started.elapsed().as_secs_f64());
-        let resp = self.forward(peer, parts, body, None, "proxy").await;
-        drop(reservation);
-        resp
+        match self
+            .forwarder
+            .send(peer.addr, parts, body, Lane::General)
+            .await
+        {
+            Ok(forwarded) => forwarded.response,
+            Err(e) => answer::refusal(&Refusal::Upstream(e)),
+        }
     }
 
-    /// Forwards a request with a buffered body and streams the answer back. `verified_for`
-    /// marks a callback that passed verification with the trust header.
-    ///
-    /// An idempotent request (RFC 9110 §9.2.2) that fails after reaching the backend without
-    /// an answer is sent once more on a fresh connection, as nginx's `proxy_next_upstream`
-    /// does; a callback (a POST) never is.
-    pub async fn forward(
+    /// A request to a callback path: judged by the checkpoint, then answered or forwarded.
+    async fn callback(
         &self,
-        peer: &Peer,
+        client: &Client,
+        log: &LogContext<'_>,
         mut parts: Parts,
-        body: Bytes,
-        verified_for: Option<u64>,
-        route: &'static str,
+        body: Incoming,
     ) -> Response<ProxyBody> {
-        // An HTTP/2 request carries its host in `:authority`, not in a Host header; keep it, or
-        // Django would see the upstream address (wrong ALLOWED_HOSTS check, wrong absolute URLs).
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(host) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, host);
-            } else if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
-                // HTTP/1.0 without Host: name the backend, as a client would.
-                parts.headers.insert(header::HOST, host);
-            }
+        let started = Instant::now();
+        let runtime = log.runtime;
+        let declared = content_length(&parts.headers);
+        let head = checkpoint::precheck(&parts, declared);
+        // Limits are never shadowed: what was not read cannot be forwarded.
+        if let Err(RejectReason::BodyTooLarge) = head {
+            return self.refuse_too_large(log);
         }
-        headers::for_upstream(&mut parts.headers, &peer.xff, peer.scheme, peer.trusted);
-        if let Some(service_id) = verified_for {
+        // No more than a callback can be, so a request refused for another reason (a GET
+        // declaring gigabytes) holds little of the callbacks' memory while its body is read.
+        let need = declared.map_or(MAX_CALLBACK_BODY as u64, |n| {
+            n.min(MAX_CALLBACK_BODY as u64)
+        });
+        let (_reservation, body) = match self
+            .buffer(
+                Lane::Callback,
+                client,
+                &parts,
+                body,
+                need,
+                MAX_CALLBACK_BODY,
+            )
+            .await
+        {
+            Ok(read) => read,
+            Err(BodyError::TooLarge(_)) => return self.refuse_too_large(log),
+            // Transport failures are not Click errors: Click sees no answer and retries.
+            Err(e) => return self.refuse_body(log.peer, &parts, e),
+        };
+
+        let parsed = checkpoint::parse(head, &body);
+        let judgment = checkpoint::judge(runtime, &parsed);
+        let gateway_time = started.elapsed();
+        judgment.count(&self.metrics, runtime, gateway_time);
+        let vouch = match judgment.decision() {
+            Decision::Answer(error) => {
+                log.line(&judgment, None, gateway_time);
+                return answer::click_error(error, &judgment.echo);
+            }
+            Decision::Forward { vouch } => vouch,
+        };
+        // Verified, or shadow mode: forward the exact bytes; vouch only for a valid signature.
+        if let Some(service_id) = vouch {
             headers::mark_verified(&mut parts.headers, service_id);
         }
-        let uri = match self.upstream.uri_for(&parts.uri) {
-            Ok(uri) => uri,
-            Err(e) => return proxy::error_response(&e),
-        };
-        let retry = is_idempotent(&parts.method).then(|| parts.headers.clone());
-        let build = |headers| {
-            let mut req = Request::new(Full::new(body.clone()));
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = uri.clone();
-            *req.version_mut() = Version::HTTP_11;
-            *req.headers_mut() = headers;
-            req
-        };
-        let sent = Instant::now();
-        let mut outcome = self.upstream.send(build(parts.headers)).await;
-        if let (Err(ProxyError::Upstream(first)), Some(headers)) = (&outcome, retry) {
-            tracing::info!(peer = %peer.addr, method = %parts.method, path = ?uri.path(), "retrying an idempotent request once after: {first}");
-            self.metrics.upstream_error(route, "retried");
-            outcome = self.upstream.send_fresh(build(headers)).await;
-        }
-        let series = self.metrics.route(route);
-        series
-            .upstream_seconds
-            .observe(sent.elapsed().as_secs_f64());
-        match outcome {
-            Ok((resp, lease)) => {
-                series.upstream_status(resp.status().as_u16());
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                let body = StallGuard::new(
-                    body,
-                    self.upstream.response_timeout(),
-                    lease,
-                    series.stalled.clone(),
-                );
-                Response::from_parts(parts, Either::Left(body))
+        // A reference count: the judgment still borrows the body for the log line.
+        let sent = self
+            .forwarder
+            .send(log.peer.addr, parts, body.clone(), Lane::Callback)
+            .await;
+        match sent {
+            Ok(forwarded) => {
+                let status = forwarded.response.status().as_u16();
+                let upstream = Answered::Answered(status, forwarded.took);
+                log.line(&judgment, Some(upstream), started.elapsed());
+                forwarded.response
             }
             Err(e) => {
-                tracing::warn!(
-                    peer = %peer.addr,
-                    method = %parts.method,
-                    path = ?uri.path(),
-                    kind = e.label(),
-                    status = e.status().as_u16(),
-                    "upstream failed: {e}"
-                );
-                self.metrics.upstream_error(route, e.label());
-                proxy::error_response(&e)
+                let upstream = Answered::Failed(e.label(), e.status().as_u16());
+                log.line(&judgment, Some(upstream), started.elapsed());
+                answer::refusal(&Refusal::Upstream(e))
             }
         }
     }
+
+    /// Reserves `need` bytes of the lane's memory, then reads the body (at most `limit`), all
+    /// within `body_read_timeout` of now. The reservation lasts as long as the caller keeps it
+    /// (until the request is answered).
+    async fn buffer(
+        &self,
+        lane: Lane,
+        client: &Client,
+        parts: &Parts,
+        body: Incoming,
+        need: u64,
+        limit: usize,
+    ) -> Result<(Option<Reservation>, Bytes), BodyError> {
+        if body.is_end_stream() {
+            return Ok((None, Bytes::new()));
+        }
+        let timeout = self.body_read_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // An HTTP/2 connection multiplexes streams: each connection gets its own share.
+        let share = (parts.version == Version::HTTP_2).then_some(&client.share);
+        let reservation = self
+            .budgets
+            .reserve(lane, share, need, deadline, timeout)
+            .await?;
+        let bytes = read_bounded(body, limit, deadline, timeout).await?;
+        Ok((Some(reservation), bytes))
+    }
+
+    /// A body that could not be buffered: counted, logged, answered plainly.
+    fn refuse_body(&self, peer: &Peer, parts: &Parts, e: BodyError) -> Response<ProxyBody> {
+        self.metrics.refuse(e.label());
+        tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
+        answer::refusal(&Refusal::Body(e))
+    }
+
+    /// A callback too large to read: `-8`, and the connection closed (its body was not read).
+    fn refuse_too_large(&self, log: &LogContext<'_>) -> Response<ProxyBody> {
+        let judgment = Judgment::too_large();
+        judgment.count(&self.metrics, log.runtime, Duration::ZERO);
+        log.line(&judgment, None, Duration::ZERO);
+        answer::click_error_closing(ClickError::BadRequest, &Echo::default())
+    }
 }
 
-/// RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-pub(crate) fn content_length(parts: &Parts) -> Option<u64> {
-    parts
-        .headers
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-}
-
-fn too_large(peer: &Peer, parts: &Parts, limit: usize) -> Response<ProxyBody> {
-    tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), limit, "request body too large: 413");
-    proxy::closing(proxy::plain(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "413 Payload Too Large\n",
-    ))
-}
-
-/// A body that could not be buffered: 408 (too slow), 503 (no memory), 400 (broken off).
-pub fn body_failure(peer: &Peer, parts: &Parts, e: &BodyError) -> Response<ProxyBody> {
-    tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
-    let resp = match e {
-        BodyError::Timeout(_) => proxy::plain(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout\n"),
-        BodyError::Busy(_) => {
-            proxy::plain(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n")
-        }
-        BodyError::TooLarge(_) => {
-            proxy::plain(StatusCode::PAYLOAD_TOO_LARGE, "413 Payload Too Large\n")
-        }
-        BodyError::Aborted(_) => proxy::plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"),
-    };
-    proxy::closing(resp)
 }

@@ -1,9 +1,11 @@
 //! click-gateway: a reverse proxy that verifies Click (click.uz) payment callbacks before they
 //! reach the backend, and forwards everything else unchanged.
 //!
-//! One callback, top to bottom: [`server`] accepts and speaks HTTP, [`gateway`] picks the
-//! route, [`intercept`] reads and judges the body with [`click`], and [`proxy`] forwards it with
-//! the keys and settings of one [`runtime`] snapshot. [`config`] reads everything at startup
+//! One callback, top to bottom: [`server`] accepts and speaks HTTP, [`gateway`] runs the
+//! request's stages in order with the keys and settings of one [`runtime`] snapshot: the
+//! [`lane`] and its budgets, the head made fit for the backend, the [`checkpoint`] judging the
+//! body with [`click`], then [`proxy`] forwarding it; [`answer`] writes every answer the gateway
+//! gives itself. [`config`] reads everything at startup
 //! and on reload; [`commands`] holds the `check`, `sign` and `verify` subcommands.
 
 // A panic on the request or reload path would drop a payment callback: outside tests, every
@@ -11,12 +13,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod answer;
+pub mod checkpoint;
 pub mod click;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod gateway;
-pub mod intercept;
+pub mod lane;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;

@@ -230,6 +230,9 @@ pub struct Metrics {
     pub sign_time_skew_seconds: Histogram,
     pub open_connections: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// `connections_closed_total{reason="send_timeout"}`, resolved once.
+    pub send_timeouts: Counter,
+    pub upstream_open_connections: Gauge,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub generation: Gauge,
@@ -259,6 +262,8 @@ impl Metrics {
             sign_time_skew_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 18)),
             open_connections: Gauge::default(),
             connections_closed: Family::default(),
+            send_timeouts: Counter::default(),
+            upstream_open_connections: Gauge::default(),
             tls_handshake_failures: Family::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
@@ -314,8 +319,13 @@ impl Metrics {
         );
         registry.register(
             "connections_closed",
-            "Client connections closed by the gateway's deadlines (first_request_timeout, idle)",
+            "Client connections closed by the gateway's deadlines (first_request_timeout, idle, send_timeout)",
             m.connections_closed.clone(),
+        );
+        registry.register(
+            "upstream_open_connections",
+            "Open connections to the backend, idle pooled ones included (at most upstream.max_connections)",
+            m.upstream_open_connections.clone(),
         );
         registry.register(
             "tls_handshake_failures",
@@ -346,10 +356,17 @@ impl Metrics {
         );
         let callback_route = RouteMetrics::new(&m, "callback");
         let proxy_route = RouteMetrics::new(&m, "proxy");
+        let send_timeouts = m
+            .connections_closed
+            .get_or_create(&ReasonLabels {
+                reason: "send_timeout",
+            })
+            .clone();
         Metrics {
             registry,
             callback_route,
             proxy_route,
+            send_timeouts,
             ..m
         }
     }

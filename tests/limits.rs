@@ -314,18 +314,18 @@ async fn body_buffer_memory_is_shared_and_bounded() {
             .status,
         200
     );
-    assert_eq!(gw.gateway.body_budget.available_kib(), 64);
+    assert_eq!(gw.gateway.budgets.general.available_kib(), 64);
     while up.try_next().is_some() {}
     gw.stop().await;
 }
 
 #[tokio::test]
-async fn a_refused_callback_declaring_a_huge_body_does_not_hold_the_whole_budget() {
+async fn a_refused_callback_declaring_a_huge_body_holds_one_callback_body_of_memory() {
     let mut up = TestUpstream::start().await;
     let gw = TestGateway::start_with(ConfigDir::new(
         up.addr,
         KEYS_TOML,
-        "max_body = \"64KiB\"\nbody_buffer_memory = \"64KiB\"\nbody_read_timeout = \"2s\"",
+        "max_body = \"64KiB\"\nbody_buffer_memory = \"64KiB\"\ncallback_body_memory = \"64KiB\"\nbody_read_timeout = \"2s\"",
         "",
     ))
     .await;
@@ -336,19 +336,24 @@ async fn a_refused_callback_declaring_a_huge_body_does_not_hold_the_whole_budget
         .write_all(b"GET /click/prepare/ HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10000000000\r\n\r\n")
         .await
         .unwrap();
-    // Once its reservation is taken, at most one callback body's worth is gone...
+    // Once its reservation is taken, at most one callback body's worth of the callbacks'
+    // memory is gone, and nothing of the general budget...
+    let callbacks = &gw.gateway.budgets.callback;
     tokio::time::timeout(Duration::from_secs(10), async {
-        while gw.gateway.body_budget.available_kib() == 64 {
+        while callbacks.available_kib() == 64 {
             tokio::task::yield_now().await;
         }
     })
     .await
     .expect("the callback never reserved its body's memory");
-    assert_eq!(gw.gateway.body_budget.available_kib(), 64 - 16);
-    // ...and other bodies are still buffered and forwarded.
+    assert_eq!(callbacks.available_kib(), 64 - 16);
+    assert_eq!(gw.gateway.budgets.general.available_kib(), 64);
+    // ...and other bodies are still buffered and forwarded, callbacks included.
     let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
     assert_eq!(resp.status, 200);
     assert_eq!(up.next().await.uri, "/upload");
+    let cb = callback(gw.addr, "/click/prepare/", V1).await;
+    assert_eq!(verdict(cb.status, &cb.body), Verdict::Forwarded);
     drop(stalled);
     gw.stop().await;
 }

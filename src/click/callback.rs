@@ -112,6 +112,53 @@ fn slot_of(name: &str) -> Option<usize> {
 /// How many fields a callback can have that the gateway reads.
 const SLOTS: usize = 11;
 
+/// The names of the fields of a callback, by slot ([`slot_of`] is the same table as a match,
+/// which compiles to a length switch on the hot path; a test holds the two together).
+pub const FIELD_NAMES: [&str; SLOTS] = [
+    "click_trans_id",
+    "service_id",
+    "click_paydoc_id",
+    "merchant_trans_id",
+    "amount",
+    "action",
+    "error",
+    "sign_time",
+    "sign_string",
+    "error_note",
+    "merchant_prepare_id",
+];
+
+/// The Click field a request's query string carries, if any: a framework that merges the query
+/// with the form (Flask's `request.values`, PHP's `$_REQUEST`, several Node integrations)
+/// would read it in place of the signed body's, so a callback with one is refused.
+///
+/// Read as broadly as any of them would: `&` and `;` both separate (older Python and Perl CGI
+/// split on `;`), names are decoded (`+`, `%XX`; an invalid escape stays as written), PHP's
+/// name mangling is applied (leading spaces dropped, `.` and space become `_`, `amount[]` is
+/// `amount`), and names compare case-insensitively. A merchant's own parameters (`?token=`)
+/// pass.
+pub fn query_field(query: &str) -> Option<&'static str> {
+    query
+        .split(['&', ';'])
+        .filter_map(|pair| {
+            let raw = pair.split('=').next().unwrap_or(pair);
+            let mut name = form::decode_lossy(raw.as_bytes());
+            if let Some(bracket) = name.iter().position(|&b| b == b'[') {
+                name.truncate(bracket);
+            }
+            let start = name.iter().position(|&b| b != b' ').unwrap_or(name.len());
+            let name: Vec<u8> = name[start..]
+                .iter()
+                .map(|&b| if b == b'.' || b == b' ' { b'_' } else { b })
+                .collect();
+            FIELD_NAMES
+                .iter()
+                .copied()
+                .find(|f| f.as_bytes().eq_ignore_ascii_case(&name))
+        })
+        .next()
+}
+
 /// The known fields of a form, found in one pass: each one's value, decoded, and its raw
 /// text in the body.
 pub struct Slots<'f, 'a>([Option<(&'f str, &'a str)>; SLOTS]);
@@ -412,6 +459,44 @@ mod tests {
             check(&with("click_paydoc_id", "x")),
             Err(RejectReason::MalformedId("click_paydoc_id"))
         );
+    }
+
+    #[test]
+    fn field_names_and_slots_are_one_table() {
+        for (k, name) in FIELD_NAMES.iter().enumerate() {
+            assert_eq!(slot_of(name), Some(k), "{name}");
+        }
+        assert_eq!(slot_of("x"), None);
+    }
+
+    #[test]
+    fn query_strings_naming_a_click_field_are_found_however_spelled() {
+        for (query, field) in [
+            ("amount=1", "amount"),
+            ("token=abc&sign_string=00", "sign_string"),
+            ("%61mount=1", "amount"),
+            ("AMOUNT=1", "amount"),
+            ("token=x;error=0", "error"),
+            ("sign.string=x", "sign_string"),
+            ("sign+string=x", "sign_string"),
+            ("+%20merchant_trans_id=x", "merchant_trans_id"),
+            ("amount[]=1", "amount"),
+            ("error", "error"),
+            ("a=1&click_paydoc_id", "click_paydoc_id"),
+        ] {
+            assert_eq!(query_field(query), Some(field), "{query}");
+        }
+        for ok in [
+            "",
+            "token=abc",
+            "amount_x=1",
+            "x=amount",
+            "ref=1&lang=uz",
+            "%zz=1",
+            "a&&b",
+        ] {
+            assert_eq!(query_field(ok), None, "{ok}");
+        }
     }
 
     #[test]

@@ -39,10 +39,11 @@ pub enum FormKind {
 
 impl FormKind {
     /// Reads a `Content-Type` value (RFC 9110 §8.3), as narrowly as Django reads it: the type
-    /// in lowercase (Django compares it exactly), at most a `charset` that is UTF-8 (the
-    /// signature is defined over UTF-8 bytes) and, for multipart, one `boundary`. Any other
-    /// parameter is refused, RFC 2231 forms like `boundary*=` above all: Django's header
-    /// parser would honour them where this one would not.
+    /// and subtype compared case-insensitively (RFC 9110 §8.3.1; Django lowercases them
+    /// before comparing), at most a `charset` that is UTF-8 in any case (the signature is
+    /// defined over UTF-8 bytes) and, for multipart, one `boundary`. Any other parameter is
+    /// refused, RFC 2231 forms like `boundary*=` above all: Django's header parser would
+    /// honour them where this one would not.
     pub fn from_content_type(value: &str) -> Result<FormKind, &'static str> {
         let mut parts = value.split(';');
         let essence = parts.next().unwrap_or("").trim();
@@ -68,14 +69,20 @@ impl FormKind {
                 return Err("unexpected or repeated content-type parameter");
             }
         }
-        match (essence, boundary) {
-            ("application/x-www-form-urlencoded", None) => Ok(FormKind::UrlEncoded),
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        if is("application/x-www-form-urlencoded") {
+            return match boundary {
+                None => Ok(FormKind::UrlEncoded),
+                Some(_) => Err("unexpected or repeated content-type parameter"),
+            };
+        }
+        if !is("multipart/form-data") {
+            return Err("content-type is not a form");
+        }
+        match boundary {
             // RFC 2046 §5.1.1: 1 to 70 characters from a restricted set.
-            ("multipart/form-data", Some(b)) if is_boundary(&b) => {
-                Ok(FormKind::Multipart { boundary: b })
-            }
-            ("multipart/form-data", _) => Err("multipart/form-data without a valid boundary"),
-            _ => Err("content-type is not a form"),
+            Some(b) if is_boundary(&b) => Ok(FormKind::Multipart { boundary: b }),
+            _ => Err("multipart/form-data without a valid boundary"),
         }
     }
 }
@@ -402,6 +409,30 @@ fn decode_text<'a>(
         .map_err(|_| FormError::NotUtf8(name()))
 }
 
+/// Decodes `+` and `%XX` as Python's `unquote_plus` does: an invalid escape is kept as
+/// written. For reading text the gateway only inspects (query string names), never for a
+/// value it verifies.
+pub fn decode_lossy(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let Some(byte) = raw.get(i + 1..i + 3).and_then(|p| hex::byte(p[0], p[1])) {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 fn name_for_error(name: &str) -> String {
     name.chars().take(40).collect()
 }
@@ -424,13 +455,15 @@ fn decode_into(raw: &[u8], at: usize, out: &mut Vec<u8>) -> Result<(), FormError
             rest = &rest[i + 1..];
             continue;
         }
-        match rest.get(i + 1..i + 3) {
-            Some(&[hi, lo]) if let Some(byte) = hex::byte(hi, lo) => {
-                out.push(byte);
-                rest = &rest[i + 3..];
-            }
-            _ => return Err(FormError::BadPercent(at + (raw.len() - rest.len()) + i)),
-        }
+        let byte = match rest.get(i + 1..i + 3) {
+            Some(&[hi, lo]) => hex::byte(hi, lo),
+            _ => None,
+        };
+        let Some(byte) = byte else {
+            return Err(FormError::BadPercent(at + (raw.len() - rest.len()) + i));
+        };
+        out.push(byte);
+        rest = &rest[i + 3..];
     }
     out.extend_from_slice(rest);
     Ok(())
@@ -707,6 +740,18 @@ mod tests {
             FormKind::from_content_type("application/x-www-form-urlencoded; charset=latin1")
                 .is_err()
         );
+        // RFC 9110 §8.3.1: type, subtype and the charset value are case-insensitive (Django
+        // lowercases the type too); the boundary is not (RFC 2046 §5.1.1).
+        assert_eq!(
+            FormKind::from_content_type("Application/X-WWW-Form-Urlencoded; Charset=utf-8"),
+            Ok(FormKind::UrlEncoded)
+        );
+        assert_eq!(
+            FormKind::from_content_type("MULTIPART/FORM-DATA; BOUNDARY=xYz"),
+            Ok(FormKind::Multipart {
+                boundary: "xYz".into()
+            })
+        );
         assert!(FormKind::from_content_type("multipart/form-data").is_err());
         assert!(FormKind::from_content_type("application/json").is_err());
         assert!(FormKind::from_content_type("").is_err());
@@ -717,7 +762,7 @@ mod tests {
             "application/x-www-form-urlencoded; charset*=utf-8''latin1",
             "application/x-www-form-urlencoded; charset=utf8",
             "application/x-www-form-urlencoded; boundary=XX",
-            "Multipart/Form-Data; boundary=XX",
+            "application/x-www-form-urlencodedx",
             "multipart/form-data; boundary=\"a\\b\"",
         ] {
             assert!(FormKind::from_content_type(refused).is_err(), "{refused}");

@@ -51,6 +51,8 @@ pub enum RejectReason {
     MethodNotAllowed,
     ContentEncoding,
     ContentType(&'static str),
+    /// The query string carries this Click field (see `callback::query_field`).
+    QueryField(&'static str),
     BodyTooLarge,
     Form(FormError),
     DuplicateField(String),
@@ -87,6 +89,7 @@ impl RejectReason {
             RejectReason::MethodNotAllowed => "method",
             RejectReason::ContentEncoding => "content_encoding",
             RejectReason::ContentType(_) => "content_type",
+            RejectReason::QueryField(_) => "query_field",
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::Form(_) => "bad_form",
             RejectReason::DuplicateField(_) => "duplicate_field",
@@ -118,6 +121,10 @@ impl fmt::Display for RejectReason {
                 f.write_str("the body is compressed (Content-Encoding); Click sends plain forms")
             }
             RejectReason::ContentType(why) => write!(f, "{why}"),
+            RejectReason::QueryField(name) => write!(
+                f,
+                "the query string carries {name}: a framework that merges query and form would read it instead of the signed body's"
+            ),
             RejectReason::BodyTooLarge => write!(
                 f,
                 "the body is over {} bytes; Click callbacks are under 1 KiB",

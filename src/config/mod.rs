@@ -119,9 +119,23 @@ pub struct ServerSettings {
     /// Largest request body forwarded on non-callback paths; larger gets 413 before the
     /// backend is contacted. Callback bodies are capped at 16 KiB regardless.
     pub max_body: ByteSize,
-    /// Memory for request bodies being buffered, across all connections; a body that cannot
-    /// get its share within `body_read_timeout` is answered 503.
+    /// Memory for non-callback request bodies being buffered, across all connections; a body
+    /// that cannot get its share within `body_read_timeout` is answered 503.
     pub body_buffer_memory: ByteSize,
+    /// What the non-callback bodies of one HTTP/2 connection may reserve together, so one
+    /// connection's streams cannot take the whole `body_buffer_memory` (an HTTP/1 connection
+    /// reads one body at a time anyway).
+    pub connection_body_memory: ByteSize,
+    /// Memory for callback bodies, apart from `body_buffer_memory`: no upload, however many or
+    /// slow, makes a callback wait for buffer memory.
+    pub callback_body_memory: ByteSize,
+    /// Streams an HTTP/2 client may have open at once on one connection (hyper's default is
+    /// 200; every stream can hold a body reservation and a backend connection).
+    pub http2_max_concurrent_streams: u32,
+    /// A client that accepts no response bytes for this long (nginx's `send_timeout`: the time
+    /// between two successful writes; on HTTP/2 also a stream whose flow-control window stays
+    /// shut) is disconnected, and its backend connection released.
+    pub send_timeout: Span,
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are passed on (a TLS edge in front of
     /// the gateway). Everyone else's are replaced.
     pub trusted_proxies: Vec<cidr::Cidr>,
@@ -146,6 +160,10 @@ impl Default for ServerSettings {
             max_headers: 100,
             max_body: ByteSize::mib(1),
             body_buffer_memory: ByteSize::mib(64),
+            connection_body_memory: ByteSize::mib(2),
+            callback_body_memory: ByteSize::mib(16),
+            http2_max_concurrent_streams: 32,
+            send_timeout: Span::secs(30),
             trusted_proxies: Vec::new(),
         }
     }
@@ -170,6 +188,14 @@ pub struct UpstreamSettings {
     /// anyway).
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
+    /// Open connections to the backend at most, across all workers (idle pooled ones count).
+    /// Beyond it a request waits for one within `response_timeout`, then gets 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Of `max_connections`, how many only callbacks may use: a flood of slow API requests can
+    /// take every other backend connection and still leave a callback its own.
+    #[serde(default = "default_callback_connections")]
+    pub callback_connections: usize,
 }
 
 fn default_connect_timeout() -> Span {
@@ -183,6 +209,12 @@ fn default_pool_idle_timeout() -> Span {
 }
 fn default_pool_max_idle() -> usize {
     32
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_callback_connections() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -684,6 +716,31 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             "must be at least max_body, or no large body could ever be buffered",
         );
     }
+    if srv.connection_body_memory < srv.max_body {
+        bad(
+            "server.connection_body_memory",
+            "must be at least max_body, or no large body could ever be buffered",
+        );
+    }
+    if srv.callback_body_memory < ByteSize(crate::click::MAX_CALLBACK_BODY as u64) {
+        bad(
+            "server.callback_body_memory",
+            "must be at least 16KiB, the largest callback body",
+        );
+    }
+    if srv.http2_max_concurrent_streams == 0 {
+        bad("server.http2_max_concurrent_streams", "must be at least 1");
+    }
+    let up = &s.upstream;
+    if up.max_connections == 0 {
+        bad("upstream.max_connections", "must be at least 1");
+    }
+    if up.callback_connections >= up.max_connections {
+        bad(
+            "upstream.callback_connections",
+            "must be below max_connections, or nothing but callbacks could reach the backend",
+        );
+    }
     if s.admin.enabled && !s.admin.listen.ip().is_loopback() && !s.admin.allow_remote {
         bad(
             "admin.listen",
@@ -729,6 +786,11 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
         ("server.max_connections", s.server.max_connections),
         ("server.max_tls_handshakes", s.server.max_tls_handshakes),
         ("server.workers", s.server.workers.unwrap_or(1)),
+        ("upstream.max_connections", s.upstream.max_connections),
+        (
+            "server.http2_max_concurrent_streams",
+            s.server.http2_max_concurrent_streams as usize,
+        ),
     ] {
         if n > MAX_PERMITS {
             bad(key, "is implausibly large (at most 16777216)");
@@ -737,6 +799,7 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     for (key, span) in [
         ("server.drain_timeout", s.server.drain_timeout),
         ("server.idle_timeout", s.server.idle_timeout),
+        ("server.send_timeout", s.server.send_timeout),
         ("server.header_read_timeout", s.server.header_read_timeout),
         ("server.body_read_timeout", s.server.body_read_timeout),
         (
@@ -765,6 +828,7 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
         ),
         ("server.body_read_timeout", s.server.body_read_timeout),
         ("server.idle_timeout", s.server.idle_timeout),
+        ("server.send_timeout", s.server.send_timeout),
         ("upstream.connect_timeout", s.upstream.connect_timeout),
         ("upstream.response_timeout", s.upstream.response_timeout),
         ("upstream.pool_idle_timeout", s.upstream.pool_idle_timeout),

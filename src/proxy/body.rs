@@ -3,9 +3,9 @@
 //!
 //! Buffering (as nginx does by default) means a slow client costs the gateway a little memory
 //! instead of costing the backend one of its few gunicorn sync workers for as long as the
-//! client cares to trickle. Memory is bounded three ways: per body (`server.max_body`, 16 KiB
-//! for callbacks), in time (`server.body_read_timeout`), and across all connections
-//! (`server.body_buffer_memory`, a budget each body reserves before it is read).
+//! client cares to trickle. Memory is bounded per body (`server.max_body`, 16 KiB for
+//! callbacks), in time (`server.body_read_timeout`), and by budgets each body reserves before it
+//! is read ([`BodyBudget`]; which budget is [`crate::lane`]'s business).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,7 @@ pub enum BodyError {
     #[error("the body did not arrive within {0:?}")]
     Timeout(Duration),
     #[error("the client broke off the body: {0}")]
-    Aborted(String),
+    Aborted(#[source] hyper::Error),
     #[error("no buffer memory became free within {0:?}")]
     Busy(Duration),
 }
@@ -40,17 +41,19 @@ impl BodyError {
     }
 }
 
-/// Reads `body` whole: at most `limit` bytes, within `timeout`. A body that arrives in one
-/// piece (a callback, usually) is returned as that piece, without a copy.
+/// Reads `body` whole: at most `limit` bytes, by `deadline` (`timeout` is the span it stands
+/// for, for the error). A body that arrives in one piece (a callback, usually) is returned as
+/// that piece, without a copy.
 pub async fn read_bounded(
     body: Incoming,
     limit: usize,
+    deadline: Instant,
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }
-    match tokio::time::timeout(timeout, collect(body, limit)).await {
+    match tokio::time::timeout_at(deadline, collect(body, limit)).await {
         Err(_) => Err(BodyError::Timeout(timeout)),
         Ok(result) => result,
     }
@@ -61,7 +64,7 @@ async fn collect(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     let mut rest: Option<BytesMut> = None;
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Aborted(e.to_string()))?;
+        let frame = frame.map_err(BodyError::Aborted)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers: not forwarded, nothing to verify in them
         };
@@ -87,7 +90,8 @@ async fn collect(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     })
 }
 
-/// The process-wide memory budget for buffered bodies, in KiB permits.
+/// A memory budget for buffered bodies, in KiB permits: process-wide (shared by the workers)
+/// or one connection's share.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     permits: Arc<Semaphore>,
@@ -105,16 +109,19 @@ impl BodyBudget {
         }
     }
 
-    /// Reserves room for `bytes`, waiting at most `timeout` for other bodies to be released.
+    /// Reserves room for `bytes` (at most the whole budget), waiting until `deadline` for
+    /// other bodies to be released; `timeout` is the span the deadline stands for.
     pub async fn reserve(
         &self,
         bytes: u64,
+        deadline: Instant,
         timeout: Duration,
     ) -> Result<OwnedSemaphorePermit, BodyError> {
         let kib = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
             .clamp(1, self.total_kib);
-        match tokio::time::timeout(timeout, self.permits.clone().acquire_many_owned(kib)).await {
+        let acquire = self.permits.clone().acquire_many_owned(kib);
+        match tokio::time::timeout_at(deadline, acquire).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(BodyError::Busy(timeout)),
         }

@@ -1,16 +1,20 @@
-//! Forwarding to the backend: the upstream client, header rewriting, and how upstream failures
-//! are answered.
+//! Forwarding to the backend: the one place that talks to it ([`forward`]), over a bounded pool
+//! of connections ([`pool`]), with the request headers made fit for it ([`headers`]) and each
+//! response body watched for stalls ([`stall`]). Request bodies are read whole first
+//! ([`body`]).
 
 pub mod body;
+pub mod forward;
 pub mod headers;
 pub mod pool;
 pub mod stall;
 pub mod upstream;
 
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::StatusCode;
 use http_body_util::{Either, Full};
 
+pub use forward::Forwarder;
 pub use headers::Scheme;
 pub use upstream::Upstream;
 
@@ -19,29 +23,39 @@ pub use upstream::Upstream;
 pub type ProxyBody = Either<stall::StallGuard, Full<Bytes>>;
 
 /// Why a request could not be forwarded. Each is answered with a status and a short plain
-/// body, for callbacks too: Click treats a non-200 as no answer and retries, whereas a made-up
-/// Click error code could cancel a real payment.
+/// body (see [`crate::answer`]), for callbacks too: Click treats a non-200 as no answer and
+/// retries, whereas a made-up Click error code could cancel a real payment.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("connecting to the backend timed out")]
     ConnectTimeout,
     #[error("cannot connect to the backend: {0}")]
-    Connect(String),
+    Connect(#[source] std::io::Error),
+    #[error("the backend refused the HTTP handshake: {0}")]
+    Handshake(#[source] hyper::Error),
     #[error("the backend did not answer within the response timeout")]
     Timeout,
     #[error("the backend closed or broke the connection: {0}")]
-    Upstream(String),
+    Upstream(#[source] hyper::Error),
+    /// Every backend connection this request may use (`upstream.max_connections`, less the
+    /// callbacks' reserve for other traffic) stayed busy until its deadline.
+    #[error("no backend connection became free within the response timeout")]
+    Busy,
     #[error("request URI cannot be forwarded")]
     BadUri,
 }
 
 impl ProxyError {
-    /// 504 for timeouts, 502 for everything else (as nginx answers).
+    /// 504 for timeouts, 503 when no backend connection was free, 400 for a target that cannot
+    /// be forwarded, 502 for everything else (as nginx answers).
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadUri => StatusCode::BAD_REQUEST,
-            _ => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Handshake(_) | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -49,42 +63,11 @@ impl ProxyError {
     pub fn label(&self) -> &'static str {
         match self {
             ProxyError::ConnectTimeout => "connect_timeout",
-            ProxyError::Connect(_) => "connect",
+            ProxyError::Connect(_) | ProxyError::Handshake(_) => "connect",
             ProxyError::Timeout => "timeout",
             ProxyError::Upstream(_) => "closed",
+            ProxyError::Busy => "busy",
             ProxyError::BadUri => "bad_uri",
         }
-    }
-}
-
-/// A short plain-text answer written by the gateway itself.
-pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// Adds `Connection: close`: after refusing a body the gateway did not read, the connection
-/// cannot be trusted to be at a request boundary.
-pub fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    resp.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    resp
-}
-
-/// The answer to a failed forward.
-pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    match e.status() {
-        StatusCode::GATEWAY_TIMEOUT => plain(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Timeout\n"),
-        StatusCode::BAD_REQUEST => plain(StatusCode::BAD_REQUEST, "400 Bad Request\n"),
-        _ => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
     }
 }

@@ -1,11 +1,16 @@
-//! Keep-alive connections to the backend, over hyper's own HTTP/1 client connections.
+//! Keep-alive connections to the backend, over hyper's own HTTP/1 client connections, within a
+//! ceiling shared by every worker.
 //!
 //! hyper-util's legacy client does the same job in general (any host, any scheme, HTTP/2,
 //! connection racing); one backend over HTTP/1 needs far less, and on the gateway's hot path
 //! its per-request boxing, extension bookkeeping and pool-key hashing cost more than
 //! verifying the callback's signature. What this pool keeps, and why:
 //!
-//! - LIFO reuse of idle connections, at most `max_idle` of them;
+//! - at most `upstream.max_connections` open backend connections in all ([`Slots`]), of which
+//!   `upstream.callback_connections` only callbacks may open or reuse: a flood of slow API
+//!   requests can take every other connection and a callback still gets one at once. Beyond
+//!   the ceiling a request waits for a slot until its deadline, then gets 503;
+//! - LIFO reuse of idle connections, at most `max_idle` of them per worker;
 //! - a connection is never reused once it has been idle for `idle_timeout`, which must stay
 //!   below the backend's keep-alive (gunicorn's `--keep-alive`, 2 s by default), so it is the
 //!   gateway and never the backend that ends an idle connection: a request written into a
@@ -27,9 +32,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ProxyError;
+use crate::lane::Lane;
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
@@ -42,27 +50,104 @@ enum Target {
     Name(String),
 }
 
+/// The right to hold one backend connection open, from the shared slots or the callbacks'
+/// reserve. It lives in the connection's task, so it is returned when the connection closes.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    reserved: bool,
+}
+
+/// The ceiling on open backend connections, shared by every worker's pool.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    shared: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    /// `upstream_open_connections`.
+    open: Gauge,
+}
+
+impl Slots {
+    /// `max` connections in all, `reserved` of them for callbacks only.
+    pub fn new(max: usize, reserved: usize, open: Gauge) -> Slots {
+        Slots {
+            shared: Arc::new(Semaphore::new(max.saturating_sub(reserved))),
+            reserved: Arc::new(Semaphore::new(reserved)),
+            open,
+        }
+    }
+
+    /// A slot for a new connection of `lane`, waiting until `deadline`. Callbacks take a shared
+    /// slot when one is free and fall back on their reserve; other traffic never touches it.
+    async fn acquire(
+        &self,
+        lane: Lane,
+        deadline: tokio::time::Instant,
+    ) -> Result<Slot, ProxyError> {
+        let slot = |permit, reserved| Slot {
+            _permit: permit,
+            reserved,
+        };
+        if let Ok(p) = self.shared.clone().try_acquire_owned() {
+            return Ok(slot(p, false));
+        }
+        let waited = match lane {
+            Lane::General => tokio::time::timeout_at(deadline, self.shared.clone().acquire_owned())
+                .await
+                .map(|p| p.map(|p| slot(p, false))),
+            Lane::Callback => {
+                if let Ok(p) = self.reserved.clone().try_acquire_owned() {
+                    return Ok(slot(p, true));
+                }
+                tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        p = self.shared.clone().acquire_owned() => p.map(|p| slot(p, false)),
+                        p = self.reserved.clone().acquire_owned() => p.map(|p| slot(p, true)),
+                    }
+                })
+                .await
+            }
+        };
+        match waited {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(ProxyError::Busy),
+        }
+    }
+
+    /// Slots free now: (shared, reserved). For tests and metrics.
+    pub fn available(&self) -> (usize, usize) {
+        (
+            self.shared.available_permits(),
+            self.reserved.available_permits(),
+        )
+    }
+}
+
 #[derive(Debug)]
 struct Idle {
     sender: Sender,
     since: Instant,
+    /// Opened on a callback-reserved slot: only callbacks may reuse it.
+    reserved: bool,
 }
 
-/// The pool of one backend.
+/// The pool of one backend, for one worker.
 #[derive(Debug)]
 pub struct Pool {
     target: Target,
+    slots: Slots,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
 }
 
-/// A connection lent to one request; give it back with [`Pool::put`] once the response body
-/// has ended.
+/// A connection lent to one request; give it back with [`Lease::release`] once the response
+/// body has ended.
 #[derive(Debug)]
 pub struct Lease {
     sender: Sender,
+    reserved: bool,
     pool: Weak<Pool>,
     /// When the response headers arrived: the backend's keep-alive clock starts about then,
     /// so the pool counts idleness from here (a slow client reading a long body must not
@@ -74,7 +159,7 @@ impl Lease {
     /// Returns the connection to its pool if it can take another request.
     pub fn release(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.sender, self.answered);
+            pool.put(self.sender, self.reserved, self.answered);
         }
     }
 }
@@ -82,6 +167,7 @@ impl Lease {
 impl Pool {
     pub fn new(
         authority: &str,
+        slots: Slots,
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
@@ -92,6 +178,7 @@ impl Pool {
         };
         let pool = Arc::new(Pool {
             target,
+            slots,
             idle: Mutex::new(Vec::with_capacity(max_idle)),
             max_idle,
             idle_timeout,
@@ -103,23 +190,27 @@ impl Pool {
         pool
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection, or a new one. The
-    /// response comes with the lease of its connection, to be released when its body ends.
+    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection of `lane`, or a new
+    /// one, and waits for the response headers until `deadline`. The response comes with the
+    /// lease of its connection, to be released when its body ends.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Full<Bytes>>,
+        lane: Lane,
+        deadline: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        while let Some(mut sender) = self.checkout() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(sender))),
-                Err(mut e) => match e.take_message() {
+        while let Some((mut sender, reserved)) = self.checkout(lane) {
+            match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
+                Err(_) => return Err(ProxyError::Timeout),
+                Ok(Ok(resp)) => return Ok((resp, self.lease(sender, reserved))),
+                Ok(Err(mut e)) => match e.take_message() {
                     // Never written: the connection closed under us. Try another.
                     Some(unsent) => req = unsent,
-                    None => return Err(ProxyError::Upstream(root_cause(&e.into_error()))),
+                    None => return Err(ProxyError::Upstream(e.into_error())),
                 },
             }
         }
-        self.send_fresh(req).await
+        self.send_fresh(req, lane, deadline).await
     }
 
     /// Sends `req` on a new connection, never a pooled one (for resending a request that met
@@ -127,26 +218,32 @@ impl Pool {
     pub async fn send_fresh(
         self: &Arc<Self>,
         req: Request<Full<Bytes>>,
+        lane: Lane,
+        deadline: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        let mut sender = self.connect().await?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(sender))),
-            Err(e) => Err(ProxyError::Upstream(root_cause(e.error()))),
+        let slot = self.slots.acquire(lane, deadline).await?;
+        let reserved = slot.reserved;
+        let mut sender = self.connect(slot).await?;
+        match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
+            Err(_) => Err(ProxyError::Timeout),
+            Ok(Ok(resp)) => Ok((resp, self.lease(sender, reserved))),
+            Ok(Err(e)) => Err(ProxyError::Upstream(e.into_error())),
         }
     }
 
-    fn lease(self: &Arc<Self>, sender: Sender) -> Lease {
+    fn lease(self: &Arc<Self>, sender: Sender, reserved: bool) -> Lease {
         Lease {
             sender,
+            reserved,
             pool: Arc::downgrade(self),
             answered: Instant::now(),
         }
     }
 
-    /// The most recently used idle connection that is ready for a request. Expired and
-    /// closed ones are dropped (which closes them); one whose connection task has not yet
-    /// caught up with the end of the previous response stays for the next checkout.
-    fn checkout(&self) -> Option<Sender> {
+    /// The most recently used idle connection `lane` may use that is ready for a request.
+    /// Expired and closed ones are dropped (which closes them); one whose connection task has
+    /// not yet caught up with the end of the previous response stays for the next checkout.
+    fn checkout(&self, lane: Lane) -> Option<(Sender, bool)> {
         let mut idle = self
             .idle
             .lock()
@@ -158,14 +255,15 @@ impl Pool {
             let entry = &idle[i];
             if now.duration_since(entry.since) >= self.idle_timeout || entry.sender.is_closed() {
                 idle.remove(i);
-            } else if entry.sender.is_ready() {
-                return Some(idle.remove(i).sender);
+            } else if (!entry.reserved || lane == Lane::Callback) && entry.sender.is_ready() {
+                let entry = idle.remove(i);
+                return Some((entry.sender, entry.reserved));
             }
         }
         None
     }
 
-    fn put(&self, sender: Sender, since: Instant) {
+    fn put(&self, sender: Sender, reserved: bool, since: Instant) {
         if sender.is_closed() || since.elapsed() >= self.idle_timeout {
             return;
         }
@@ -174,11 +272,16 @@ impl Pool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since });
+            idle.push(Idle {
+                sender,
+                since,
+                reserved,
+            });
         }
     }
 
-    async fn connect(&self) -> Result<Sender, ProxyError> {
+    /// Opens a connection on `slot`; the slot goes back when the connection's task ends.
+    async fn connect(&self, slot: Slot) -> Result<Sender, ProxyError> {
         let connect = async {
             match &self.target {
                 Target::Addr(addr) => TcpStream::connect(addr).await,
@@ -190,7 +293,7 @@ impl Pool {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(ProxyError::ConnectTimeout)
             }
-            Ok(Err(e)) => return Err(ProxyError::Connect(e.to_string())),
+            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
@@ -198,11 +301,15 @@ impl Pool {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ProxyError::Connect(root_cause(&e)))?;
+            .map_err(ProxyError::Handshake)?;
+        let open = self.slots.open.clone();
+        open.inc();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!("upstream connection ended: {e}");
             }
+            open.dec();
         });
         Ok(sender)
     }
@@ -232,11 +339,36 @@ async fn sweep(pool: Weak<Pool>, every: Duration) {
     }
 }
 
-/// The innermost cause of a hyper error, for logs.
-fn root_cause(e: &hyper::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(30)
     }
-    cause.to_string()
+
+    #[tokio::test]
+    async fn callbacks_keep_their_reserve_when_other_traffic_takes_every_shared_slot() {
+        let slots = Slots::new(3, 1, Gauge::default());
+        let a = slots.acquire(Lane::General, later()).await.unwrap();
+        let b = slots.acquire(Lane::General, later()).await.unwrap();
+        assert!(!a.reserved && !b.reserved);
+        assert!(matches!(
+            slots.acquire(Lane::General, later()).await,
+            Err(ProxyError::Busy)
+        ));
+        let cb = slots.acquire(Lane::Callback, later()).await.unwrap();
+        assert!(cb.reserved, "the callback got the reserved slot");
+        assert!(slots.acquire(Lane::Callback, later()).await.is_err());
+        // A shared slot freed is taken by whoever waits, a callback included.
+        drop(a);
+        assert!(
+            !slots
+                .acquire(Lane::Callback, later())
+                .await
+                .unwrap()
+                .reserved
+        );
+        assert_eq!(slots.available(), (1, 0));
+    }
 }

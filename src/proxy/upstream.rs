@@ -1,10 +1,9 @@
 //! The backend: its address, its connection pool ([`super::pool`]) and the response timeout.
 //!
-//! Timeouts: connecting (`connect_timeout`, in the pool), the response headers
-//! (`response_timeout`, here) and then each response body frame (`StallGuard`). Retries: only
-//! a request the pool provably never wrote is resent by the pool; an idempotent one may be
-//! resent once by the gateway; a callback that reached the backend never is (nginx's
-//! `non_idempotent` rule).
+//! Timeouts: waiting for a free connection slot and then the response headers together get
+//! `response_timeout` (one deadline per attempt; a slot that never frees up is 503, a backend
+//! that does not answer 504), connecting gets `connect_timeout` (in the pool), and then each
+//! response body frame gets `response_timeout` again (`StallGuard`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,38 +13,55 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
 
-use super::pool::{Lease, Pool};
+use super::pool::{Lease, Pool, Slots};
 use super::ProxyError;
 use crate::config::UpstreamSettings;
+use crate::lane::Lane;
 
 /// The backend and the pool of connections that reaches it.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pool: Arc<Pool>,
+    slots: Slots,
     settings: UpstreamSettings,
     authority: Authority,
     response_timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(s: &UpstreamSettings) -> Upstream {
+    /// `open` is the gauge of open backend connections.
+    pub fn new(s: &UpstreamSettings, open: Gauge) -> Upstream {
+        let slots = Slots::new(s.max_connections, s.callback_connections, open);
+        Self::with_slots(s, slots)
+    }
+
+    fn with_slots(s: &UpstreamSettings, slots: Slots) -> Upstream {
         Upstream {
-            settings: s.clone(),
             pool: Pool::new(
                 s.url.authority.as_str(),
+                slots.clone(),
                 s.pool_max_idle,
                 s.pool_idle_timeout.0,
                 s.connect_timeout.0,
             ),
+            slots,
+            settings: s.clone(),
             authority: s.url.authority.clone(),
             response_timeout: s.response_timeout.0,
         }
     }
 
-    /// The same backend with a pool of its own (for another worker thread).
+    /// The same backend with a pool of its own (for another worker thread), within the same
+    /// ceiling on connections.
     pub fn fresh(&self) -> Upstream {
-        Upstream::new(&self.settings)
+        Self::with_slots(&self.settings, self.slots.clone())
+    }
+
+    /// The ceiling on backend connections (for tests and metrics).
+    pub fn slots(&self) -> &Slots {
+        &self.slots
     }
 
     /// Bound on waiting for the response headers, and then between response body frames.
@@ -72,26 +88,25 @@ impl Upstream {
         .map_err(|_| ProxyError::BadUri)
     }
 
-    /// Sends `req` (addressed with [`Upstream::uri_for`]) and waits for the response headers,
-    /// at most `response_timeout`. Dropping the wait on timeout closes that connection.
+    /// Sends `req` (addressed with [`Upstream::uri_for`]) for `lane` and waits for the
+    /// response headers, at most `response_timeout` (waiting for a connection slot
+    /// included). Dropping the wait on timeout closes that connection.
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
+        lane: Lane,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.pool.send(req)).await {
-            Err(_) => Err(ProxyError::Timeout),
-            Ok(result) => result,
-        }
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        self.pool.send(req, lane, deadline).await
     }
 
     /// As [`Upstream::send`], on a new connection (see [`Pool::send_fresh`]).
     pub async fn send_fresh(
         &self,
         req: Request<Full<Bytes>>,
+        lane: Lane,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.pool.send_fresh(req)).await {
-            Err(_) => Err(ProxyError::Timeout),
-            Ok(result) => result,
-        }
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        self.pool.send_fresh(req, lane, deadline).await
     }
 }

@@ -3,21 +3,27 @@
 //! hyper bounds the header read of HTTP/1 requests (once its timer is wired), but not:
 //! - the protocol sniff of hyper-util's auto builder, which reads the first bytes before
 //!   hyper's timer starts: a peer sending one byte of the HTTP/2 preface would be held forever;
-//! - HTTP/2 connections with no request: hyper has no header-read or idle timeout for them.
+//! - HTTP/2 connections with no request: hyper has no header-read or idle timeout for them;
+//! - HTTP/2 streams whose client never opens their flow-control window (no WINDOW_UPDATE):
+//!   the socket is fine, so [`super::send_deadline::SendDeadline`] sees nothing, but the stream's response
+//!   body (and the backend connection behind it) waits for ever.
 //!
 //! The watchdog closes a connection that has not delivered its first request within
-//! `header_read_timeout`, and asks one with nothing in flight for `idle_timeout` to shut down
-//! (GOAWAY for HTTP/2). A request is in flight from the moment it reaches the service until
-//! its response body has been sent or dropped, so a long download is never "idle".
+//! `header_read_timeout`, asks one with nothing in flight for `idle_timeout` to shut down
+//! (GOAWAY for HTTP/2) and drops it if it has not finished `send_timeout` later, and drops a
+//! connection one of whose HTTP/2 response bodies has waited `send_timeout` for the client to
+//! take more. A request is in flight from the moment it reaches the service until its response
+//! body has been sent or dropped, so a long download is never "idle".
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use http::Version;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
@@ -25,7 +31,8 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::sync::{watch, Notify};
 
-use crate::gateway::{Gateway, Peer};
+use super::send_deadline::SendDeadline;
+use crate::gateway::{Client, Gateway};
 use crate::metrics::ReasonLabels;
 use crate::proxy::ProxyBody;
 
@@ -34,7 +41,15 @@ use crate::proxy::ProxyBody;
 pub struct Deadlines {
     pub first_request: Duration,
     pub idle: Duration,
+    /// `server.send_timeout`: the client must accept response bytes at least this often.
+    pub send: Duration,
 }
+
+/// How much of an HTTP/2 response body is handed to hyper at a time: hyper asks for the next
+/// piece only once the client's flow-control window has taken the last one, so the pieces are
+/// what makes a stream's progress visible to the watchdog (a client reading at least 16 KiB
+/// per `send_timeout` is never cut).
+const H2_SLICE: usize = 16 * 1024;
 
 /// What the watchdog needs to know about a connection's requests.
 #[derive(Debug)]
@@ -44,9 +59,19 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `started` to the end of the last response.
     last_done_ms: AtomicU64,
-    /// Wakes the watchdog when a request ends, so the idle deadline is armed again.
-    done: Notify,
+    /// Wakes the watchdog when a request ends (the idle deadline is armed again) or an HTTP/2
+    /// body starts streaming (the send deadline is watched).
+    changed: Notify,
+    /// HTTP/2 response bodies that have streamed at least one piece.
+    streams: Mutex<Vec<Weak<StreamClock>>>,
 }
+
+/// When an HTTP/2 response body last handed a piece to hyper without being asked for the next
+/// one yet: `NOT_WAITING` while hyper is asking.
+#[derive(Debug)]
+struct StreamClock(AtomicU64);
+
+const NOT_WAITING: u64 = u64::MAX;
 
 impl Activity {
     fn new() -> Arc<Activity> {
@@ -55,7 +80,8 @@ impl Activity {
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
-            done: Notify::new(),
+            changed: Notify::new(),
+            streams: Mutex::new(Vec::new()),
         })
     }
 
@@ -65,16 +91,58 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    fn ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
     /// When the watchdog should look again, if there is anything to watch for.
     fn next_deadline(&self, d: Deadlines) -> Option<Instant> {
         if self.requests.load(Ordering::Relaxed) == 0 {
             return Some(self.started + d.first_request);
         }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
+            return self.stream_deadline(d);
         }
         let done = Duration::from_millis(self.last_done_ms.load(Ordering::Relaxed));
         Some(self.started + done + d.idle)
+    }
+
+    /// With HTTP/2 bodies streaming: the send deadline of the one that has waited longest, or,
+    /// when none waits, one `send` from now (a body that starts waiting later has a later
+    /// deadline, so that look finds it in time).
+    fn stream_deadline(&self, d: Deadlines) -> Option<Instant> {
+        let mut streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        streams.retain(|s| s.strong_count() > 0);
+        if streams.is_empty() {
+            return None;
+        }
+        let oldest = streams
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(NOT_WAITING);
+        Some(match oldest {
+            NOT_WAITING => Instant::now() + d.send,
+            since => self.started + Duration::from_millis(since) + d.send,
+        })
+    }
+
+    /// Whether an HTTP/2 body has waited `send` or longer for the client.
+    fn stream_stuck(&self, d: Deadlines) -> bool {
+        let now = self.ms();
+        let send = u64::try_from(d.send.as_millis()).unwrap_or(u64::MAX);
+        let streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        streams.iter().filter_map(Weak::upgrade).any(|s| {
+            let since = s.0.load(Ordering::Relaxed);
+            since != NOT_WAITING && now.saturating_sub(since) >= send
+        })
     }
 }
 
@@ -83,17 +151,56 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_done_ms.store(ms, Ordering::Relaxed);
+        self.0.last_done_ms.store(self.0.ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.done.notify_one();
+        self.0.changed.notify_one();
     }
 }
 
-/// A response body that keeps its request in flight until it is fully sent or dropped.
+/// A response body that keeps its request in flight until it is fully sent or dropped, and on
+/// HTTP/2 hands out its data in [`H2_SLICE`] pieces on a [`StreamClock`].
 pub struct TrackedBody {
     inner: ProxyBody,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// HTTP/2 only: the clock, once the body has streamed a piece.
+    clock: Option<Arc<StreamClock>>,
+    h2: bool,
+    /// The rest of a data frame larger than a slice.
+    rest: Bytes,
+}
+
+impl TrackedBody {
+    fn new(inner: ProxyBody, in_flight: InFlight, h2: bool) -> TrackedBody {
+        TrackedBody {
+            inner,
+            in_flight,
+            clock: None,
+            h2,
+            rest: Bytes::new(),
+        }
+    }
+
+    /// Hands out `data` a slice at a time; starts the stream's clock.
+    fn slice(&mut self, mut data: Bytes) -> Bytes {
+        if data.len() > H2_SLICE {
+            self.rest = data.split_off(H2_SLICE);
+        }
+        if !self.rest.is_empty() || !self.inner.is_end_stream() {
+            let activity = &self.in_flight.0;
+            let clock = self.clock.get_or_insert_with(|| {
+                let clock = Arc::new(StreamClock(AtomicU64::new(NOT_WAITING)));
+                activity
+                    .streams
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(Arc::downgrade(&clock));
+                activity.changed.notify_one();
+                clock
+            });
+            clock.0.store(activity.ms(), Ordering::Relaxed);
+        }
+        data
+    }
 }
 
 impl Body for TrackedBody {
@@ -104,15 +211,44 @@ impl Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if !this.h2 {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        // hyper asks for more: the client has taken what it was given.
+        if let Some(clock) = &this.clock {
+            clock.0.store(NOT_WAITING, Ordering::Relaxed);
+        }
+        if !this.rest.is_empty() {
+            let rest = std::mem::take(&mut this.rest);
+            let piece = this.slice(rest);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    let piece = this.slice(data);
+                    Poll::Ready(Some(Ok(Frame::data(piece))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.remaining() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
@@ -120,7 +256,7 @@ impl Body for TrackedBody {
 pub async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
-    peer: Peer,
+    client: Arc<Client>,
     gateway: Arc<Gateway>,
     deadlines: Deadlines,
     mut drain: watch::Receiver<bool>,
@@ -130,17 +266,16 @@ pub async fn serve<I>(
     let activity = Activity::new();
     let tracker = activity.clone();
     let metrics = gateway.metrics.clone();
-    let log_addr = peer.addr;
-    let service = service_fn(move |req| {
+    let log_addr = client.peer.addr;
+    let io = SendDeadline::new(io, deadlines.send, metrics.send_timeouts.clone());
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gateway.clone();
-        let peer = peer.clone();
+        let client = client.clone();
         let in_flight = tracker.begin();
+        let h2 = req.version() == Version::HTTP_2;
         async move {
-            let resp = gw.handle(peer, req).await;
-            Ok::<_, Infallible>(resp.map(|inner| TrackedBody {
-                inner,
-                _in_flight: in_flight,
-            }))
+            let resp = gw.handle(client, req).await;
+            Ok::<_, Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight, h2)))
         }
     });
     let conn = builder.serve_connection(io, service);
@@ -149,11 +284,13 @@ pub async fn serve<I>(
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    // Once the gateway has asked an idle connection to close: when to stop waiting for it.
+    let mut close_by: Option<Instant> = None;
     loop {
-        let deadline = if closing {
-            None
-        } else {
-            activity.next_deadline(deadlines)
+        let deadline = match (closing, close_by) {
+            (_, Some(by)) => Some(by),
+            (true, None) => None,
+            (false, None) => activity.next_deadline(deadlines),
         };
         tokio::select! {
             result = conn.as_mut() => {
@@ -166,12 +303,26 @@ pub async fn serve<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            // With requests in flight there is no deadline: wait for one to end.
-            () = activity.done.notified(), if deadline.is_none() && !closing => {}
+            // With requests in flight and nothing streaming there is no deadline: wait for a
+            // change.
+            () = activity.changed.notified(), if !closing => {}
             () = sleep_until(deadline), if deadline.is_some() => {
+                if close_by.is_some_and(|by| by <= Instant::now()) {
+                    tracing::debug!(peer = %log_addr, "did not finish within {:?} of being asked to close: dropping", deadlines.send);
+                    metrics.send_timeouts.inc();
+                    return;
+                }
+                if closing {
+                    continue;
+                }
+                if activity.stream_stuck(deadlines) {
+                    tracing::debug!(peer = %log_addr, "an HTTP/2 stream took nothing for {:?}: closing", deadlines.send);
+                    metrics.send_timeouts.inc();
+                    return;
+                }
                 // Re-check: a request may have started or ended meanwhile.
                 let still_due = activity.next_deadline(deadlines).is_some_and(|d| d <= Instant::now());
-                if !still_due {
+                if !still_due || activity.in_flight.load(Ordering::Relaxed) > 0 {
                     continue;
                 }
                 if activity.requests.load(Ordering::Relaxed) == 0 {
@@ -182,6 +333,7 @@ pub async fn serve<I>(
                 tracing::debug!(peer = %log_addr, "idle for {:?}: closing", deadlines.idle);
                 metrics.connections_closed.get_or_create(&ReasonLabels { reason: "idle" }).inc();
                 closing = true;
+                close_by = Some(Instant::now() + deadlines.send);
                 conn.as_mut().graceful_shutdown();
             }
         }

@@ -5,6 +5,7 @@
 //! the real server on `127.0.0.1:0` in-process and stop it by resolving the future.
 
 pub mod conn;
+pub mod send_deadline;
 pub mod tls;
 
 use std::future::Future;
@@ -20,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerSettings;
-use crate::gateway::{Gateway, Peer};
+use crate::gateway::{Client, Gateway, Peer};
 use crate::proxy::Scheme;
 use conn::Deadlines;
 use prometheus_client::metrics::gauge::Gauge;
@@ -72,6 +73,8 @@ pub struct ConnSettings {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub send_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl From<&ServerSettings> for ConnSettings {
@@ -86,6 +89,8 @@ impl From<&ServerSettings> for ConnSettings {
             max_connections: s.max_connections,
             max_header_bytes: s.max_header_bytes.as_usize(),
             max_headers: s.max_headers,
+            send_timeout: s.send_timeout.0,
+            http2_max_concurrent_streams: s.http2_max_concurrent_streams,
         }
     }
 }
@@ -198,6 +203,7 @@ pub async fn run(
     let deadlines = Deadlines {
         first_request: settings.header_read_timeout,
         idle: settings.idle_timeout,
+        send: settings.send_timeout,
     };
     let mut workers = Vec::new();
     for n in 0..workers_n {
@@ -402,13 +408,14 @@ async fn accept_loop(
             let _guard = guard;
             match tls {
                 None => {
-                    let peer = Peer::new(addr, Scheme::Http, &gw.trusted_proxies);
-                    conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain).await;
+                    let client = Client::new(Peer::new(addr, Scheme::Http, &gw.trusted_proxies));
+                    conn::serve(&builder, TokioIo::new(stream), client, gw, deadlines, drain).await;
                 }
                 Some(tls) => match tls.handshake(stream, &gw.metrics).await {
                     Ok(stream) => {
-                        let peer = Peer::new(addr, Scheme::Https, &gw.trusted_proxies);
-                        conn::serve(&builder, TokioIo::new(stream), peer, gw, deadlines, drain)
+                        let client =
+                            Client::new(Peer::new(addr, Scheme::Https, &gw.trusted_proxies));
+                        conn::serve(&builder, TokioIo::new(stream), client, gw, deadlines, drain)
                             .await;
                     }
                     // Counted by the handshake itself, before the socket closed.
@@ -441,7 +448,7 @@ fn http_builder(s: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128)
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
         // Dead peers: a PING unanswered within 20 s ends the connection.
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
