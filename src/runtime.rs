@@ -22,8 +22,11 @@ pub struct Runtime {
     pub generation: u64,
     pub loaded_at: SystemTime,
     pub keys: KeySet,
-    /// Callback paths, percent-decoded, compared exactly.
+    /// Callback paths as configured (`click.paths`).
     pub callback_paths: Vec<String>,
+    /// What requests are matched against: each configured path with and without its trailing
+    /// slash (see [`Runtime::is_callback_path`]).
+    matched_paths: Vec<String>,
     /// `click.mode`, and its per-service overrides.
     pub mode: Mode,
     pub service_modes: HashMap<u64, Mode>,
@@ -46,6 +49,7 @@ impl Runtime {
             loaded_at: SystemTime::now(),
             keys: loaded.keys.clone(),
             callback_paths: loaded.settings.click.paths.clone(),
+            matched_paths: spellings(&loaded.settings.click.paths),
             mode: click.mode,
             service_modes: click
                 .service_modes
@@ -71,11 +75,31 @@ impl Runtime {
 
     /// Whether a request path is a callback path. The path is compared after percent-decoding,
     /// as Django routes on the decoded `PATH_INFO`: `/click/%70repare/` reaches the same view
-    /// as `/click/prepare/` and must be verified just the same.
+    /// as `/click/prepare/` and must be verified just the same. A configured path matches with
+    /// and without its trailing slash: a URL pattern may accept both spellings (a `re_path`
+    /// with `/?$`, `APPEND_SLASH` redirects, other frameworks' strict-slashes-off routers),
+    /// and a spelling the gateway did not judge would reach the view unverified.
     pub fn is_callback_path(&self, path: &str) -> bool {
         let decoded = percent_decode_path(path);
-        self.callback_paths.iter().any(|p| *p == *decoded)
+        self.matched_paths.iter().any(|p| *p == *decoded)
     }
+}
+
+/// Every configured path, with and without its trailing slash.
+fn spellings(paths: &[String]) -> Vec<String> {
+    let mut all = Vec::with_capacity(paths.len() * 2);
+    for p in paths {
+        let other = match p.strip_suffix('/') {
+            Some(bare) => bare.to_owned(),
+            None => format!("{p}/"),
+        };
+        for spelling in [p.clone(), other] {
+            if !spelling.is_empty() && !all.contains(&spelling) {
+                all.push(spelling);
+            }
+        }
+    }
+    all
 }
 
 /// Percent-decodes a URL path (no `+` rule in paths); invalid escapes stay as written, which is
@@ -115,6 +139,7 @@ mod tests {
             loaded_at: SystemTime::now(),
             keys: KeySet::default(),
             callback_paths: vec!["/click/prepare/".into()],
+            matched_paths: spellings(&["/click/prepare/".into(), "/pay".into()]),
             mode: Mode::Enforce,
             service_modes: HashMap::new(),
             sign_age: None,
@@ -129,7 +154,12 @@ mod tests {
         assert!(rt.is_callback_path("/click/prepare/"));
         assert!(rt.is_callback_path("/click/%70repare/"));
         assert!(rt.is_callback_path("/click%2Fprepare/"));
-        assert!(!rt.is_callback_path("/click/prepare"));
+        assert!(rt.is_callback_path("/click/prepare"));
+        assert!(rt.is_callback_path("/click/%70repare"));
+        assert!(rt.is_callback_path("/pay"));
+        assert!(rt.is_callback_path("/pay/"));
+        assert!(!rt.is_callback_path("/pa"));
+        assert!(!rt.is_callback_path("/click/prepare//"));
         assert!(!rt.is_callback_path("/click/prepare/x"));
         assert!(!rt.is_callback_path("/click/prepare/%"));
         assert!(!rt.is_callback_path("/CLICK/prepare/"));

@@ -64,6 +64,52 @@ impl Setup {
     }
 }
 
+/// Sends a callback with its own request id and classifies the answer.
+async fn send_traced(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    id: &str,
+    body: &str,
+) -> Verdict {
+    use http_body_util::BodyExt;
+    sender.ready().await.expect("connection closed");
+    let mut req = callback_request("/click/prepare/", body);
+    req.headers_mut()
+        .insert("x-request-id", id.parse().unwrap());
+    let resp = tokio::time::timeout(PATIENCE, sender.send_request(req))
+        .await
+        .expect("no answer in time")
+        .expect("request failed");
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body failed")
+        .to_bytes();
+    verdict(status, &body)
+}
+
+/// The fingerprints of service 12345's keys in each generation, from the `reload ok` lines
+/// (generation 1 is the startup's).
+fn generations(log: &str, initial: &str) -> std::collections::BTreeMap<u64, String> {
+    let mut by_generation = std::collections::BTreeMap::from([(1, fp(initial))]);
+    let mut current = fp(initial);
+    for line in log.lines().filter(|l| l.contains("reload ok: generation ")) {
+        let generation: u64 = line
+            .split("reload ok: generation ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("a reload line names its generation");
+        if let Some(change) = line.split("service 12345: ").nth(1) {
+            let to = change.split(" -> ").nth(1).expect("old -> new");
+            current = to.split('"').next().unwrap().to_owned();
+        }
+        by_generation.insert(generation, current.clone());
+    }
+    by_generation
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundreds_of_reloads_under_load_lose_nothing() {
     let mut s = Setup::new(&[A]).await;
@@ -77,20 +123,25 @@ async fn hundreds_of_reloads_under_load_lose_nothing() {
             let keep_alive = c % 2 == 0;
             let mut conn = h1_connect(addr).await;
             let mut i = 0u64;
+            let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let key = if i % 2 == 0 { A } else { B };
+                let key = if i.is_multiple_of(2) { A } else { B };
                 if !keep_alive {
                     conn = h1_connect(addr).await;
                 }
+                let id = format!("storm-{c}-{i}");
                 // Panics (failing the test) on any error, reset, 5xx or unexpected answer.
-                let _ = send_callback(
+                let v = send_traced(
                     &mut conn,
+                    &id,
                     &prepare_signed_with(key, "12345", c * 1_000_000 + i),
                 )
                 .await;
+                seen.push((id, key, v));
                 sent.fetch_add(1, Ordering::Relaxed);
             }
+            seen
         }));
     }
     // Flip the service between key sets with atomic replacements: first one reload per SIGHUP
@@ -119,24 +170,51 @@ async fn hundreds_of_reloads_under_load_lose_nothing() {
     write_atomic(&s.keys_path(), &keys(&[C]));
     s.reload_to(C).await;
     stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
     for c in clients {
-        c.await.expect("a client saw an error, a reset or a 5xx");
+        seen.extend(c.await.expect("a client saw an error, a reset or a 5xx"));
     }
-    assert!(sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(seen.len() as u64, sent.load(Ordering::Relaxed));
     let log = s.gw.log_text();
-    // The load really overlapped the reloads: callbacks were judged by many key generations.
-    let mut generations: Vec<&str> = log
+    assert!(!log.contains("reload failed"), "{log}");
+    // Every verdict is the one the keys of the generation that judged it give: the log line
+    // of each callback names its generation, the reload lines say what each one held.
+    let keys_of = generations(&log, A);
+    let judged_by: std::collections::HashMap<&str, u64> = log
         .lines()
         .filter(|l| l.contains("callback "))
-        .filter_map(|l| l.split("generation=").nth(1)?.split(' ').next())
+        .filter_map(|l| {
+            let id = l.split("request_id=\"").nth(1)?.split('"').next()?;
+            let generation = l
+                .split("generation=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((id, generation))
+        })
         .collect();
-    generations.sort_unstable();
-    generations.dedup();
+    let mut generations_seen = std::collections::BTreeSet::new();
+    for (id, key, v) in &seen {
+        let generation = judged_by[id.as_str()];
+        generations_seen.insert(generation);
+        let fp_in_force = &keys_of[&generation];
+        let want = if *fp_in_force == fp(key) {
+            Verdict::Forwarded
+        } else {
+            Verdict::SignRejected
+        };
+        assert_eq!(
+            *v, want,
+            "{id} signed with {key} under generation {generation} ({fp_in_force})"
+        );
+    }
+    // The load really overlapped the reloads: callbacks were judged by many key generations.
     assert!(
-        generations.len() >= 5,
-        "callbacks saw only generations {generations:?}"
+        generations_seen.len() >= 5,
+        "callbacks saw only generations {generations_seen:?}"
     );
-    assert!(!log.contains("reload failed"), "{log}");
     // After the last reload only the final key verifies.
     assert_eq!(s.verdict_for(C, 1).await, Verdict::Forwarded);
     assert_eq!(s.verdict_for(A, 2).await, Verdict::SignRejected);

@@ -95,6 +95,19 @@ fn capture_logs() {
 /// Upper bound on any single wait in a test, so a bug fails the test instead of hanging it.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Waits until `condition` holds (checked every few milliseconds), for state the gateway
+/// exposes only as a value (a metric, a budget); fails the test after [`PATIENCE`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// What the upstream received.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -130,6 +143,7 @@ impl Recorded {
 /// - `/stream`: sends a first chunk, then the rest once the test releases it;
 /// - `/slow`: answers only once the test releases it;
 /// - `/big-head`: a response with 20 KB of headers;
+/// - `/big`: a 64 MiB body, streamed in 64 KiB pieces (more than any socket buffer holds);
 /// - anything else: `200 application/json` `{"error":0,"upstream":true}`.
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -240,6 +254,21 @@ async fn answer(
                 b"big",
             ))))
             .unwrap(),
+        "/big" => {
+            let (tx, rx) = mpsc::channel::<Bytes>(2);
+            tokio::spawn(async move {
+                let piece = Bytes::from(vec![b'b'; 64 * 1024]);
+                for _ in 0..BIG_PIECES {
+                    if tx.send(piece.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-length", (BIG_PIECES * 64 * 1024).to_string())
+                .body(http_body_util::Either::Right(ChannelBody(rx)))
+                .unwrap()
+        }
         "/slow" => {
             let _ = release.lock().await.recv().await;
             Response::builder()
@@ -268,8 +297,18 @@ async fn answer(
     }
 }
 
-/// A response body fed frame by frame from a channel.
+/// Pieces of 64 KiB in a `/big` response.
+pub const BIG_PIECES: usize = 1024;
+
+/// A body fed frame by frame from a channel (a request body that never arrives, when the
+/// sender is kept and never used).
 pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl ChannelBody {
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> ChannelBody {
+        ChannelBody(rx)
+    }
+}
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
