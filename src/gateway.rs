@@ -187,9 +187,7 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                 // HTTP/1.0 without Host: name the backend, as a client would.
-                .or_else(|| {
-                    HeaderValue::from_str(self.forwarder.upstream.authority().as_str()).ok()
-                });
+                .or_else(|| HeaderValue::from_str(self.forwarder.upstream.default_host()).ok());
             if let Some(host) = host {
                 parts.headers.insert(header::HOST, host);
             }

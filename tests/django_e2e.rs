@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::django::{django_saw, Gunicorn};
+use common::django::{django_saw, Bind, Gunicorn};
 use common::*;
 
 fn signed(action: &str, prepare_id: Option<&str>, click_trans_id: &str) -> String {
@@ -61,6 +61,39 @@ async fn prepare_and_complete_through_the_gateway_to_django() {
         assert_eq!(entry["host"], "shop.example");
         assert_eq!(entry["forwarded_for"], "127.0.0.1");
     }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn django_on_a_unix_socket_gets_verified_callbacks_with_the_clients_host() {
+    let django =
+        Gunicorn::start_on(Bind::Unix, &["--worker-class", "sync", "--workers", "2"]).await;
+    let gw = TestGateway::start_with(ConfigDir::with_url(
+        &django.upstream_url(),
+        KEYS_TOML,
+        "",
+        "",
+        "",
+    ))
+    .await;
+    let prepare = signed("0", None, "2103040101");
+    let answer = callback(gw.addr, "/click/prepare/", &prepare).await.json();
+    assert_eq!(answer["error"], 0, "{answer}");
+    let echo = raw(
+        gw.addr,
+        b"GET /echo/ HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .json();
+    assert_eq!(echo["host"], "shop.example");
+    // HTTP/1.0 without a Host: the gateway names the backend, on a socket `localhost`.
+    let echo = raw(gw.addr, b"GET /echo/ HTTP/1.0\r\n\r\n").await.json();
+    assert_eq!(echo["host"], "localhost");
+    let seen = django_saw(&django);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["verdict"], "ok");
+    assert_eq!(seen[0]["host"], "shop.example");
+    assert_eq!(seen[0]["verified_header"], "12345");
     gw.stop().await;
 }
 

@@ -187,6 +187,49 @@ async fn upstream_that_never_answers_is_504_at_the_response_timeout() {
 }
 
 #[tokio::test]
+async fn a_unix_socket_backend_that_is_missing_is_502_and_one_that_never_answers_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let gw = TestGateway::start_with(ConfigDir::with_url(
+        &format!("unix:{}", missing.display()),
+        KEYS_TOML,
+        "",
+        "",
+        "",
+    ))
+    .await;
+    let resp = callback(gw.addr, "/click/prepare/", V1).await;
+    assert_eq!(resp.status, 502);
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        m.get("click_gateway_upstream_errors_total{route=\"callback\",kind=\"connect\"}"),
+        Some(&1.0)
+    );
+    gw.stop().await;
+
+    let socket = dir.path().join("silent.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = TestGateway::start_with(ConfigDir::with_url(
+        &format!("unix:{}", socket.display()),
+        KEYS_TOML,
+        "",
+        "response_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let resp = callback(gw.addr, "/click/prepare/", V1).await;
+    assert_eq!(resp.status, 504);
+    assert_eq!(resp.text(), "504 Gateway Timeout\n");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn http_1_0_without_host_is_forwarded() {
     let mut up = TestUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;

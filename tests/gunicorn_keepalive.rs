@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::django::Gunicorn;
+use common::django::{Bind, Gunicorn};
 use common::*;
 use http_body_util::BodyExt;
 
@@ -17,9 +17,16 @@ const PAUSES_MS: [u64; 10] = [0, 500, 900, 1000, 1100, 1500, 1900, 2000, 2100, 2
 const CLIENTS: usize = 4;
 const PER_CLIENT: usize = 40;
 
-async fn hammer(gunicorn_args: &[&str]) {
-    let django = Gunicorn::start(gunicorn_args).await;
-    let gw = TestGateway::start(django.addr).await;
+async fn hammer(bind: Bind, gunicorn_args: &[&str]) {
+    let django = Gunicorn::start_on(bind, gunicorn_args).await;
+    let gw = TestGateway::start_with(ConfigDir::with_url(
+        &django.upstream_url(),
+        KEYS_TOML,
+        "",
+        "",
+        "",
+    ))
+    .await;
     let mut answered = 0;
     for pause in PAUSES_MS {
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -81,20 +88,28 @@ async fn hammer(gunicorn_args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_workers_no_502() {
-    hammer(&["--worker-class", "sync", "--workers", "3"]).await;
+    hammer(Bind::Tcp, &["--worker-class", "sync", "--workers", "3"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gthread_workers_with_2s_keepalive_no_502() {
-    hammer(&[
-        "--worker-class",
-        "gthread",
-        "--workers",
-        "2",
-        "--threads",
-        "4",
-        "--keep-alive",
-        "2",
-    ])
-    .await;
+    hammer(Bind::Tcp, GTHREAD).await;
 }
+
+/// The usual deployment: gunicorn on a unix socket, the same pooling, keep-alive boundary and
+/// retries as over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gthread_workers_on_a_unix_socket_no_502() {
+    hammer(Bind::Unix, GTHREAD).await;
+}
+
+const GTHREAD: &[&str] = &[
+    "--worker-class",
+    "gthread",
+    "--workers",
+    "2",
+    "--threads",
+    "4",
+    "--keep-alive",
+    "2",
+];

@@ -288,20 +288,50 @@ impl TryFrom<String> for UtcOffset {
     }
 }
 
-/// The backend's address: an `http://` URL with nothing after the authority.
+/// The backend's address: an `http://` URL with nothing after the authority, or
+/// `unix:/absolute/path` for a unix socket (gunicorn's `--bind unix:/run/gunicorn.sock`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct UpstreamUrl {
-    pub authority: Authority,
+    pub target: UpstreamTarget,
+}
+
+/// Where the backend listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    Tcp(Authority),
+    Unix(PathBuf),
+}
+
+impl UpstreamUrl {
+    /// What a request that came without a `Host` is sent with: the backend's authority, or
+    /// `localhost` for a unix socket.
+    pub fn default_host(&self) -> &str {
+        match &self.target {
+            UpstreamTarget::Tcp(authority) => authority.as_str(),
+            UpstreamTarget::Unix(_) => "localhost",
+        }
+    }
 }
 
 impl TryFrom<String> for UpstreamUrl {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(
+                    "a unix socket must be an absolute path: unix:/run/gunicorn.sock".into(),
+                );
+            }
+            return Ok(UpstreamUrl {
+                target: UpstreamTarget::Unix(path),
+            });
+        }
         let uri: Uri = text.parse().map_err(|e| format!("not a URL ({e})"))?;
         if uri.scheme_str() != Some("http") {
-            return Err("must start with http:// (the backend is reached in plain HTTP)".into());
+            return Err("must start with http:// (the backend is reached in plain HTTP) or be unix:/path/to.sock".into());
         }
         let authority = uri.authority().ok_or("has no host")?.clone();
         if authority.as_str().contains('@') {
@@ -315,13 +345,18 @@ impl TryFrom<String> for UpstreamUrl {
                 "must not have a path or query: requests are forwarded with their own".into(),
             );
         }
-        Ok(UpstreamUrl { authority })
+        Ok(UpstreamUrl {
+            target: UpstreamTarget::Tcp(authority),
+        })
     }
 }
 
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority)
+        match &self.target {
+            UpstreamTarget::Tcp(authority) => write!(f, "http://{authority}"),
+            UpstreamTarget::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
     }
 }
 
@@ -877,7 +912,7 @@ mod tests {
         .unwrap();
         let s = &loaded.settings;
         assert_eq!(s.server.listen.map(|a| a.port()), Some(9000));
-        assert_eq!(s.upstream.url.authority.as_str(), "127.0.0.1:8001");
+        assert_eq!(s.upstream.url.to_string(), "http://127.0.0.1:8001");
         assert_eq!(s.upstream.response_timeout, Span::secs(5));
         assert_eq!(s.click.paths, ["/cb/"]);
         assert_eq!(
@@ -1015,7 +1050,14 @@ mod tests {
             "http://127.0.0.1:8000"
         );
         assert!(ok("http://localhost/").is_ok());
+        assert_eq!(
+            ok("unix:/run/gunicorn.sock").unwrap().target,
+            UpstreamTarget::Unix("/run/gunicorn.sock".into())
+        );
+        assert_eq!(ok("unix:/run/g.sock").unwrap().default_host(), "localhost");
         for bad in [
+            "unix:run/gunicorn.sock",
+            "unix:",
             "127.0.0.1:8000",
             "https://x",
             "http://u:p@x",

@@ -23,6 +23,7 @@
 //!   this retry is provably safe even for a callback.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,10 +34,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ProxyError;
+use crate::config::UpstreamTarget;
 use crate::lane::Lane;
 
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -48,6 +50,8 @@ enum Target {
     Addr(SocketAddr),
     /// `host:port`, resolved on each new connection.
     Name(String),
+    /// A unix socket (gunicorn's `--bind unix:...`): the same HTTP/1, pooling and timeouts.
+    Unix(PathBuf),
 }
 
 /// The right to hold one backend connection open, from the shared slots or the callbacks'
@@ -166,15 +170,18 @@ impl Lease {
 
 impl Pool {
     pub fn new(
-        authority: &str,
+        target: &UpstreamTarget,
         slots: Slots,
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
     ) -> Arc<Pool> {
-        let target = match authority.parse::<SocketAddr>() {
-            Ok(addr) => Target::Addr(addr),
-            Err(_) => Target::Name(authority.to_owned()),
+        let target = match target {
+            UpstreamTarget::Unix(path) => Target::Unix(path.clone()),
+            UpstreamTarget::Tcp(authority) => match authority.as_str().parse::<SocketAddr>() {
+                Ok(addr) => Target::Addr(addr),
+                Err(_) => Target::Name(authority.as_str().to_owned()),
+            },
         };
         let pool = Arc::new(Pool {
             target,
@@ -282,21 +289,29 @@ impl Pool {
 
     /// Opens a connection on `slot`; the slot goes back when the connection's task ends.
     async fn connect(&self, slot: Slot) -> Result<Sender, ProxyError> {
-        let connect = async {
-            match &self.target {
-                Target::Addr(addr) => TcpStream::connect(addr).await,
-                Target::Name(name) => TcpStream::connect(name.as_str()).await,
+        match &self.target {
+            Target::Addr(addr) => {
+                let tcp = within(self.connect_timeout, TcpStream::connect(addr)).await?;
+                let _ = tcp.set_nodelay(true);
+                self.handshake(tcp, slot).await
             }
-        };
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Err(_) => return Err(ProxyError::ConnectTimeout),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(ProxyError::ConnectTimeout)
+            Target::Name(name) => {
+                let tcp = within(self.connect_timeout, TcpStream::connect(name.as_str())).await?;
+                let _ = tcp.set_nodelay(true);
+                self.handshake(tcp, slot).await
             }
-            Ok(Err(e)) => return Err(ProxyError::Connect(e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+            Target::Unix(path) => {
+                let unix = within(self.connect_timeout, UnixStream::connect(path)).await?;
+                self.handshake(unix, slot).await
+            }
+        }
+    }
+
+    /// Speaks HTTP/1 on a new stream; its connection task holds `slot` for as long as it runs.
+    async fn handshake<S>(&self, stream: S, slot: Slot) -> Result<Sender, ProxyError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         // hyper's adaptive read buffer: an exact size would also cap the response head.
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -312,6 +327,19 @@ impl Pool {
             open.dec();
         });
         Ok(sender)
+    }
+}
+
+/// A connect bounded by `upstream.connect_timeout`.
+async fn within<S>(
+    timeout: Duration,
+    connect: impl std::future::Future<Output = std::io::Result<S>>,
+) -> Result<S, ProxyError> {
+    match tokio::time::timeout(timeout, connect).await {
+        Err(_) => Err(ProxyError::ConnectTimeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => Err(ProxyError::ConnectTimeout),
+        Ok(Err(e)) => Err(ProxyError::Connect(e)),
+        Ok(Ok(s)) => Ok(s),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -26,7 +26,6 @@ pub struct Upstream {
     pool: Arc<Pool>,
     slots: Slots,
     settings: UpstreamSettings,
-    authority: Authority,
     response_timeout: Duration,
 }
 
@@ -40,7 +39,7 @@ impl Upstream {
     fn with_slots(s: &UpstreamSettings, slots: Slots) -> Upstream {
         Upstream {
             pool: Pool::new(
-                s.url.authority.as_str(),
+                &s.url.target,
                 slots.clone(),
                 s.pool_max_idle,
                 s.pool_idle_timeout.0,
@@ -48,7 +47,6 @@ impl Upstream {
             ),
             slots,
             settings: s.clone(),
-            authority: s.url.authority.clone(),
             response_timeout: s.response_timeout.0,
         }
     }
@@ -69,9 +67,10 @@ impl Upstream {
         self.response_timeout
     }
 
-    /// The backend's authority, for requests that came without a `Host`.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
+    /// The `Host` of requests that came without one (HTTP/1.0): the backend's authority, or
+    /// `localhost` on a unix socket.
+    pub fn default_host(&self) -> &str {
+        self.settings.url.default_host()
     }
 
     /// The origin-form request target sent to the backend: the request's path and query.

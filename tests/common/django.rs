@@ -8,16 +8,41 @@ use tokio::io::AsyncBufReadExt;
 use super::{KEY_12345, PATIENCE};
 
 pub struct Gunicorn {
+    /// The TCP address (0.0.0.0:0 when bound to a unix socket).
     pub addr: std::net::SocketAddr,
+    /// The unix socket, when bound to one.
+    pub socket: Option<PathBuf>,
     pub log: PathBuf,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
+}
+
+/// Where gunicorn listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// 127.0.0.1:0
+    Tcp,
+    /// A unix socket in a temporary directory (`--bind unix:...`, as deployments usually do).
+    Unix,
 }
 
 impl Gunicorn {
     /// Starts gunicorn with `args` (worker class and friends) on 127.0.0.1:0 and waits for its
     /// "Listening at" line.
     pub async fn start(args: &[&str]) -> Gunicorn {
+        Self::start_on(Bind::Tcp, args).await
+    }
+
+    /// The gateway's `upstream.url` for this gunicorn.
+    pub fn upstream_url(&self) -> String {
+        match &self.socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// As [`Gunicorn::start`], bound as `bind` says.
+    pub async fn start_on(bind: Bind, args: &[&str]) -> Gunicorn {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let venv = std::env::var_os("CLICK_GATEWAY_TEST_VENV")
             .map(PathBuf::from)
@@ -30,8 +55,13 @@ impl Gunicorn {
         );
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("django.jsonl");
+        let socket = dir.path().join("gunicorn.sock");
+        let bind_arg = match bind {
+            Bind::Tcp => "127.0.0.1:0".to_owned(),
+            Bind::Unix => format!("unix:{}", socket.display()),
+        };
         let mut child = tokio::process::Command::new(bin)
-            .args(["--chdir", "tests/django", "--bind", "127.0.0.1:0"])
+            .args(["--chdir", "tests/django", "--bind", &bind_arg])
             .args(args)
             .arg("clickshop.wsgi:application")
             .current_dir(&repo)
@@ -47,6 +77,9 @@ impl Gunicorn {
                 if let Some(rest) = line.split("Listening at: http://").nth(1) {
                     return rest.split(' ').next().unwrap().parse().unwrap();
                 }
+                if line.contains("Listening at: unix:") {
+                    return "0.0.0.0:0".parse().unwrap();
+                }
             }
             panic!("gunicorn exited before listening");
         })
@@ -56,6 +89,7 @@ impl Gunicorn {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Gunicorn {
             addr,
+            socket: (bind == Bind::Unix).then_some(socket),
             log,
             _child: child,
             _dir: dir,

@@ -367,12 +367,31 @@ impl ConfigDir {
         upstream_extra: &str,
         click_extra: &str,
     ) -> ConfigDir {
+        Self::with_url(
+            &format!("http://{upstream}"),
+            keys_toml,
+            server_extra,
+            upstream_extra,
+            click_extra,
+        )
+    }
+
+    /// As [`ConfigDir::with_click`], with the backend given as its `upstream.url`
+    /// (`unix:/path` included). Settings of other sections may follow `click_extra` after
+    /// their own `[section]` line.
+    pub fn with_url(
+        upstream_url: &str,
+        keys_toml: &str,
+        server_extra: &str,
+        upstream_extra: &str,
+        click_extra: &str,
+    ) -> ConfigDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("keys.toml"), keys_toml).unwrap();
         std::fs::write(
             dir.path().join("gateway.toml"),
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[upstream]\nurl = \"http://{upstream}\"\n{upstream_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n[click]\nkeys_file = \"keys.toml\"\n{click_extra}"
+                "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[upstream]\nurl = \"{upstream_url}\"\n{upstream_extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n[click]\nkeys_file = \"keys.toml\"\n{click_extra}"
             ),
         )
         .unwrap();
