@@ -43,9 +43,10 @@ command -v objcopy >/dev/null 2>&1 || missing+=(binutils)   # cargo-deb splits d
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
+# Version 3 (the one this was written against: units in /usr/lib/systemd/system, .ddeb).
 if ! cargo deb --version >/dev/null 2>&1; then
-    echo "installing cargo-deb (cargo install cargo-deb --locked)"
-    cargo install cargo-deb --locked
+    echo "installing cargo-deb (cargo install cargo-deb --locked --version ^3.8)"
+    cargo install cargo-deb --locked --version '^3.8'
 fi
 cargo deb --version
 
