@@ -40,6 +40,7 @@ missing=()
 command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v objcopy >/dev/null 2>&1 || missing+=(binutils)   # cargo-deb splits debug symbols with it
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)  # ring, and cargo-deb's liblzma, build C
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
