@@ -3,6 +3,7 @@
 #   - curl (the CLI and TLS tests drive the real binary with it),
 #   - systemd-analyze (checks the shipped unit file) and procps (/bin/kill, which the unit uses),
 #   - openssl (certs/generate.sh), a C compiler (ring builds C),
+#   - promtool, from Debian's prometheus package (checks and unit-tests config/alerts.yml),
 #   - a Python virtualenv in target/test-venv with Django and gunicorn (the real backend of
 #     the end-to-end tests), pinned in tests/django/requirements.txt.
 # The Rust toolchain itself (cargo 1.82 or later) must already be there.
@@ -30,6 +31,7 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ -x /bin/kill ] || missing+=(procps)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
