@@ -276,7 +276,11 @@ impl Gateway {
         };
         // Verified, or shadow mode: forward the exact bytes; vouch only for a valid signature.
         if let Some(service_id) = vouch {
-            headers::mark_verified(&mut parts.headers, service_id);
+            let attestation = runtime
+                .trust
+                .as_ref()
+                .and_then(|t| t.attest(crate::clock::unix_now(), service_id, &body));
+            headers::mark_verified(&mut parts.headers, service_id, attestation);
         }
         // A reference count: the judgment still borrows the body for the log line.
         let sent = self

@@ -29,5 +29,6 @@ pub mod request_id;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod trust;
 
 pub use gateway::Gateway;

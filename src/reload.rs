@@ -82,6 +82,12 @@ impl Reloader {
                 next.callback_paths.join(" ")
             ));
         }
+        let fps = |t: &Option<crate::trust::Trust>| t.as_ref().map(|t| t.fingerprints().join(","));
+        let (was, now) = (fps(&current.trust), fps(&next.trust));
+        if was != now {
+            let show = |f: Option<String>| f.unwrap_or_else(|| "none".into());
+            changes.push(format!("trust: {} -> {}", show(was), show(now)));
+        }
         let mut restart_needed = Vec::new();
         // Certificate files are reloadable; everything else in [server] owns a socket.
         let sockets = |s: &Settings| ServerSettings {

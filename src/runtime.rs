@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use crate::click::KeySet;
 use crate::config::{Loaded, Mode};
 use crate::metrics::{Metrics, ServiceLabels};
+use crate::trust::Trust;
 
 /// One generation of keys and reloadable settings.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct Runtime {
     pub sign_time_offset: i32,
     /// Metric label values of the configured services.
     pub service_labels: ServiceLabels,
+    /// The attestation secrets (`[trust]`), when configured.
+    pub trust: Option<Trust>,
 }
 
 /// The handle shared by every connection.
@@ -59,6 +62,7 @@ impl Runtime {
             sign_age: click.max_sign_age.map(|age| (age.0, click.sign_age_mode)),
             sign_time_offset: click.sign_time_zone.0,
             service_labels: ServiceLabels::new(&loaded.keys, metrics),
+            trust: loaded.trust.clone(),
         }
     }
 
@@ -145,6 +149,7 @@ mod tests {
             sign_age: None,
             sign_time_offset: 0,
             service_labels: ServiceLabels::default(),
+            trust: None,
         }
     }
 

@@ -32,9 +32,6 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
 }
 
-step "generated files"
-config/deb/generate.sh --check
-
 step "tools"
 missing=()
 command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
@@ -51,10 +48,10 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 cargo deb --version
 
-step "cargo deb"
+step "config/deb/build.sh (generate, cargo deb)"
 start=$SECONDS
-cargo deb
-echo "cargo deb took $((SECONDS - start)) s"
+config/deb/build.sh
+echo "the build took $((SECONDS - start)) s"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p; T; q' Cargo.toml)
 arch=$(dpkg --print-architecture)
 deb="target/debian/click-gateway_${version}-1_${arch}.deb"
@@ -131,7 +128,7 @@ step "packaged unit and configuration"
 dpkg-deb -x "$deb" "$work/root"
 ! grep -q '\.debug_line' <<<"$(readelf -S "$work/root/usr/bin/click-gateway")" \
     || fail "the packaged binary still has its debug sections"
-cmp "$work/root/$unit_path" config/deb/click-gateway.service || fail "the packaged unit is not config/deb/click-gateway.service"
+cmp "$work/root/$unit_path" target/deb/click-gateway.service || fail "the packaged unit is not the one config/deb/generate.sh made"
 bin="$work/root/usr/bin/click-gateway"
 grep -q '^ExecStart=/usr/bin/click-gateway serve --config /etc/click-gateway/gateway.toml$' "$work/root/$unit_path" \
     || fail "the packaged unit does not start /usr/bin/click-gateway with /etc/click-gateway/gateway.toml"

@@ -26,9 +26,25 @@ pub fn byte(hi: u8, lo: u8) -> Option<u8> {
     (hi | lo < 16).then_some(hi << 4 | lo)
 }
 
+/// Writes `bytes` as lowercase hex into `out`, two digits a byte (as far as `out` reaches).
+pub fn encode_into(bytes: &[u8], out: &mut [u8]) {
+    const LOWER: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = LOWER[usize::from(b >> 4)];
+        pair[1] = LOWER[usize::from(b & 0x0f)];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_lowercase() {
+        let mut out = [0u8; 6];
+        encode_into(&[0x00, 0xab, 0x7f], &mut out);
+        assert_eq!(&out, b"00ab7f");
+    }
 
     #[test]
     fn every_byte_pair_agrees_with_the_standard_library() {

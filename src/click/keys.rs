@@ -32,10 +32,7 @@ impl Secret {
     pub fn fingerprint(&self) -> Fingerprint {
         let digest = Md5::digest(self.0.as_bytes());
         let mut fp = [0u8; 8];
-        for (i, b) in digest.iter().take(4).enumerate() {
-            fp[2 * i] = HEX[usize::from(b >> 4)];
-            fp[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-        }
+        super::hex::encode_into(&digest[..4], &mut fp);
         Fingerprint(fp)
     }
 }
@@ -45,8 +42,6 @@ impl fmt::Debug for Secret {
         write!(f, "Secret(fp={})", self.fingerprint())
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// First 8 lowercase hex characters of `md5(key)`: names a key without revealing it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,7 +5,7 @@
 pub mod callback;
 pub mod diagnose;
 pub mod form;
-mod hex;
+pub(crate) mod hex;
 pub mod keys;
 pub mod respond;
 pub mod sign;

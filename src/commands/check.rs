@@ -73,6 +73,22 @@ fn summary(path: &Path, loaded: &Loaded, out: &mut dyn Write) -> io::Result<()> 
         |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(none, |p| p.display().to_string());
     writeln!(out, "  keys_file       {}", show(&s.click.keys_file))?;
     writeln!(out, "  env_file        {}", show(&s.click.env_file))?;
+    if let (Some(t), Some(trust)) = (&s.trust, &loaded.trust) {
+        let fps = trust.fingerprints();
+        let (signs, listed) = fps
+            .split_first()
+            .map_or(("?", &[][..]), |(f, r)| (f.as_str(), r));
+        let also = if listed.is_empty() {
+            String::new()
+        } else {
+            format!("; also listed for the backend: fp {}", listed.join(", fp "))
+        };
+        writeln!(
+            out,
+            "  trust           {} (signs with fp {signs}{also})",
+            t.secret_file.display(),
+        )?;
+    }
     writeln!(out, "services: {}", loaded.keys.len())?;
     for (id, svc) in loaded.keys.iter() {
         let n = svc.keys.len();

@@ -69,7 +69,7 @@ fn service_id(text: &str) -> Option<u64> {
 /// must be what was read. A reload that races an editor or a config manager writing in place
 /// must not swap in half a file. (A file replaced by rename while we read is fine: the open
 /// handle keeps reading the complete old one.)
-fn read_stable(path: &Path, what: &str) -> Result<String, String> {
+pub(crate) fn read_stable(path: &Path, what: &str) -> Result<String, String> {
     use std::io::Read;
     let cannot = |e: std::io::Error| format!("cannot read {what}: {e}");
     let mut file = fs::File::open(path).map_err(cannot)?;

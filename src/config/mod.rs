@@ -12,6 +12,7 @@ pub mod duration;
 pub mod keys;
 pub mod size;
 pub mod tls;
+pub mod trust;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -42,6 +43,19 @@ pub struct Settings {
     pub click: ClickSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    /// Absent: no attestation (the backend trusts `X-Click-Signature-Verified` alone).
+    #[serde(default)]
+    pub trust: Option<TrustSettings>,
+}
+
+/// `[trust]`: the HMAC attestation of verified callbacks to the backend (see [`crate::trust`]).
+/// Reloadable: the secret file is re-read on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSettings {
+    /// One secret per line, shared with the backend; the first signs. Relative paths are
+    /// resolved against the directory of `gateway.toml`.
+    pub secret_file: PathBuf,
 }
 
 /// The admin listener: `/live`, `/ready`, `/metrics`. Not reloadable.
@@ -506,7 +520,7 @@ fn env_overrides(env: &Environment) -> (Vec<EnvOverride>, Vec<Problem>) {
 }
 
 /// The sections of gateway.toml.
-const SECTIONS: [&str; 4] = ["server", "upstream", "click", "admin"];
+const SECTIONS: [&str; 5] = ["server", "upstream", "click", "admin", "trust"];
 
 /// Settings and keys, validated together.
 #[derive(Debug, Clone)]
@@ -516,6 +530,8 @@ pub struct Loaded {
     pub keys: KeySet,
     /// The certificate and key, when `server.tls_listen` is set.
     pub tls: Option<tls::TlsMaterial>,
+    /// The attestation secrets, when `[trust]` is set.
+    pub trust: Option<crate::trust::Trust>,
     pub warnings: Vec<String>,
 }
 
@@ -574,6 +590,11 @@ pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
     resolve(&mut settings.click.env_file);
     resolve(&mut settings.server.tls_cert);
     resolve(&mut settings.server.tls_key);
+    if let Some(t) = &mut settings.trust {
+        if t.secret_file.is_relative() {
+            t.secret_file = base.join(&t.secret_file);
+        }
+    }
     let (keys, key_problems) = keys::load(
         settings.click.keys_file.as_deref(),
         settings.click.env_file.as_deref(),
@@ -595,6 +616,16 @@ pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
             Err(p) => problems.extend(p),
         }
     }
+    let trust = match &settings.trust {
+        None => None,
+        Some(t) => match trust::load(&t.secret_file) {
+            Ok(trust) => Some(trust),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        },
+    };
     if !problems.is_empty() {
         return fail(problems);
     }
@@ -607,6 +638,7 @@ pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
         settings,
         keys,
         tls,
+        trust,
         warnings,
     })
 }
@@ -626,7 +658,7 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
             problems.push(Problem::new(
                 origin,
                 Some(key.clone()),
-                "unknown section (expected server, upstream, click, admin)".into(),
+                "unknown section (expected server, upstream, click, admin, trust)".into(),
             ));
         }
     }
@@ -646,6 +678,14 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     } else {
         Ok(AdminSettings::default())
     };
+    let trust = if section("trust") {
+        figment
+            .extract_inner("trust")
+            .map(Some)
+            .map_err(to_problems)
+    } else {
+        Ok(None)
+    };
     let upstream = if section("upstream") {
         figment
             .extract_inner::<UpstreamSettings>("upstream")
@@ -664,13 +704,17 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     let upstream = take(upstream, &mut problems);
     let click = take(click, &mut problems);
     let admin = take(admin, &mut problems);
-    match (server, upstream, click, admin) {
-        (Some(server), Some(upstream), Some(click), Some(admin)) if problems.is_empty() => {
+    let trust = take(trust, &mut problems);
+    match (server, upstream, click, admin, trust) {
+        (Some(server), Some(upstream), Some(click), Some(admin), Some(trust))
+            if problems.is_empty() =>
+        {
             Ok(Settings {
                 server,
                 upstream,
                 click,
                 admin,
+                trust,
             })
         }
         _ => Err(ConfigError { problems }),
@@ -688,9 +732,7 @@ fn figment_problem(e: figment::Error, config_origin: &str) -> Problem {
     };
     // `extract_inner("server")` reports paths as [field, "server"]: put the section first.
     let mut path = e.path.clone();
-    if path.len() > 1
-        && ["server", "upstream", "click", "admin"].contains(&path[path.len() - 1].as_str())
-    {
+    if path.len() > 1 && SECTIONS.contains(&path[path.len() - 1].as_str()) {
         path.rotate_right(1);
     }
     let key = (!path.is_empty()).then(|| path.join("."));

@@ -10,8 +10,9 @@
 //!   `server.trusted_proxies` (a TLS edge in front of the gateway) may pass them on: its
 //!   `X-Forwarded-For` chain is extended with its own address, as nginx's
 //!   `$proxy_add_x_forwarded_for` does.
-//! - `X-Click-Signature-Verified` is removed from every request and set by the gateway only on
-//!   callbacks it verified, so the backend can refuse callbacks that did not pass the gateway.
+//! - `X-Click-Signature-Verified` and `X-Click-Gateway-Signature` are removed from every request
+//!   and set by the gateway only on callbacks it verified, so the backend can refuse callbacks
+//!   that did not pass the gateway.
 //! - Request fields with `_` in their name are dropped: WSGI maps `X-Foo` and `X_Foo` to the
 //!   same `HTTP_X_FOO`, so `X_Forwarded_For` or `X_Click_Signature_Verified` would slip past a
 //!   check made on the dashed name (Debian 12's gunicorn 20.1 passes them; gunicorn only started
@@ -25,6 +26,8 @@ use crate::config::cidr::{any_contains, Cidr};
 
 /// Set on verified callbacks, to the `service_id` they verified for.
 pub static TRUST_HEADER: HeaderName = HeaderName::from_static("x-click-signature-verified");
+/// The gateway's HMAC attestation of a verified callback ([`crate::trust`]).
+pub static ATTESTATION_HEADER: HeaderName = HeaderName::from_static("x-click-gateway-signature");
 
 /// Fixed hop-by-hop fields (RFC 9110 §7.6.1 ¶7, and the proxy credentials of §11.7).
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -95,7 +98,7 @@ fn scan(headers: &HeaderMap) -> Found {
             "forwarded" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
             | "x-forwarded-port" | "x-real-ip" => f.forwarding = true,
             "expect" => f.expect = true,
-            "x-click-signature-verified" => f.trust = true,
+            "x-click-signature-verified" | "x-click-gateway-signature" => f.trust = true,
             other if other.contains('_') => f.underscore = true,
             _ => {}
         }
@@ -171,6 +174,7 @@ pub fn for_upstream(
     }
     if found.trust {
         headers.remove(&TRUST_HEADER);
+        headers.remove(&ATTESTATION_HEADER);
     }
     let xff_name = &UNTRUSTED_FORWARDING[1];
     let xfp = &UNTRUSTED_FORWARDING[2];
@@ -231,9 +235,13 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr 
     client
 }
 
-/// Marks a request as a callback that verified for `service_id`.
-pub fn mark_verified(headers: &mut HeaderMap, service_id: u64) {
+/// Marks a request as a callback that verified for `service_id`, with the gateway's
+/// attestation when `[trust]` gives one.
+pub fn mark_verified(headers: &mut HeaderMap, service_id: u64, attestation: Option<HeaderValue>) {
     headers.insert(&TRUST_HEADER, HeaderValue::from(service_id));
+    if let Some(value) = attestation {
+        headers.insert(&ATTESTATION_HEADER, value);
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +320,7 @@ mod tests {
             ("x-real-ip", "6.6.6.6"),
             ("x-click-signature-verified", "12345"),
             ("X-Click-Signature-Verified", "1"),
+            ("x-click-gateway-signature", "t=1,v1=forged"),
             ("expect", "100-continue"),
             ("x_forwarded_for", "6.6.6.6"),
             ("x_click_signature_verified", "12345"),
@@ -333,12 +342,16 @@ mod tests {
             "x-forwarded-host",
             "x-real-ip",
             "x-click-signature-verified",
+            "x-click-gateway-signature",
             "expect",
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
-        mark_verified(&mut h, 12345);
+        mark_verified(&mut h, 12345, None);
         assert_eq!(h["x-click-signature-verified"], "12345");
+        assert!(!h.contains_key("x-click-gateway-signature"));
+        mark_verified(&mut h, 12345, Some(HeaderValue::from_static("t=1,v1=ab")));
+        assert_eq!(h["x-click-gateway-signature"], "t=1,v1=ab");
     }
 
     #[test]

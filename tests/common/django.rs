@@ -43,6 +43,21 @@ impl Gunicorn {
 
     /// As [`Gunicorn::start`], bound as `bind` says.
     pub async fn start_on(bind: Bind, args: &[&str]) -> Gunicorn {
+        Self::launch(bind, args, Some(KEY_12345), None).await
+    }
+
+    /// A backend that holds no Click key at all and trusts the gateway's attestation, with
+    /// the secrets of `trust_file` (read by `config/django/click_gateway.py`).
+    pub async fn keyless(bind: Bind, args: &[&str], trust_file: &std::path::Path) -> Gunicorn {
+        Self::launch(bind, args, None, Some(trust_file)).await
+    }
+
+    async fn launch(
+        bind: Bind,
+        args: &[&str],
+        key_12345: Option<&str>,
+        trust_file: Option<&std::path::Path>,
+    ) -> Gunicorn {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let venv = std::env::var_os("CLICK_GATEWAY_TEST_VENV")
             .map(PathBuf::from)
@@ -60,13 +75,20 @@ impl Gunicorn {
             Bind::Tcp => "127.0.0.1:0".to_owned(),
             Bind::Unix => format!("unix:{}", socket.display()),
         };
-        let mut child = tokio::process::Command::new(bin)
-            .args(["--chdir", "tests/django", "--bind", &bind_arg])
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["--chdir", "tests/django", "--bind", &bind_arg])
             .args(args)
             .arg("clickshop.wsgi:application")
             .current_dir(&repo)
             .env("CLICKSHOP_LOG", &log)
-            .env("CLICK_SERVICE_12345_SECRET_KEY", KEY_12345)
+            .env_remove("CLICK_SERVICE_12345_SECRET_KEY");
+        if let Some(key) = key_12345 {
+            cmd.env("CLICK_SERVICE_12345_SECRET_KEY", key);
+        }
+        if let Some(file) = trust_file {
+            cmd.env("CLICKSHOP_TRUST_FILE", file);
+        }
+        let mut child = cmd
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
