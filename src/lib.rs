@@ -4,7 +4,9 @@
 //! One callback, top to bottom: [`server`] accepts and speaks HTTP, [`gateway`] picks the
 //! route, [`intercept`] reads and judges the body with [`click`], and [`proxy`] forwards it with
 //! the keys and settings of one [`runtime`] snapshot. [`config`] reads everything at startup
-//! and on reload; [`commands`] holds the `check`, `sign` and `verify` subcommands.
+//! and on reload; [`commands`] holds the `check`, `sign`, `verify`, `payments` and `recheck`
+//! subcommands. [`ledger`] keeps a row per callback in an embedded database, off the request
+//! path.
 
 // A panic on the request or reload path would drop a payment callback: outside tests, every
 // fallible step is handled, and clippy (`-D warnings` in CI) keeps it that way.
@@ -17,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod intercept;
+pub mod ledger;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;

@@ -1,0 +1,638 @@
+//! The writer: one OS thread that owns the database connection, fed by two bounded queues.
+//!
+//! - the **row queue** takes [`Record`]s from the data path ([`Ledger::record`]) and flush
+//!   markers; the request side only takes a short lock to push, and never waits: a full queue
+//!   or a failing database costs the row, counted, not the callback's time;
+//! - the **urgent queue** takes [`Job`]s whose caller awaits the commit (a replay guard's
+//!   statement); it is drained first, so such a job never waits behind a backlog of rows.
+//!
+//! Each round takes every urgent job and up to [`BATCH`] queued rows and commits them in one
+//! transaction (group commit: one fsync for the lot), then answers the waiters. Before each
+//! round the writer checks that the path still names the file it has open (a deleted or
+//! replaced database would otherwise swallow rows into an unlinked inode) and recreates it if
+//! not. When the database fails, the round's rows are counted lost, waiters get the error, and
+//! the writer retries with a backoff (an urgent job triggers an attempt at once) until it works
+//! again; meanwhile rows wait in the queue, and beyond its capacity are counted `write_failed`.
+//!
+//! [`Ledger::record`]: super::Ledger::record
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{oneshot, watch};
+
+use super::record::{unix_micros, ClickFields, Record};
+use super::store::{Location, Op, OpResult, Store};
+use super::{Done, Job, LedgerError};
+use crate::metrics::Metrics;
+
+/// Rows per transaction at most: a batch stays a few milliseconds of work, so an urgent job
+/// arriving during one waits little.
+pub const BATCH: usize = 512;
+/// Rows deleted per pruning transaction: pruning never holds the write lock for long.
+pub const PRUNE_BATCH: u32 = 500;
+/// How often the writer looks for rows past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// A lost row is logged at most this often (with the count since the last line).
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// First retry after a failure, doubling up to `BACKOFF_MAX`.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The writer wakes at least this often when idle, for its housekeeping.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Why a row was lost: the label of `ledger_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue was full while the database worked: the writer is behind.
+    QueueFull = 0,
+    /// The database failed the row's batch, or was failing when the queue was full.
+    WriteFailed = 1,
+    /// The ledger was closing or closed, or the row was still queued at the stop deadline.
+    Shutdown = 2,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 3] = [
+        DropReason::QueueFull,
+        DropReason::WriteFailed,
+        DropReason::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::WriteFailed => "write_failed",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// An entry of the row queue.
+enum Queued {
+    Row(Box<Record>),
+    /// Answered once everything queued before it has been committed or dropped.
+    Flush(oneshot::Sender<Result<Done, LedgerError>>),
+}
+
+struct Urgent {
+    job: Job,
+    reply: oneshot::Sender<Result<Done, LedgerError>>,
+}
+
+#[derive(Default)]
+struct State {
+    rows: VecDeque<Queued>,
+    urgent: VecDeque<Urgent>,
+    /// Set by `close`: drain until empty or until this instant (`None`: no deadline).
+    closing: Option<Option<Instant>>,
+    /// The writer has exited: nothing queued will be taken any more.
+    exited: bool,
+}
+
+/// What the data path and the writer share.
+pub(super) struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    capacity: usize,
+    retention: Duration,
+    metrics: Arc<Metrics>,
+    /// `ledger_dropped_total` by [`DropReason`], resolved once.
+    dropped: [Counter; 3],
+    /// Lost since the last log line, by [`DropReason`].
+    unlogged: [AtomicU64; 3],
+    /// The database failed and has not worked since.
+    failing: AtomicBool,
+    exited_tx: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        capacity: usize,
+        retention: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Shared>, watch::Receiver<bool>) {
+        let dropped = DropReason::ALL.map(|r| {
+            metrics
+                .ledger_dropped
+                .get_or_create(&crate::metrics::ReasonLabels { reason: r.label() })
+                .clone()
+        });
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            capacity,
+            retention,
+            metrics,
+            dropped,
+            unlogged: Default::default(),
+            failing: AtomicBool::new(false),
+            exited_tx,
+        };
+        (Arc::new(shared), exited_rx)
+    }
+
+    /// The lock, whatever a panic elsewhere did: the queue's contents stay consistent (every
+    /// change under the lock is a single push or drain).
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn drop_rows(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped[reason as usize].inc_by(n);
+            self.unlogged[reason as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a row; never waits beyond the push itself.
+    pub(super) fn record(&self, rec: Record) {
+        let mut st = self.lock();
+        if st.closing.is_some() || st.exited {
+            drop(st);
+            return self.drop_rows(DropReason::Shutdown, 1);
+        }
+        if st.rows.len() >= self.capacity {
+            drop(st);
+            let reason = if self.failing.load(Ordering::Relaxed) {
+                DropReason::WriteFailed
+            } else {
+                DropReason::QueueFull
+            };
+            return self.drop_rows(reason, 1);
+        }
+        st.rows.push_back(Queued::Row(Box::new(rec)));
+        self.metrics.ledger_queue_depth.set(st.rows.len() as i64);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    pub(super) fn flush(&self) -> oneshot::Receiver<Result<Done, LedgerError>> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if st.closing.is_some() || st.exited {
+            let _ = tx.send(Err(LedgerError::Closed));
+        } else if st.rows.len() >= self.capacity {
+            let _ = tx.send(Err(LedgerError::QueueFull));
+        } else {
+            st.rows.push_back(Queued::Flush(tx));
+            drop(st);
+            self.wake.notify_one();
+        }
+        rx
+    }
+
+    pub(super) fn submit(&self, job: Job) -> oneshot::Receiver<Result<Done, LedgerError>> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if st.exited {
+            let _ = tx.send(Err(LedgerError::Closed));
+        } else if st.urgent.len() >= self.capacity {
+            let _ = tx.send(Err(LedgerError::QueueFull));
+        } else {
+            st.urgent.push_back(Urgent { job, reply: tx });
+            drop(st);
+            self.wake.notify_one();
+        }
+        rx
+    }
+
+    /// Asks the writer to drain and exit, by `deadline` if given.
+    pub(super) fn close(&self, deadline: Option<Instant>) {
+        let mut st = self.lock();
+        // An earlier deadline wins; a later or absent one does not extend it.
+        st.closing = Some(match st.closing {
+            Some(Some(earlier)) => Some(deadline.map_or(earlier, |d| d.min(earlier))),
+            _ => deadline,
+        });
+        drop(st);
+        self.wake.notify_all();
+    }
+}
+
+/// The database's health as the writer sees it.
+enum Health {
+    Ok,
+    Failing {
+        /// No round of rows before this (urgent jobs try at once).
+        retry_at: Instant,
+        backoff: Duration,
+    },
+}
+
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    location: Location,
+    store: Option<Store>,
+    health: Health,
+    next_prune: Instant,
+    last_log: Option<Instant>,
+    /// The last failure, logged with the next drop report.
+    last_error: Option<String>,
+}
+
+/// Marks the writer exited however its thread ends, so nothing waits for it in vain: pending
+/// reply senders are dropped with the queue, which their receivers see as `Closed`.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.exited = true;
+        let left = std::mem::take(&mut st.rows);
+        let urgent = std::mem::take(&mut st.urgent);
+        drop(st);
+        let rows = left
+            .into_iter()
+            .filter(|q| matches!(q, Queued::Row(_)))
+            .count();
+        self.0.drop_rows(DropReason::Shutdown, rows as u64);
+        for u in urgent {
+            let _ = u.reply.send(Err(LedgerError::Closed));
+        }
+        self.0.metrics.ledger_queue_depth.set(0);
+        let _ = self.0.exited_tx.send(true);
+    }
+}
+
+impl Writer {
+    pub(super) fn new(shared: Arc<Shared>, location: Location, store: Store) -> Writer {
+        Writer {
+            shared,
+            location,
+            store: Some(store),
+            health: Health::Ok,
+            next_prune: Instant::now(),
+            last_log: None,
+            last_error: None,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let _guard = ExitGuard(self.shared.clone());
+        loop {
+            let round = self.take();
+            let exit = round.exit;
+            if !round.urgent.is_empty() || !round.rows.is_empty() {
+                self.commit(round.urgent, round.rows);
+            }
+            self.housekeeping();
+            if exit {
+                self.report_drops(true);
+                // The connection closes here (SQLite checkpoints the WAL into the file).
+                self.store = None;
+                return;
+            }
+        }
+    }
+
+    /// Waits for work and takes a round of it.
+    fn take(&mut self) -> Round {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        loop {
+            let now = Instant::now();
+            let closing = st.closing;
+            let rows_due = match self.health {
+                Health::Ok => true,
+                // Closing: one last attempt for what is queued, whatever the backoff.
+                Health::Failing { retry_at, .. } => now >= retry_at || closing.is_some(),
+            };
+            let past_deadline = matches!(closing, Some(Some(d)) if now >= d);
+            if past_deadline {
+                let left = std::mem::take(&mut st.rows);
+                let urgent: Vec<Urgent> = st.urgent.drain(..).collect();
+                self.shared.metrics.ledger_queue_depth.set(0);
+                drop(st);
+                let mut rows = 0;
+                for q in left {
+                    match q {
+                        Queued::Row(_) => rows += 1,
+                        Queued::Flush(tx) => {
+                            let _ = tx.send(Err(LedgerError::Closed));
+                        }
+                    }
+                }
+                self.shared.drop_rows(DropReason::Shutdown, rows);
+                for u in urgent {
+                    let _ = u.reply.send(Err(LedgerError::Closed));
+                }
+                return Round::exit();
+            }
+            if !st.urgent.is_empty() || (rows_due && !st.rows.is_empty()) {
+                let urgent: Vec<Urgent> = st.urgent.drain(..).collect();
+                let n = if rows_due { batch_len(&st.rows) } else { 0 };
+                let rows: Vec<Queued> = st.rows.drain(..n).collect();
+                self.shared
+                    .metrics
+                    .ledger_queue_depth
+                    .set(st.rows.len() as i64);
+                let exit = closing.is_some() && st.rows.is_empty() && st.urgent.is_empty();
+                return Round { urgent, rows, exit };
+            }
+            if closing.is_some() && st.rows.is_empty() {
+                return Round::exit();
+            }
+            let mut wake_at = now + TICK;
+            if let Health::Failing { retry_at, .. } = self.health {
+                if !st.rows.is_empty() {
+                    wake_at = wake_at.min(retry_at);
+                }
+            }
+            if let Some(Some(deadline)) = closing {
+                wake_at = wake_at.min(deadline);
+            }
+            if self.housekeeping_due(now) {
+                drop(st);
+                self.housekeeping();
+                st = shared.lock();
+                continue;
+            }
+            st = shared
+                .wake
+                .wait_timeout(st, wake_at.saturating_duration_since(now))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn housekeeping_due(&self, now: Instant) -> bool {
+        let prune = matches!(self.health, Health::Ok) && now >= self.next_prune;
+        let log = self
+            .shared
+            .unlogged
+            .iter()
+            .any(|n| n.load(Ordering::Relaxed) > 0)
+            && self.last_log.is_none_or(|t| now >= t + LOG_EVERY);
+        prune || log
+    }
+
+    /// Logs lost rows (at most once a minute) and prunes a batch of old rows when due.
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.report_drops(false);
+        if matches!(self.health, Health::Ok) && now >= self.next_prune {
+            let before_us = unix_micros(
+                SystemTime::now()
+                    .checked_sub(self.shared.retention)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            );
+            match self.attempt(&[Op::Prune {
+                before_us,
+                limit: PRUNE_BATCH,
+            }]) {
+                Ok(results) => {
+                    let pruned = match results.first() {
+                        Some(OpResult::Pruned { rows }) => *rows,
+                        _ => 0,
+                    };
+                    self.shared.metrics.ledger_pruned_rows.inc_by(pruned);
+                    // A full batch: more are due; the next round comes after queued rows.
+                    self.next_prune = if pruned >= u64::from(PRUNE_BATCH) {
+                        now
+                    } else {
+                        now + PRUNE_EVERY
+                    };
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    self.next_prune = now + PRUNE_EVERY;
+                }
+            }
+        }
+    }
+
+    fn report_drops(&mut self, last: bool) {
+        let now = Instant::now();
+        if !last && self.last_log.is_some_and(|t| now < t + LOG_EVERY) {
+            return;
+        }
+        let counts = self
+            .shared
+            .unlogged
+            .each_ref()
+            .map(|n| n.swap(0, Ordering::Relaxed));
+        if counts.iter().all(|&n| n == 0) {
+            return;
+        }
+        self.last_log = Some(now);
+        let total: u64 = counts.iter().sum();
+        let by_reason: Vec<String> = DropReason::ALL
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{}={n}", r.label()))
+            .collect();
+        tracing::warn!(
+            ledger = %self.location.path().display(),
+            dropped = total,
+            reasons = %by_reason.join(","),
+            error = self.last_error.as_deref(),
+            "ledger: {total} row(s) not recorded since the last report; callbacks were served as usual"
+        );
+    }
+
+    /// Commits a round, answering its waiters; counts what was lost.
+    fn commit(&mut self, urgent: Vec<Urgent>, rows: Vec<Queued>) {
+        let mut records: Vec<Box<Record>> = Vec::with_capacity(rows.len());
+        let mut flushes = Vec::new();
+        for q in rows {
+            match q {
+                Queued::Row(r) => records.push(r),
+                Queued::Flush(tx) => flushes.push(tx),
+            }
+        }
+        // Decoded here, off the request path.
+        let fields: Vec<ClickFields> = records
+            .iter()
+            .map(|r| ClickFields::decode(r.content_type.as_deref(), &r.body))
+            .collect();
+        let urgent_fields: Vec<Option<ClickFields>> = urgent
+            .iter()
+            .map(|u| match &u.job {
+                Job::Record(r) => Some(ClickFields::decode(r.content_type.as_deref(), &r.body)),
+                Job::Prune => None,
+            })
+            .collect();
+        let before_us = unix_micros(
+            SystemTime::now()
+                .checked_sub(self.shared.retention)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let mut ops = Vec::with_capacity(urgent.len() + records.len());
+        for (u, f) in urgent.iter().zip(&urgent_fields) {
+            ops.push(match (&u.job, f) {
+                (Job::Record(r), Some(f)) => Op::Insert(r, f),
+                _ => Op::Prune {
+                    before_us,
+                    limit: PRUNE_BATCH,
+                },
+            });
+        }
+        for (r, f) in records.iter().zip(&fields) {
+            ops.push(Op::Insert(r, f));
+        }
+        let started = Instant::now();
+        let outcome = self.attempt(&ops);
+        drop(ops);
+        match outcome {
+            Ok(results) => {
+                let m = &self.shared.metrics;
+                m.ledger_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                m.ledger_rows_written.inc_by(
+                    results
+                        .iter()
+                        .filter(|r| matches!(r, OpResult::Inserted { .. }))
+                        .count() as u64,
+                );
+                for (u, result) in urgent.into_iter().zip(results) {
+                    let done = match result {
+                        OpResult::Inserted { id } => Done::Recorded { id },
+                        OpResult::Pruned { rows } => {
+                            m.ledger_pruned_rows.inc_by(rows);
+                            Done::Pruned { rows }
+                        }
+                    };
+                    let _ = u.reply.send(Ok(done));
+                }
+                for tx in flushes {
+                    let _ = tx.send(Ok(Done::Flushed));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let lost_urgent = urgent
+                    .iter()
+                    .filter(|u| matches!(u.job, Job::Record(_)))
+                    .count();
+                self.shared.drop_rows(
+                    DropReason::WriteFailed,
+                    (records.len() + lost_urgent) as u64,
+                );
+                for u in urgent {
+                    let _ = u.reply.send(Err(LedgerError::Unavailable(message.clone())));
+                }
+                for tx in flushes {
+                    let _ = tx.send(Err(LedgerError::Unavailable(message.clone())));
+                }
+                self.failed(&e);
+            }
+        }
+    }
+
+    /// One transaction on a store that is the one the path names: reopened (recreated) first
+    /// when the file was deleted or replaced, and tried once more on a fresh store if the file
+    /// turns out to have been replaced during a failed attempt.
+    fn attempt(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
+        for _ in 0..2 {
+            let replaced = self.store.as_ref().is_some_and(Store::replaced);
+            if replaced {
+                tracing::warn!(
+                    ledger = %self.location.path().display(),
+                    "ledger: the database file was deleted or replaced; opening it anew (rows already committed stay in the old file)"
+                );
+                self.store = None;
+            }
+            if self.store.is_none() {
+                let store = Store::open_writer(&self.location)?;
+                self.shared.metrics.ledger_reopens.inc();
+                self.store = Some(store);
+            }
+            let Some(store) = self.store.as_mut() else {
+                continue;
+            };
+            match store.apply(ops) {
+                Ok(results) => {
+                    self.recovered();
+                    return Ok(results);
+                }
+                Err(e) if store.replaced() => {
+                    self.store = None;
+                    self.last_error = Some(e.to_string());
+                }
+                Err(e) => {
+                    // Opened anew at the next attempt: a connection that saw an I/O error is
+                    // not trusted to recover by itself.
+                    self.store = None;
+                    return Err(e);
+                }
+            }
+        }
+        Err(LedgerError::Unavailable(
+            self.last_error
+                .clone()
+                .unwrap_or_else(|| "the database file keeps being replaced".to_owned()),
+        ))
+    }
+
+    fn failed(&mut self, e: &LedgerError) {
+        let now = Instant::now();
+        let backoff = match self.health {
+            Health::Ok => {
+                tracing::error!(
+                    ledger = %self.location.path().display(),
+                    error = %e,
+                    "ledger: cannot write the database; callbacks are served as usual, their rows are counted as lost (click_gateway_ledger_dropped_total) until it works again"
+                );
+                BACKOFF_MIN
+            }
+            Health::Failing { backoff, .. } => (backoff * 2).min(BACKOFF_MAX),
+        };
+        self.health = Health::Failing {
+            retry_at: now + backoff,
+            backoff,
+        };
+        self.last_error = Some(e.to_string());
+        self.shared.failing.store(true, Ordering::Relaxed);
+    }
+
+    fn recovered(&mut self) {
+        if let Health::Failing { .. } = self.health {
+            tracing::info!(
+                ledger = %self.location.path().display(),
+                "ledger: the database works again; recording resumed"
+            );
+            self.report_drops(true);
+        }
+        self.health = Health::Ok;
+        self.last_error = None;
+        self.shared.failing.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Queue entries making up one batch: up to [`BATCH`] rows, flush markers riding along.
+fn batch_len(rows: &VecDeque<Queued>) -> usize {
+    let mut n = 0;
+    let mut records = 0;
+    for q in rows {
+        if let Queued::Row(_) = q {
+            if records == BATCH {
+                break;
+            }
+            records += 1;
+        }
+        n += 1;
+    }
+    n
+}
+
+struct Round {
+    urgent: Vec<Urgent>,
+    rows: Vec<Queued>,
+    exit: bool,
+}
+
+impl Round {
+    fn exit() -> Round {
+        Round {
+            urgent: Vec::new(),
+            rows: Vec::new(),
+            exit: true,
+        }
+    }
+}
