@@ -155,9 +155,23 @@ impl Ledger {
     /// cannot be opened and migrated: what `check` reports as a problem.
     pub fn open(settings: &LedgerSettings, metrics: Arc<Metrics>) -> Result<Ledger, LedgerError> {
         let location = Location::from_settings(settings)?;
-        let store = Store::open_writer(&location)?;
+        let mut store = Store::open_writer(&location)?;
+        // One bounded batch now, before any callback: rows that aged out while the gateway was
+        // stopped go first; the writer takes care of the rest, a batch at a time.
+        let pruned = writer::prune_batch(&mut store, settings.retention.0);
+        match &pruned {
+            Ok(n) => {
+                metrics.ledger_pruned_rows.inc_by(*n);
+            }
+            Err(e) => {
+                tracing::warn!(ledger = %location.path().display(), error = %e, "ledger: pruning failed; the writer retries");
+            }
+        }
+        let more = pruned
+            .as_ref()
+            .is_ok_and(|&n| n >= u64::from(writer::PRUNE_BATCH));
         let (shared, exited) = writer::Shared::new(settings.queue, settings.retention.0, metrics);
-        let w = writer::Writer::new(shared.clone(), location.clone(), store);
+        let w = writer::Writer::new(shared.clone(), location.clone(), store, more);
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || w.run())

@@ -108,10 +108,24 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Device and inode the path named when it was opened (writer only).
     identity: Option<(u64, u64)>,
+    /// The `-wal` and `-shm` files this connection uses, with their device and inode, to tell
+    /// them from a replacement file's own (writer only).
+    sidecars: Vec<(PathBuf, (u64, u64))>,
 }
 
 fn identity(path: &Path) -> io::Result<(u64, u64)> {
     std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
+}
+
+fn identity_of(path: &Path) -> Option<(u64, u64)> {
+    identity(path).ok()
+}
+
+/// `ledger.db` + `-wal`: the files SQLite keeps beside a WAL-mode database.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 impl SqliteStore {
@@ -178,8 +192,17 @@ impl SqliteStore {
             conn,
             path: path.to_owned(),
             identity: Some(identity),
+            sidecars: Vec::new(),
         };
         store.migrate()?;
+        // Both exist once a WAL-mode connection has run a transaction.
+        store.sidecars = ["-wal", "-shm"]
+            .into_iter()
+            .filter_map(|suffix| {
+                let p = sidecar(path, suffix);
+                identity_of(&p).map(|id| (p, id))
+            })
+            .collect();
         Ok(store)
     }
 
@@ -264,6 +287,7 @@ impl SqliteStore {
             conn,
             path: path.to_owned(),
             identity: None,
+            sidecars: Vec::new(),
         })
     }
 
@@ -342,6 +366,29 @@ impl SqliteStore {
             writable,
             mode: meta.mode() & 0o7777,
         })
+    }
+
+    /// Closes a store whose file was deleted or replaced, and removes its own `-wal` and
+    /// `-shm` if they are still beside the path: SQLite leaves them when the database has
+    /// moved, and would read them as the WAL of whatever file now stands at the path (a
+    /// restored backup), corrupting it. A replacement's own sidecars (other inodes) are kept.
+    pub fn retire(self) {
+        // Decided while this connection still holds them open, so their inodes cannot have
+        // been reused by a new file.
+        let ours: Vec<PathBuf> = self
+            .sidecars
+            .iter()
+            .filter(|(p, id)| identity_of(p) == Some(*id))
+            .map(|(p, _)| p.clone())
+            .collect();
+        drop(self.conn);
+        for p in ours {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(file = %p.display(), error = %e, "ledger: cannot remove the WAL of a replaced database");
+                }
+            }
+        }
     }
 
     pub fn replaced(&self) -> bool {
@@ -579,12 +626,6 @@ mod tests {
     use super::*;
     use crate::ledger::record::sample;
     use std::time::SystemTime;
-
-    fn sidecar(path: &Path, suffix: &str) -> PathBuf {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    }
 
     fn insert_one(store: &mut SqliteStore, merchant: &str) -> i64 {
         let rec = sample(merchant, SystemTime::now());

@@ -162,6 +162,14 @@ impl Store {
         }
     }
 
+    /// Closes a store whose location now names another file (see [`Store::replaced`]),
+    /// cleaning up what would otherwise be taken for the new file's own.
+    pub fn retire(self) {
+        match self {
+            Store::Sqlite(s) => s.retire(),
+        }
+    }
+
     /// Callbacks matching `filter`, oldest first, without their bodies.
     pub fn callbacks(&self, filter: &Filter) -> Result<Vec<Stored>, LedgerError> {
         match self {

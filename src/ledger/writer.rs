@@ -260,13 +260,20 @@ impl Drop for ExitGuard {
 }
 
 impl Writer {
-    pub(super) fn new(shared: Arc<Shared>, location: Location, store: Store) -> Writer {
+    /// `prune_soon`: the last prune deleted a full batch, so the next is due at once.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        location: Location,
+        store: Store,
+        prune_soon: bool,
+    ) -> Writer {
+        let now = Instant::now();
         Writer {
             shared,
             location,
             store: Some(store),
             health: Health::Ok,
-            next_prune: Instant::now(),
+            next_prune: if prune_soon { now } else { now + PRUNE_EVERY },
             last_log: None,
             last_error: None,
         }
@@ -376,15 +383,7 @@ impl Writer {
         let now = Instant::now();
         self.report_drops(false);
         if matches!(self.health, Health::Ok) && now >= self.next_prune {
-            let before_us = unix_micros(
-                SystemTime::now()
-                    .checked_sub(self.shared.retention)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-            );
-            match self.attempt(&[Op::Prune {
-                before_us,
-                limit: PRUNE_BATCH,
-            }]) {
+            match self.attempt(&[prune_op(self.shared.retention)]) {
                 Ok(results) => {
                     let pruned = match results.first() {
                         Some(OpResult::Pruned { rows }) => *rows,
@@ -458,19 +457,11 @@ impl Writer {
                 Job::Prune => None,
             })
             .collect();
-        let before_us = unix_micros(
-            SystemTime::now()
-                .checked_sub(self.shared.retention)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        );
         let mut ops = Vec::with_capacity(urgent.len() + records.len());
         for (u, f) in urgent.iter().zip(&urgent_fields) {
             ops.push(match (&u.job, f) {
                 (Job::Record(r), Some(f)) => Op::Insert(r, f),
-                _ => Op::Prune {
-                    before_us,
-                    limit: PRUNE_BATCH,
-                },
+                _ => prune_op(self.shared.retention),
             });
         }
         for (r, f) in records.iter().zip(&fields) {
@@ -530,34 +521,33 @@ impl Writer {
     /// turns out to have been replaced during a failed attempt.
     fn attempt(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
         for _ in 0..2 {
-            let replaced = self.store.as_ref().is_some_and(Store::replaced);
-            if replaced {
+            if self.store.as_ref().is_some_and(Store::replaced) {
                 tracing::warn!(
                     ledger = %self.location.path().display(),
                     "ledger: the database file was deleted or replaced; opening it anew (rows already committed stay in the old file)"
                 );
-                self.store = None;
+                if let Some(old) = self.store.take() {
+                    old.retire();
+                }
             }
-            if self.store.is_none() {
-                let store = Store::open_writer(&self.location)?;
-                self.shared.metrics.ledger_reopens.inc();
-                self.store = Some(store);
-            }
-            let Some(store) = self.store.as_mut() else {
-                continue;
+            let store = match &mut self.store {
+                Some(store) => store,
+                None => {
+                    let store = Store::open_writer(&self.location)?;
+                    self.shared.metrics.ledger_reopens.inc();
+                    self.store.insert(store)
+                }
             };
             match store.apply(ops) {
                 Ok(results) => {
                     self.recovered();
                     return Ok(results);
                 }
-                Err(e) if store.replaced() => {
-                    self.store = None;
-                    self.last_error = Some(e.to_string());
-                }
+                // Replaced during the attempt: retired and opened anew by the next iteration.
+                Err(e) if store.replaced() => self.last_error = Some(e.to_string()),
                 Err(e) => {
                     // Opened anew at the next attempt: a connection that saw an I/O error is
-                    // not trusted to recover by itself.
+                    // not trusted to recover by itself. (Its WAL stays: it may hold commits.)
                     self.store = None;
                     return Err(e);
                 }
@@ -602,6 +592,25 @@ impl Writer {
         self.health = Health::Ok;
         self.last_error = None;
         self.shared.failing.store(false, Ordering::Relaxed);
+    }
+}
+
+/// One pruning statement: at most [`PRUNE_BATCH`] rows older than `retention` from now.
+fn prune_op(retention: Duration) -> Op<'static> {
+    let cutoff = SystemTime::now()
+        .checked_sub(retention)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Op::Prune {
+        before_us: unix_micros(cutoff),
+        limit: PRUNE_BATCH,
+    }
+}
+
+/// Prunes one batch in a transaction of its own; returns the rows deleted.
+pub(super) fn prune_batch(store: &mut Store, retention: Duration) -> Result<u64, LedgerError> {
+    match store.apply(&[prune_op(retention)])?.first() {
+        Some(OpResult::Pruned { rows }) => Ok(*rows),
+        _ => Ok(0),
     }
 }
 
