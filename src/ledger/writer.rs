@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use super::record::{unix_micros, ClickFields, Record};
 use super::store::{Location, Op, OpResult, Store};
 use super::{Done, Job, LedgerError};
+use crate::click::MAX_CALLBACK_BODY;
 use crate::metrics::Metrics;
 
 /// Rows per transaction at most: a batch stays a few milliseconds of work, so an urgent job
@@ -150,7 +151,12 @@ impl Shared {
     }
 
     /// Queues a row; never waits beyond the push itself.
-    pub(super) fn record(&self, rec: Record) {
+    pub(super) fn record(&self, mut rec: Record) {
+        // A callback body is at most this long; the ledger never holds more of anything else
+        // that reaches a callback path (a reference-counted slice: no copy).
+        if rec.body.len() > MAX_CALLBACK_BODY {
+            rec.body = rec.body.slice(..MAX_CALLBACK_BODY);
+        }
         let mut st = self.lock();
         if st.closing.is_some() || st.exited {
             drop(st);
@@ -643,5 +649,108 @@ impl Round {
             rows: Vec::new(),
             exit: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::record::sample;
+    use std::io::Write;
+
+    /// Log lines written by `tracing` on this thread.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn take(&self) -> String {
+            String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+        }
+    }
+
+    fn writer(dir: &std::path::Path, capacity: usize) -> (Arc<Shared>, Writer) {
+        let location = Location::Sqlite(dir.join("l.db"));
+        let store = Store::open_writer(&location).unwrap();
+        let (shared, _) = Shared::new(
+            capacity,
+            Duration::from_secs(3600),
+            Arc::new(Metrics::new()),
+        );
+        let w = Writer::new(shared.clone(), location, store, false);
+        (shared, w)
+    }
+
+    #[test]
+    fn lost_rows_are_logged_at_most_once_a_minute_with_the_count_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, mut w) = writer(dir.path(), 1);
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            shared.record(sample("a", SystemTime::now()));
+            for _ in 0..3 {
+                shared.record(sample("b", SystemTime::now()));
+            }
+            w.report_drops(false);
+            let first = lines.take();
+            assert!(
+                first.contains("3 row(s) not recorded") && first.contains("queue_full=3"),
+                "{first}"
+            );
+            shared.record(sample("c", SystemTime::now()));
+            w.report_drops(false);
+            assert_eq!(lines.take(), "", "a second line within the minute");
+            assert!(!w.housekeeping_due(Instant::now()));
+            // A minute later, the count since the last line.
+            let a_minute_ago = Instant::now().checked_sub(LOG_EVERY).unwrap();
+            w.last_log = Some(a_minute_ago);
+            assert!(w.housekeeping_due(Instant::now()));
+            w.report_drops(false);
+            let second = lines.take();
+            assert!(
+                second.contains("1 row(s) not recorded") && second.contains("queue_full=1"),
+                "{second}"
+            );
+            w.report_drops(false);
+            assert_eq!(lines.take(), "", "nothing new to report");
+        });
+    }
+
+    #[test]
+    fn bodies_are_kept_to_a_callback_s_size_and_batches_to_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, _w) = writer(dir.path(), 2 * BATCH);
+        let mut rec = sample("big", SystemTime::now());
+        rec.body = bytes::Bytes::from(vec![b'x'; MAX_CALLBACK_BODY + 100]);
+        shared.record(rec);
+        let st = shared.lock();
+        match st.rows.front() {
+            Some(Queued::Row(r)) => assert_eq!(r.body.len(), MAX_CALLBACK_BODY),
+            _ => panic!("not queued"),
+        }
+        drop(st);
+        let mut rows: VecDeque<Queued> = VecDeque::new();
+        for i in 0..BATCH + 3 {
+            if i % 100 == 0 {
+                rows.push_back(Queued::Flush(oneshot::channel().0));
+            }
+            rows.push_back(Queued::Row(Box::new(sample("r", SystemTime::now()))));
+        }
+        // 512 rows and the 6 flush markers among them; the 513th row starts the next batch.
+        assert_eq!(batch_len(&rows), BATCH + 6);
     }
 }
