@@ -6,8 +6,9 @@
 //! - the **urgent queue** takes [`Job`]s whose caller awaits the commit (a replay guard's
 //!   statement); it is drained first, so such a job never waits behind a backlog of rows.
 //!
-//! Each round takes every urgent job and up to [`BATCH`] queued rows and commits them in one
-//! transaction (group commit: one fsync for the lot), then answers the waiters. Before each
+//! Each round takes every urgent job and up to [`BATCH`] queued rows (only [`URGENT_RIDE`]
+//! along with urgent jobs, which should not wait for hundreds of inserts) and commits them in
+//! one transaction (group commit: one fsync for the lot), then answers the waiters. Before each
 //! round the writer checks that the path still names the file it has open (a deleted or
 //! replaced database would otherwise swallow rows into an unlinked inode) and recreates it if
 //! not. When the database fails, the round's rows are counted lost, waiters get the error, and
@@ -33,6 +34,9 @@ use crate::metrics::Metrics;
 /// Rows per transaction at most: a batch stays a few milliseconds of work, so an urgent job
 /// arriving during one waits little.
 pub const BATCH: usize = 512;
+/// Rows that ride along in a transaction carrying urgent jobs: enough to keep a backlog
+/// moving, few enough that the urgent job's commit is not held up by them.
+pub const URGENT_RIDE: usize = 64;
 /// Rows deleted per pruning transaction: pruning never holds the write lock for long.
 pub const PRUNE_BATCH: u32 = 500;
 /// How often the writer looks for rows past their retention.
@@ -338,7 +342,16 @@ impl Writer {
             }
             if !st.urgent.is_empty() || (rows_due && !st.rows.is_empty()) {
                 let urgent: Vec<Urgent> = st.urgent.drain(..).collect();
-                let n = if rows_due { batch_len(&st.rows) } else { 0 };
+                let cap = if urgent.is_empty() {
+                    BATCH
+                } else {
+                    URGENT_RIDE
+                };
+                let n = if rows_due {
+                    batch_len(&st.rows, cap)
+                } else {
+                    0
+                };
                 let rows: Vec<Queued> = st.rows.drain(..n).collect();
                 self.shared
                     .metrics
@@ -620,13 +633,13 @@ pub(super) fn prune_batch(store: &mut Store, retention: Duration) -> Result<u64,
     }
 }
 
-/// Queue entries making up one batch: up to [`BATCH`] rows, flush markers riding along.
-fn batch_len(rows: &VecDeque<Queued>) -> usize {
+/// Queue entries making up one batch: up to `cap` rows, flush markers riding along.
+fn batch_len(rows: &VecDeque<Queued>, cap: usize) -> usize {
     let mut n = 0;
     let mut records = 0;
     for q in rows {
         if let Queued::Row(_) = q {
-            if records == BATCH {
+            if records == cap {
                 break;
             }
             records += 1;
@@ -751,6 +764,7 @@ mod tests {
             rows.push_back(Queued::Row(Box::new(sample("r", SystemTime::now()))));
         }
         // 512 rows and the 6 flush markers among them; the 513th row starts the next batch.
-        assert_eq!(batch_len(&rows), BATCH + 6);
+        assert_eq!(batch_len(&rows, BATCH), BATCH + 6);
+        assert_eq!(batch_len(&rows, URGENT_RIDE), URGENT_RIDE + 1);
     }
 }
