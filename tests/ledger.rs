@@ -1258,3 +1258,31 @@ async fn the_ledger_metrics_are_exposed() {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
 }
+
+#[test]
+fn check_shows_no_ledger_for_the_shipped_config_and_refuses_postgres() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+    let (code, out, err) = run_bin(bin().arg("check").arg("--config").arg(&shipped), "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("  ledger          (none: callbacks are not recorded)\n"),
+        "{out}"
+    );
+    let d = LedgerDir::with_keys(common::KEYS_TOML, "");
+    let cfg = d.config.path();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "database = \"ledger.db\"",
+        "database = \"postgres://ledger@db/click\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = run_bin(bin().arg("check").arg("-c").arg(&cfg), "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("ledger.database: a PostgreSQL ledger is not supported yet"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("ledger@db"),
+        "the URL may carry a password: {err}"
+    );
+}

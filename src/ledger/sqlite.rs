@@ -181,9 +181,15 @@ impl SqliteStore {
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
+            // Readers must be able to read while the writer writes: WAL or nothing.
             return Err(LedgerError::Open {
                 path: path.to_owned(),
-                source: rusqlite::Error::InvalidQuery,
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!(
+                        "the database stays in {mode} journal mode, not WAL"
+                    )),
+                ),
             });
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
