@@ -6,7 +6,9 @@
 //! [`lane`] and its budgets, the head made fit for the backend, the [`checkpoint`] judging the
 //! body with [`click`], then [`proxy`] forwarding it; [`answer`] writes every answer the gateway
 //! gives itself. [`config`] reads everything at startup
-//! and on reload; [`commands`] holds the `check`, `sign` and `verify` subcommands.
+//! and on reload; [`commands`] holds the `check`, `sign`, `verify`, `payments` and `recheck`
+//! subcommands. [`ledger`] keeps a row per callback in an embedded database, off the request
+//! path.
 
 // A panic on the request or reload path would drop a payment callback: outside tests, every
 // fallible step is handled, and clippy (`-D warnings` in CI) keeps it that way.
@@ -21,6 +23,7 @@ pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod lane;
+pub mod ledger;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;

@@ -9,13 +9,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use click_gateway::click::{Action, FormKind, Secret};
+use click_gateway::commands::report::Format;
 use click_gateway::commands::{self, sign::SignRequest};
-use click_gateway::config::{self, Environment};
+use click_gateway::config::{self, Environment, Span};
 use click_gateway::reload::Reloader;
 use click_gateway::server::tls::CertResolver;
 use click_gateway::server::{self, ConnSettings, Listener, TlsListener};
@@ -62,6 +63,82 @@ enum Command {
         #[arg(long, default_value = "application/x-www-form-urlencoded")]
         content_type: String,
     },
+    /// A payment's timeline from the callback ledger, oldest first: each callback, what the
+    /// gateway decided and why, what the backend answered.
+    Payments(Box<PaymentsArgs>),
+    /// Judge again the recorded callbacks refused for their signature, against the configured
+    /// keys or one candidate key; forwards nothing. Exit 0 when at least one verifies now.
+    Recheck(Box<RecheckArgs>),
+}
+
+#[derive(Args)]
+#[command(group(
+    ArgGroup::new("payment")
+        .required(true)
+        .multiple(true)
+        .args(["merchant_trans_id", "click_trans_id", "service_id"])
+))]
+struct PaymentsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The merchant's order id, as Click sends it.
+    #[arg(long)]
+    merchant_trans_id: Option<String>,
+    /// Click's transaction id.
+    #[arg(long, value_parser = decimal_arg)]
+    click_trans_id: Option<String>,
+    /// The service; alone, every callback of the service in the window.
+    #[arg(long, value_parser = decimal_arg)]
+    service_id: Option<String>,
+    /// How far back to look: `24h`, `90m`, `7d`.
+    #[arg(long, default_value = "24h", value_parser = span_arg)]
+    since: Span,
+    #[arg(long, value_enum, default_value = "text")]
+    format: FormatArg,
+}
+
+#[derive(Args)]
+struct RecheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only the callbacks of this service.
+    #[arg(long, value_parser = decimal_arg)]
+    service_id: Option<String>,
+    /// How far back to look: `24h`, `90m`, `7d`.
+    #[arg(long, default_value = "24h", value_parser = span_arg)]
+    since: Span,
+    /// Judge against this one key (as if configured for each callback's service) instead of
+    /// the configured keys: read from FILE, or standard input for `-`; one trailing newline
+    /// dropped. Never on the command line.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: FormatArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+        }
+    }
+}
+
+fn span_arg(text: &str) -> Result<Span, String> {
+    Span::parse(text)
+}
+
+fn decimal_arg(text: &str) -> Result<String, String> {
+    click_gateway::click::callback::parse_id(text)
+        .map(|_| text.to_owned())
+        .ok_or_else(|| "must be a decimal integer".to_owned())
 }
 
 #[derive(Args)]
@@ -133,6 +210,8 @@ fn main() -> ExitCode {
             body,
             content_type,
         } => verify(config.config, body, &content_type),
+        Command::Payments(args) => payments(*args),
+        Command::Recheck(args) => recheck(*args),
     };
     match result {
         Ok(code) => code,
@@ -179,15 +258,7 @@ fn sign(a: SignArgs) -> Outcome {
             std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?,
         )
     } else if let Some(file) = &a.secret_file {
-        let mut text = String::new();
-        if file.as_os_str() == "-" {
-            io::stdin().read_to_string(&mut text)
-        } else {
-            std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
-        }
-        .map_err(|e| format!("cannot read the secret from {}: {e}", file.display()))?;
-        let key = text.strip_suffix('\n').unwrap_or(&text);
-        Secret::new(key.strip_suffix('\r').unwrap_or(key))
+        read_secret_file(file)?
     } else {
         let loaded = load_keys(&a.config)?;
         let id = click_gateway::click::callback::parse_id(&a.service_id)
@@ -222,6 +293,60 @@ fn sign(a: SignArgs) -> Outcome {
     let body = commands::sign::body(&req, &secret)?;
     println!("{body}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A key from a file, or standard input for `-`, with one trailing newline (`\n` or `\r\n`)
+/// dropped: what `echo KEY > file` adds.
+fn read_secret_file(file: &std::path::Path) -> Result<Secret, String> {
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
+    }
+    .map_err(|e| format!("cannot read the secret from {}: {e}", file.display()))?;
+    let key = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(Secret::new(key.strip_suffix('\r').unwrap_or(key)))
+}
+
+fn payments(a: PaymentsArgs) -> Outcome {
+    let query = commands::payments::PaymentsQuery {
+        merchant_trans_id: a.merchant_trans_id,
+        click_trans_id: a.click_trans_id,
+        service_id: a.service_id,
+        since: a.since,
+    };
+    let mut out = io::stdout().lock();
+    commands::payments::run(
+        &a.config.config,
+        &Environment::from_process(),
+        &query,
+        a.format.into(),
+        &mut out,
+    )
+    .map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn recheck(a: RecheckArgs) -> Outcome {
+    let candidate = a.secret_file.as_deref().map(read_secret_file).transpose()?;
+    let query = commands::recheck::RecheckQuery {
+        service_id: a.service_id,
+        since: a.since,
+        candidate,
+    };
+    let mut out = io::stdout().lock();
+    let any = commands::recheck::run(
+        &a.config.config,
+        &Environment::from_process(),
+        &query,
+        a.format.into(),
+        &mut out,
+    )
+    .map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(success(any))
 }
 
 fn verify(path: PathBuf, body: Option<PathBuf>, content_type: &str) -> Outcome {

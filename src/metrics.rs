@@ -237,6 +237,19 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub generation: Gauge,
     pub last_reload_success: Gauge<f64, AtomicU64>,
+    /// Callback ledger rows committed to the database.
+    pub ledger_rows_written: Counter,
+    /// Ledger rows lost, by reason (`queue_full`, `write_failed`, `shutdown`): a callback is
+    /// never delayed for its row, so a row that cannot be written is counted instead.
+    pub ledger_dropped: Family<ReasonLabels, Counter>,
+    /// Rows waiting for the ledger writer.
+    pub ledger_queue_depth: Gauge,
+    /// Time of one ledger transaction (a batch of rows), from BEGIN to COMMIT.
+    pub ledger_commit_seconds: Histogram,
+    /// The ledger file was found deleted or replaced, or failed, and was opened again.
+    pub ledger_reopens: Counter,
+    /// Rows deleted for being older than `ledger.retention`.
+    pub ledger_pruned_rows: Counter,
     /// Resolved series of the two routes.
     pub callback_route: RouteMetrics,
     pub proxy_route: RouteMetrics,
@@ -268,6 +281,13 @@ impl Metrics {
             reloads: Family::default(),
             generation: Gauge::default(),
             last_reload_success: Gauge::default(),
+            ledger_rows_written: Counter::default(),
+            ledger_dropped: Family::default(),
+            ledger_queue_depth: Gauge::default(),
+            // 100 µs .. ~6.5 s: a commit is an fsync, which a sick disk can stretch.
+            ledger_commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 17)),
+            ledger_reopens: Counter::default(),
+            ledger_pruned_rows: Counter::default(),
             registry: Registry::default(),
             callback_route: RouteMetrics::placeholder(),
             proxy_route: RouteMetrics::placeholder(),
@@ -348,6 +368,36 @@ impl Metrics {
             m.last_reload_success.clone(),
         );
         registry.register(
+            "ledger_rows_written",
+            "Callback ledger rows committed to the database",
+            m.ledger_rows_written.clone(),
+        );
+        registry.register(
+            "ledger_dropped",
+            "Callback ledger rows lost instead of delaying a callback, by reason (queue_full: the writer is behind; write_failed: the database failed; shutdown: still queued at the stop deadline)",
+            m.ledger_dropped.clone(),
+        );
+        registry.register(
+            "ledger_queue_depth",
+            "Callback ledger rows waiting for the writer",
+            m.ledger_queue_depth.clone(),
+        );
+        registry.register(
+            "ledger_commit_duration_seconds",
+            "Time of one ledger transaction (a batch of rows), BEGIN to COMMIT",
+            m.ledger_commit_seconds.clone(),
+        );
+        registry.register(
+            "ledger_reopens",
+            "Times the ledger database was opened again: its file deleted or replaced, or after a failure",
+            m.ledger_reopens.clone(),
+        );
+        registry.register(
+            "ledger_pruned_rows",
+            "Callback ledger rows deleted for being older than ledger.retention",
+            m.ledger_pruned_rows.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(BuildLabels {
@@ -397,6 +447,15 @@ impl Metrics {
 
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts `n` ledger rows lost for `reason`.
+    pub fn ledger_drop(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.ledger_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(n);
+        }
     }
 }
 

@@ -1,10 +1,17 @@
 //! `click-gateway check`: load and validate exactly as `serve` and a reload do, then list what
 //! would run (like `nginx -t`). Answers "is the key for service 82154 loaded?" in one command.
+//!
+//! The ledger is inspected without being changed: its schema version is read through a
+//! read-only connection (an older one is reported as "serve migrates it"; `check` never
+//! migrates a production database behind the operator's back), and writability is tried by
+//! opening the file for writing, writing nothing.
 
 use std::io::{self, Write};
 use std::path::Path;
 
+use super::report::span_text;
 use crate::config::{self, Environment, Loaded};
+use crate::ledger::{Inspection, Location, Store, SCHEMA_VERSION};
 
 /// Prints the configuration summary to `out`, or every problem to `err`. Returns success.
 pub fn run(
@@ -15,8 +22,20 @@ pub fn run(
 ) -> io::Result<bool> {
     match config::load(path, env) {
         Ok(loaded) => {
-            summary(path, &loaded, out)?;
-            for w in &loaded.warnings {
+            let ledger = match ledger_line(&loaded) {
+                Ok(l) => l,
+                Err(problem) => {
+                    writeln!(err, "error: {}: {problem}", path.display())?;
+                    writeln!(
+                        err,
+                        "{}: 1 problem(s); nothing would start or reload",
+                        path.display()
+                    )?;
+                    return Ok(false);
+                }
+            };
+            summary(path, &loaded, &ledger.0, out)?;
+            for w in loaded.warnings.iter().chain(&ledger.1) {
                 writeln!(err, "warning: {w}")?;
             }
             Ok(true)
@@ -36,7 +55,64 @@ pub fn run(
     }
 }
 
-fn summary(path: &Path, loaded: &Loaded, out: &mut dyn Write) -> io::Result<()> {
+/// The ledger's line of the summary and its warnings, or the problem that would keep `serve`
+/// from opening it.
+fn ledger_line(loaded: &Loaded) -> Result<(String, Vec<String>), String> {
+    let settings = &loaded.settings.ledger;
+    let Some(path) = &settings.database else {
+        return Ok(("(none: callbacks are not recorded)".into(), Vec::new()));
+    };
+    let location = Location::from_settings(settings).map_err(|e| e.to_string())?;
+    let tail = format!(
+        "retention {}, queue {}",
+        span_text(settings.retention),
+        settings.queue
+    );
+    match Store::inspect(&location) {
+        Ok(Inspection::Absent) => Ok((
+            format!(
+                "{} (not created yet: serve creates it, schema v{SCHEMA_VERSION}); {tail}",
+                path.display()
+            ),
+            Vec::new(),
+        )),
+        Ok(Inspection::Present {
+            version,
+            rows,
+            writable,
+            mode,
+        }) => {
+            writable.map_err(|e| {
+                format!(
+                    "ledger.database: {} cannot be opened for writing: {e}",
+                    path.display()
+                )
+            })?;
+            let schema = if version < SCHEMA_VERSION {
+                format!("schema v{version}, serve migrates it to v{SCHEMA_VERSION} on start")
+            } else {
+                format!("schema v{version}")
+            };
+            let mut warnings = Vec::new();
+            if mode & 0o077 != 0 {
+                warnings.push(format!(
+                    "ledger.database: {} has mode {mode:04o}: other users can read signed callbacks (chmod 600)",
+                    path.display()
+                ));
+            }
+            Ok((
+                format!(
+                    "{} ({schema}, {rows} rows, writable); {tail}",
+                    path.display()
+                ),
+                warnings,
+            ))
+        }
+        Err(e) => Err(format!("ledger.database: {e}")),
+    }
+}
+
+fn summary(path: &Path, loaded: &Loaded, ledger: &str, out: &mut dyn Write) -> io::Result<()> {
     let s = &loaded.settings;
     let none = || "(none)".to_owned();
     writeln!(out, "{}: configuration ok", path.display())?;
@@ -73,6 +149,7 @@ fn summary(path: &Path, loaded: &Loaded, out: &mut dyn Write) -> io::Result<()> 
         |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(none, |p| p.display().to_string());
     writeln!(out, "  keys_file       {}", show(&s.click.keys_file))?;
     writeln!(out, "  env_file        {}", show(&s.click.env_file))?;
+    writeln!(out, "  ledger          {ledger}")?;
     if let (Some(t), Some(trust)) = (&s.trust, &loaded.trust) {
         let fps = trust.fingerprints();
         let (signs, listed) = fps

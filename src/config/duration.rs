@@ -1,4 +1,5 @@
-//! Durations in config files: an integer with a unit, `250ms`, `10s`, `5m`, `1h`.
+//! Durations in config files: an integer with a unit, `250ms`, `10s`, `5m`, `1h`, `7d` (days:
+//! the ledger keeps rows for `90d`, and `payments --since 7d` reads as one would say it).
 //! A bare number is refused, so `timeout = 30` cannot be read as milliseconds by one person
 //! and seconds by another.
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
 
-/// A [`Duration`] read from `"<integer><ms|s|m|h>"`.
+/// A [`Duration`] read from `"<integer><ms|s|m|h|d>"`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Span(pub Duration);
 
@@ -23,7 +24,7 @@ impl Span {
     pub fn parse(text: &str) -> Result<Span, String> {
         let split = text
             .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m or h)"))?;
+            .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m, h or d)"))?;
         let (num, unit) = text.split_at(split);
         let n: u64 = num
             .parse()
@@ -33,7 +34,12 @@ impl Span {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m or h)")),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            _ => {
+                return Err(format!(
+                    "{text:?} has an unknown unit (use ms, s, m, h or d)"
+                ))
+            }
         };
         Ok(Span(d))
     }
@@ -73,7 +79,17 @@ mod tests {
         assert_eq!(Span::parse("10s"), Ok(Span::secs(10)));
         assert_eq!(Span::parse("2m"), Ok(Span::secs(120)));
         assert_eq!(Span::parse("1h"), Ok(Span::secs(3600)));
-        for bad in ["10", "s", "1.5s", "10 s", "-1s", "10sec", ""] {
+        assert_eq!(Span::parse("7d"), Ok(Span::secs(7 * 86_400)));
+        assert_eq!(Span::parse("90d"), Ok(Span::secs(7_776_000)));
+        assert_eq!(Span::parse("0d"), Ok(Span::secs(0)));
+        // Saturates instead of overflowing; config validation bounds what is accepted.
+        assert_eq!(
+            Span::parse("18446744073709551615d"),
+            Ok(Span::secs(u64::MAX))
+        );
+        for bad in [
+            "10", "s", "1.5s", "10 s", "-1s", "10sec", "", "1D", "d", "7days", "1w",
+        ] {
             assert!(Span::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Span::millis(1500).to_string(), "1500ms");

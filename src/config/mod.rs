@@ -46,6 +46,8 @@ pub struct Settings {
     /// Absent: no attestation (the backend trusts `X-Click-Signature-Verified` alone).
     #[serde(default)]
     pub trust: Option<TrustSettings>,
+    #[serde(default)]
+    pub ledger: LedgerSettings,
 }
 
 /// `[trust]`: the HMAC attestation of verified callbacks to the backend (see [`crate::trust`]).
@@ -56,6 +58,46 @@ pub struct TrustSettings {
     /// One secret per line, shared with the backend; the first signs. Relative paths are
     /// resolved against the directory of `gateway.toml`.
     pub secret_file: PathBuf,
+}
+
+/// The callback ledger (`[ledger]`): every request to a callback path, kept in an embedded
+/// SQLite database for `payments` and `recheck`. Not reloadable: the writer owns the file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// The SQLite file; relative paths are resolved against the directory of `gateway.toml`.
+    /// Absent: no ledger. `postgres://` and `postgresql://` are reserved for a shared store.
+    pub database: Option<PathBuf>,
+    /// How long rows are kept; older ones are pruned in small batches by the writer.
+    pub retention: Span,
+    /// Rows waiting for the writer at most; beyond, a row is dropped (and counted) rather than
+    /// delaying a callback.
+    pub queue: usize,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            database: None,
+            retention: Span::secs(90 * 86_400),
+            queue: 4096,
+        }
+    }
+}
+
+impl LedgerSettings {
+    /// Whether `database` names a PostgreSQL store (reserved for a later version).
+    pub fn is_postgres(&self) -> bool {
+        self.database.as_deref().is_some_and(is_postgres_url)
+    }
+}
+
+fn is_postgres_url(p: &Path) -> bool {
+    let text = p.to_string_lossy();
+    ["postgres://", "postgresql://"].iter().any(|scheme| {
+        text.get(..scheme.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+    })
 }
 
 /// The admin listener: `/live`, `/ready`, `/metrics`. Not reloadable.
@@ -520,7 +562,7 @@ fn env_overrides(env: &Environment) -> (Vec<EnvOverride>, Vec<Problem>) {
 }
 
 /// The sections of gateway.toml.
-const SECTIONS: [&str; 5] = ["server", "upstream", "click", "admin", "trust"];
+const SECTIONS: [&str; 6] = ["server", "upstream", "click", "admin", "trust", "ledger"];
 
 /// Settings and keys, validated together.
 #[derive(Debug, Clone)]
@@ -595,6 +637,11 @@ pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
             t.secret_file = base.join(&t.secret_file);
         }
     }
+    // A PostgreSQL URL is refused by `validate`, and must not become a path under the config
+    // directory on the way.
+    if !settings.ledger.is_postgres() {
+        resolve(&mut settings.ledger.database);
+    }
     let (keys, key_problems) = keys::load(
         settings.click.keys_file.as_deref(),
         settings.click.env_file.as_deref(),
@@ -658,7 +705,7 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
             problems.push(Problem::new(
                 origin,
                 Some(key.clone()),
-                "unknown section (expected server, upstream, click, admin, trust)".into(),
+                "unknown section (expected server, upstream, click, admin, trust, ledger)".into(),
             ));
         }
     }
@@ -686,6 +733,11 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     } else {
         Ok(None)
     };
+    let ledger = if section("ledger") {
+        figment.extract_inner("ledger").map_err(to_problems)
+    } else {
+        Ok(LedgerSettings::default())
+    };
     let upstream = if section("upstream") {
         figment
             .extract_inner::<UpstreamSettings>("upstream")
@@ -705,8 +757,9 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     let click = take(click, &mut problems);
     let admin = take(admin, &mut problems);
     let trust = take(trust, &mut problems);
-    match (server, upstream, click, admin, trust) {
-        (Some(server), Some(upstream), Some(click), Some(admin), Some(trust))
+    let ledger = take(ledger, &mut problems);
+    match (server, upstream, click, admin, trust, ledger) {
+        (Some(server), Some(upstream), Some(click), Some(admin), Some(trust), Some(ledger))
             if problems.is_empty() =>
         {
             Ok(Settings {
@@ -715,6 +768,7 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
                 click,
                 admin,
                 trust,
+                ledger,
             })
         }
         _ => Err(ConfigError { problems }),
@@ -738,6 +792,10 @@ fn figment_problem(e: figment::Error, config_origin: &str) -> Problem {
     let key = (!path.is_empty()).then(|| path.join("."));
     Problem::new(&origin, key, e.kind.to_string())
 }
+
+/// Rows the ledger's queue may hold at most: 1 Mi rows of up to 16 KiB is already more memory
+/// than a gateway should spend on waiting rows.
+const MAX_LEDGER_QUEUE: usize = 1 << 20;
 
 fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -840,6 +898,26 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
                 }
             }
         }
+    }
+    if s.ledger.is_postgres() {
+        bad(
+            "ledger.database",
+            "a PostgreSQL ledger is not supported yet (the URL form is reserved for a shared store): use a SQLite file path",
+        );
+    }
+    if s.ledger.database.as_deref() == Some(Path::new("")) {
+        bad(
+            "ledger.database",
+            "is empty: name a SQLite file, or remove the setting to run without a ledger",
+        );
+    }
+    if s.ledger.queue == 0 || s.ledger.queue > MAX_LEDGER_QUEUE {
+        bad("ledger.queue", "must be between 1 and 1048576");
+    }
+    if s.ledger.retention.0 < std::time::Duration::from_secs(3600)
+        || s.ledger.retention.0 > std::time::Duration::from_secs(3650 * 86_400)
+    {
+        bad("ledger.retention", "must be between 1h and 3650d");
     }
     if s.click.paths.is_empty() {
         bad("click.paths", "no callback path: nothing would be verified");
@@ -1081,6 +1159,63 @@ mod tests {
         .unwrap();
         let text = load(&cfg, &env(&[])).unwrap_err().to_string();
         assert!(text.contains("same service as"), "{text}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn ledger_section_resolves_its_file_and_refuses_postgres() {
+        let d = dir("ledger");
+        let cfg = d.join("gateway.toml");
+        let base = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n";
+        fs::write(&cfg, base).unwrap();
+        let s = load(&cfg, &env(&[])).unwrap().settings;
+        assert_eq!(s.ledger, LedgerSettings::default());
+        assert_eq!(s.ledger.retention, Span::secs(90 * 86_400));
+        fs::write(
+            &cfg,
+            format!("{base}[ledger]\ndatabase = \"ledger.db\"\nretention = \"7d\"\nqueue = 16\n"),
+        )
+        .unwrap();
+        let s = load(&cfg, &env(&[])).unwrap().settings;
+        assert_eq!(s.ledger.database, Some(d.join("ledger.db")));
+        assert_eq!(s.ledger.retention, Span::secs(7 * 86_400));
+        assert_eq!(s.ledger.queue, 16);
+        let s = load(
+            &cfg,
+            &env(&[("CLICK_GATEWAY_LEDGER__DATABASE", "/var/lib/cg/l.db")]),
+        )
+        .unwrap()
+        .settings;
+        assert_eq!(s.ledger.database, Some(PathBuf::from("/var/lib/cg/l.db")));
+        for url in ["postgres://u@db/ledger", "PostgreSQL://db/x"] {
+            fs::write(&cfg, format!("{base}[ledger]\ndatabase = \"{url}\"\n")).unwrap();
+            let text = load(&cfg, &env(&[])).unwrap_err().to_string();
+            assert!(
+                text.contains("ledger.database: a PostgreSQL ledger is not supported yet"),
+                "{text}"
+            );
+        }
+        fs::write(
+            &cfg,
+            format!(
+                "{base}[ledger]\ndatabase = \"l.db\"\nretention = \"10m\"\nqueue = 0\nsize = 1\n"
+            ),
+        )
+        .unwrap();
+        let text = load(&cfg, &env(&[])).unwrap_err().to_string();
+        assert!(text.contains("size"), "{text}");
+        fs::write(
+            &cfg,
+            format!("{base}[ledger]\ndatabase = \"l.db\"\nretention = \"10m\"\nqueue = 0\n"),
+        )
+        .unwrap();
+        let text = load(&cfg, &env(&[])).unwrap_err().to_string();
+        for want in [
+            "ledger.queue: must be between 1 and 1048576",
+            "ledger.retention: must be between 1h and 3650d",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod django;
+pub mod ledger;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

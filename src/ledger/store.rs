@@ -1,0 +1,204 @@
+//! Where the ledger's rows live, behind one interface: the writer's batches, the pruning and
+//! the queries of `payments` and `recheck` all go through [`Store`], so a shared PostgreSQL
+//! store (a later issue) joins as a second variant without touching its callers.
+//!
+//! The interface is blocking on purpose: it runs on the writer's own OS thread or in a command,
+//! never on the request path. A PostgreSQL variant keeps it by owning a current-thread runtime
+//! and blocking on `tokio-postgres` there.
+
+use std::path::{Path, PathBuf};
+
+use super::record::{ClickFields, Record};
+use super::sqlite::SqliteStore;
+use super::LedgerError;
+use crate::config::LedgerSettings;
+
+/// The schema version this build writes and reads (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Which store `ledger.database` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (already resolved against the config file's directory).
+    Sqlite(PathBuf),
+}
+
+impl Location {
+    /// The store of the `[ledger]` settings: `NotConfigured` without a `database`,
+    /// `Unsupported` for a PostgreSQL URL (refused by config validation already).
+    pub fn from_settings(settings: &LedgerSettings) -> Result<Location, LedgerError> {
+        let Some(path) = &settings.database else {
+            return Err(LedgerError::NotConfigured);
+        };
+        if settings.is_postgres() {
+            return Err(LedgerError::Unsupported);
+        }
+        Ok(Location::Sqlite(path.clone()))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Location::Sqlite(p) => p,
+        }
+    }
+}
+
+/// One statement of a writer's transaction. A batch of them commits or fails as a whole.
+#[derive(Debug)]
+pub enum Op<'a> {
+    /// Insert one callback row.
+    Insert(&'a Record, &'a ClickFields),
+    /// Delete at most `limit` rows older than `before_us` (Unix microseconds), oldest first.
+    Prune { before_us: i64, limit: u32 },
+}
+
+/// What an [`Op`] did, in the same order as the ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpResult {
+    Inserted { id: i64 },
+    Pruned { rows: u64 },
+}
+
+/// Which callbacks a timeline shows; every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub merchant_trans_id: Option<String>,
+    pub click_trans_id: Option<String>,
+    pub service_id: Option<String>,
+    /// Only callbacks at or after this time (Unix microseconds).
+    pub since_us: i64,
+}
+
+/// One stored callback, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: i64,
+    /// Unix microseconds, UTC.
+    pub time_us: i64,
+    pub request_id: String,
+    pub peer: String,
+    pub client: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    /// Empty unless the query asked for bodies ([`Store::refused_signatures`]).
+    pub body: Vec<u8>,
+    pub fields: ClickFields,
+    pub verdict: String,
+    pub reason: Option<String>,
+    pub hint: Option<String>,
+    pub detail: Option<String>,
+    pub slot: Option<i64>,
+    pub fp: Option<String>,
+    pub generation: i64,
+    pub mode: String,
+    pub backend_status: Option<i64>,
+    pub backend_error: Option<String>,
+    pub backend_error_note: Option<String>,
+    pub backend_prepare_id: Option<String>,
+    pub backend_confirm_id: Option<String>,
+    pub gateway_us: i64,
+    pub upstream_us: Option<i64>,
+    pub total_us: i64,
+}
+
+/// What `check` learns about a store without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    /// No database yet: the gateway creates it on start (its directory exists).
+    Absent,
+    Present {
+        /// The schema version found; below [`SCHEMA_VERSION`] the gateway migrates on start.
+        version: i64,
+        /// Rows held.
+        rows: i64,
+        /// Whether the file can be opened for writing (`Err` says why not).
+        writable: Result<(), String>,
+        /// Permission bits of the file.
+        mode: u32,
+    },
+}
+
+/// A ledger store. Only SQLite for now.
+#[derive(Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens for writing, creating the database (mode `0600`) and migrating its schema
+    /// forward; refuses a file that is not a ledger or has a newer schema.
+    pub fn open_writer(location: &Location) -> Result<Store, LedgerError> {
+        match location {
+            Location::Sqlite(path) => SqliteStore::open_writer(path).map(Store::Sqlite),
+        }
+    }
+
+    /// Opens read-only, for the commands; works while the gateway writes.
+    pub fn open_reader(location: &Location) -> Result<Store, LedgerError> {
+        match location {
+            Location::Sqlite(path) => SqliteStore::open_reader(path).map(Store::Sqlite),
+        }
+    }
+
+    /// Reports on the store for `check`, modifying nothing.
+    pub fn inspect(location: &Location) -> Result<Inspection, LedgerError> {
+        match location {
+            Location::Sqlite(path) => SqliteStore::inspect(path),
+        }
+    }
+
+    /// Runs `ops` in one transaction (group commit).
+    pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.apply(ops),
+        }
+    }
+
+    /// Whether the store the writer holds is no longer the one its location names (the file
+    /// deleted or replaced): rows committed to it would be lost.
+    pub fn replaced(&self) -> bool {
+        match self {
+            Store::Sqlite(s) => s.replaced(),
+        }
+    }
+
+    /// Closes a store whose location now names another file (see [`Store::replaced`]),
+    /// cleaning up what would otherwise be taken for the new file's own.
+    pub fn retire(self) {
+        match self {
+            Store::Sqlite(s) => s.retire(),
+        }
+    }
+
+    /// Callbacks matching `filter`, oldest first, without their bodies.
+    pub fn callbacks(&self, filter: &Filter) -> Result<Vec<Stored>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.callbacks(filter),
+        }
+    }
+
+    /// Callbacks refused for their signature (`unknown_service`, `key_mismatch`, rejected or
+    /// would-reject) since `since_us`, of one service or all, oldest first, with their bodies.
+    pub fn refused_signatures(
+        &self,
+        service_id: Option<&str>,
+        since_us: i64,
+    ) -> Result<Vec<Stored>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.refused_signatures(service_id, since_us),
+        }
+    }
+
+    /// The schema version of the open store.
+    pub fn schema_version(&self) -> Result<i64, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.schema_version(),
+        }
+    }
+
+    pub fn location(&self) -> Location {
+        match self {
+            Store::Sqlite(s) => Location::Sqlite(s.path().to_owned()),
+        }
+    }
+}
