@@ -10,8 +10,9 @@
 //! and time limits are not shadowed: an oversized or unfinished body cannot be forwarded.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{header, Method};
 
@@ -22,6 +23,7 @@ use crate::click::{
 use crate::clock;
 use crate::config::Mode;
 use crate::gateway::Peer;
+use crate::ledger::{self, Record, Timings};
 use crate::metrics::{CallbackLabels, Metrics, SlotLabels};
 use crate::runtime::Runtime;
 
@@ -108,10 +110,14 @@ impl<'a> Judgment<'a> {
 
     /// `verified`, `rejected` or `would_reject` (a failure in shadow mode).
     pub fn outcome(&self) -> &'static str {
+        self.verdict().as_str()
+    }
+
+    fn verdict(&self) -> ledger::Verdict {
         match (&self.failure, self.mode) {
-            (None, _) => "verified",
-            (Some(_), Mode::Enforce) => "rejected",
-            (Some(_), Mode::Shadow) => "would_reject",
+            (None, _) => ledger::Verdict::Verified,
+            (Some(_), Mode::Enforce) => ledger::Verdict::Rejected,
+            (Some(_), Mode::Shadow) => ledger::Verdict::WouldReject,
         }
     }
 
@@ -264,6 +270,29 @@ pub enum Upstream {
     Failed(&'static str, u16),
 }
 
+/// What the ledger keeps of a callback's head, taken when it arrives (only with a ledger).
+#[derive(Debug)]
+pub struct Arrival {
+    pub time: SystemTime,
+    /// As sent, query excluded.
+    pub path: String,
+    /// As judged (after hop-by-hop removal).
+    pub content_type: Option<String>,
+}
+
+impl Arrival {
+    pub fn of(parts: &Parts) -> Arrival {
+        Arrival {
+            time: SystemTime::now(),
+            path: parts.uri.path().to_owned(),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        }
+    }
+}
+
 /// Who sent the callback and which runtime judged it: the constant part of its log line.
 pub struct LogContext<'a> {
     pub peer: &'a Peer,
@@ -327,6 +356,71 @@ impl LogContext<'_> {
             "verified" => emit!(info, "callback verified and forwarded"),
             "rejected" => emit!(warn, "callback rejected"),
             _ => emit!(warn, "callback would be rejected (shadow mode): forwarded"),
+        }
+    }
+}
+
+impl LogContext<'_> {
+    /// The callback's ledger row: the facts of its log line, and the body as received. The
+    /// backend's answer is added by [`ledger::AnswerTap`] for a forwarded one.
+    pub fn record(
+        &self,
+        d: &Judgment<'_>,
+        arrival: Arrival,
+        body: Bytes,
+        timings: Timings,
+    ) -> Record {
+        let reason = d.failure.as_ref();
+        Record {
+            time: arrival.time,
+            request_id: self.request_id.to_owned(),
+            peer: self.peer.addr,
+            client: self.client,
+            path: arrival.path,
+            content_type: arrival.content_type,
+            body,
+            verdict: d.verdict(),
+            reason: reason.map(RejectReason::label),
+            hint: reason.map(RejectReason::hint).filter(|h| *h != "none"),
+            detail: reason.map(ToString::to_string),
+            verified: d.verified,
+            generation: self.runtime.generation,
+            mode: d.mode,
+            backend: None,
+            timings,
+        }
+    }
+
+    /// The ledger row of a callback refused for transport reasons before it was judged (its
+    /// body stopped arriving, no memory for it): `label` and `why` say which.
+    pub fn refused(
+        &self,
+        arrival: Arrival,
+        label: &'static str,
+        why: String,
+        total: Duration,
+    ) -> Record {
+        Record {
+            time: arrival.time,
+            request_id: self.request_id.to_owned(),
+            peer: self.peer.addr,
+            client: self.client,
+            path: arrival.path,
+            content_type: arrival.content_type,
+            body: Bytes::new(),
+            verdict: ledger::Verdict::Refused,
+            reason: Some(label),
+            hint: None,
+            detail: Some(why),
+            verified: None,
+            generation: self.runtime.generation,
+            mode: self.runtime.mode,
+            backend: None,
+            timings: Timings {
+                gateway: total,
+                upstream: None,
+                total,
+            },
         }
     }
 }

@@ -23,11 +23,12 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 
 use crate::answer::{self, Refusal};
-use crate::checkpoint::{self, Decision, Judgment, LogContext, Upstream as Answered};
+use crate::checkpoint::{self, Arrival, Decision, Judgment, LogContext, Upstream as Answered};
 use crate::click::{ClickError, Echo, RejectReason, MAX_CALLBACK_BODY};
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
 use crate::lane::{Budgets, ConnectionShare, Lane, Reservation};
+use crate::ledger::{AnswerTap, Backend, Ledger, LedgerError, Timings};
 use crate::metrics::Metrics;
 use crate::proxy::body::{read_bounded, BodyError};
 use crate::proxy::{headers, Forwarder, ProxyBody, Scheme, Upstream};
@@ -49,6 +50,8 @@ pub struct Gateway {
     /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
     pub metrics: Arc<Metrics>,
+    /// The callback ledger (`[ledger] database`), when configured.
+    pub ledger: Option<Ledger>,
     /// False until listeners serve, and again once draining starts (`/ready`). Shared by the
     /// per-worker copies of the gateway.
     pub ready: Arc<AtomicBool>,
@@ -95,8 +98,10 @@ impl Client {
 }
 
 impl Gateway {
-    /// Builds the gateway for a freshly loaded configuration (generation 1).
-    pub fn new(loaded: &Loaded) -> Gateway {
+    /// Builds the gateway for a freshly loaded configuration (generation 1), opening its
+    /// ledger when one is configured (a ledger that cannot be opened keeps it from starting:
+    /// `check` reports the same cases).
+    pub fn new(loaded: &Loaded) -> Result<Gateway, LedgerError> {
         let srv = &loaded.settings.server;
         let metrics = Arc::new(Metrics::new());
         metrics.generation.set(1);
@@ -107,7 +112,11 @@ impl Gateway {
             &loaded.settings.upstream,
             metrics.upstream_open_connections.clone(),
         );
-        Gateway {
+        let ledger = match loaded.settings.ledger.database {
+            Some(_) => Some(Ledger::open(&loaded.settings.ledger, metrics.clone())?),
+            None => None,
+        };
+        Ok(Gateway {
             runtime: Runtime::new(loaded, 1, &metrics).shared(),
             forwarder: Forwarder::new(upstream, metrics.clone()),
             body_read_timeout: srv.body_read_timeout.0,
@@ -115,8 +124,9 @@ impl Gateway {
             budgets: Budgets::new(srv),
             trusted_proxies: srv.trusted_proxies.clone(),
             metrics,
+            ledger,
             ready: Arc::new(AtomicBool::new(false)),
-        }
+        })
     }
 
     /// The copy a worker thread serves with: the same keys, metrics and limits, its own
@@ -131,6 +141,7 @@ impl Gateway {
             budgets: self.budgets.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             metrics: self.metrics.clone(),
+            ledger: self.ledger.clone(),
             ready: self.ready.clone(),
         }
     }
@@ -225,7 +236,8 @@ impl Gateway {
         }
     }
 
-    /// A request to a callback path: judged by the checkpoint, then answered or forwarded.
+    /// A request to a callback path: judged by the checkpoint, then answered or forwarded,
+    /// and kept in the ledger (when there is one) whatever happened to it.
     async fn callback(
         &self,
         client: &Client,
@@ -235,11 +247,12 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let runtime = log.runtime;
+        let arrival = self.ledger.as_ref().map(|_| Arrival::of(&parts));
         let declared = content_length(&parts.headers);
         let head = checkpoint::precheck(&parts, declared);
         // Limits are never shadowed: what was not read cannot be forwarded.
         if let Err(RejectReason::BodyTooLarge) = head {
-            return self.refuse_too_large(log);
+            return self.refuse_too_large(log, arrival);
         }
         // No more than a callback can be, so a request refused for another reason (a GET
         // declaring gigabytes) holds little of the callbacks' memory while its body is read.
@@ -258,9 +271,19 @@ impl Gateway {
             .await
         {
             Ok(read) => read,
-            Err(BodyError::TooLarge(_)) => return self.refuse_too_large(log),
+            Err(BodyError::TooLarge(_)) => return self.refuse_too_large(log, arrival),
             // Transport failures are not Click errors: Click sees no answer and retries.
-            Err(e) => return self.refuse_body(log.peer, &parts, e),
+            Err(e) => {
+                if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
+                    ledger.record(log.refused(
+                        arrival,
+                        e.label(),
+                        e.to_string(),
+                        started.elapsed(),
+                    ));
+                }
+                return self.refuse_body(log.peer, &parts, e);
+            }
         };
 
         let parsed = checkpoint::parse(head, &body);
@@ -270,6 +293,14 @@ impl Gateway {
         let vouch = match judgment.decision() {
             Decision::Answer(error) => {
                 log.line(&judgment, None, gateway_time);
+                if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
+                    let timings = Timings {
+                        gateway: gateway_time,
+                        upstream: None,
+                        total: gateway_time,
+                    };
+                    ledger.record(log.record(&judgment, arrival, body.clone(), timings));
+                }
                 return answer::click_error(error, &judgment.echo);
             }
             Decision::Forward { vouch } => vouch,
@@ -287,16 +318,49 @@ impl Gateway {
             .forwarder
             .send(log.peer.addr, parts, body.clone(), Lane::Callback)
             .await;
+        let total = started.elapsed();
+        let (upstream, status, took) = match &sent {
+            Ok(f) => {
+                let status = f.response.status().as_u16();
+                (Answered::Answered(status, f.took), status, Some(f.took))
+            }
+            Err(e) => (
+                Answered::Failed(e.label(), e.status().as_u16()),
+                e.status().as_u16(),
+                None,
+            ),
+        };
+        log.line(&judgment, Some(upstream), total);
+        let record = match (&self.ledger, arrival) {
+            (Some(ledger), Some(arrival)) => {
+                let timings = Timings {
+                    gateway: gateway_time,
+                    upstream: took,
+                    total,
+                };
+                Some((
+                    ledger,
+                    log.record(&judgment, arrival, body.clone(), timings),
+                ))
+            }
+            _ => None,
+        };
         match sent {
-            Ok(forwarded) => {
-                let status = forwarded.response.status().as_u16();
-                let upstream = Answered::Answered(status, forwarded.took);
-                log.line(&judgment, Some(upstream), started.elapsed());
+            Ok(mut forwarded) => {
+                // The row is kept once the backend's answer has streamed to the client.
+                if let Some((ledger, record)) = record {
+                    forwarded.observe(AnswerTap::new(ledger.clone(), record, status));
+                }
                 forwarded.response
             }
             Err(e) => {
-                let upstream = Answered::Failed(e.label(), e.status().as_u16());
-                log.line(&judgment, Some(upstream), started.elapsed());
+                if let Some((ledger, mut record)) = record {
+                    record.backend = Some(Backend {
+                        status,
+                        answer: None,
+                    });
+                    ledger.record(record);
+                }
                 answer::refusal(&Refusal::Upstream(e))
             }
         }
@@ -337,10 +401,17 @@ impl Gateway {
     }
 
     /// A callback too large to read: `-8`, and the connection closed (its body was not read).
-    fn refuse_too_large(&self, log: &LogContext<'_>) -> Response<ProxyBody> {
+    fn refuse_too_large(
+        &self,
+        log: &LogContext<'_>,
+        arrival: Option<Arrival>,
+    ) -> Response<ProxyBody> {
         let judgment = Judgment::too_large();
         judgment.count(&self.metrics, log.runtime, Duration::ZERO);
         log.line(&judgment, None, Duration::ZERO);
+        if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
+            ledger.record(log.record(&judgment, arrival, Bytes::new(), Timings::default()));
+        }
         answer::click_error_closing(ClickError::BadRequest, &Echo::default())
     }
 }

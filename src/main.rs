@@ -419,6 +419,9 @@ fn log_panics() {
     }));
 }
 
+/// How long a stop waits for the ledger to commit what is queued.
+const LEDGER_CLOSE: Duration = Duration::from_secs(5);
+
 fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
     init_logging(log_level, log_format)?;
     log_panics();
@@ -477,7 +480,8 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
             tracing::info!("certificate: {}", tls.describe());
             certificates = Some(resolver);
         }
-        let gateway = Arc::new(Gateway::new(&loaded));
+        let gateway = Arc::new(Gateway::new(&loaded).map_err(|e| e.to_string())?);
+        let ledger = gateway.ledger.clone();
         let reloader = Arc::new(Reloader::new(
             path,
             gateway.runtime.clone(),
@@ -526,6 +530,15 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
             shutdown,
         )
         .await;
+        // The last callbacks' rows: committed now, or counted lost (`shutdown`) if the disk
+        // does not take them in time.
+        if let Some(ledger) = ledger {
+            if !ledger.close(LEDGER_CLOSE).await {
+                tracing::warn!(
+                    "ledger: rows still queued after {LEDGER_CLOSE:?} were counted lost"
+                );
+            }
+        }
         let _ = admin_stop.send(());
         if let Some(admin) = admin {
             let _ = admin.await;

@@ -15,6 +15,7 @@
 mod record;
 pub mod sqlite;
 pub mod store;
+pub mod tap;
 pub mod time;
 pub mod writer;
 
@@ -33,6 +34,7 @@ pub use record::{
     MAX_BACKEND_ANSWER,
 };
 pub use store::{Filter, Inspection, Location, Store, Stored, SCHEMA_VERSION};
+pub use tap::AnswerTap;
 
 use crate::config::LedgerSettings;
 use crate::metrics::Metrics;

@@ -15,7 +15,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Full};
 
-use super::stall::StallGuard;
+use super::stall::{BodyObserver, StallGuard};
 use super::{headers, ProxyBody, ProxyError, Upstream};
 use crate::lane::Lane;
 use crate::metrics::Metrics;
@@ -32,6 +32,15 @@ pub struct Forwarded {
     pub response: Response<ProxyBody>,
     /// From sending the request to the response headers.
     pub took: Duration,
+}
+
+impl Forwarded {
+    /// Has `observer` see the response body as it streams to the client, and its end.
+    pub fn observe(&mut self, observer: Box<dyn BodyObserver>) {
+        if let Either::Left(body) = self.response.body_mut() {
+            body.observe(observer);
+        }
+    }
 }
 
 impl Forwarder {

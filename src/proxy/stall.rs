@@ -17,6 +17,15 @@ use prometheus_client::metrics::counter::Counter;
 use super::pool::Lease;
 use tokio::time::{Instant, Sleep};
 
+/// Watches a backend response body go by without changing it (the ledger reads the backend's
+/// Click answer this way, as the bytes stream to the client).
+pub trait BodyObserver: Send {
+    /// A data frame, as it is handed on.
+    fn data(&mut self, chunk: &[u8]);
+    /// The body ended: `complete` when it was read to its end, not when it was cut or dropped.
+    fn finish(self: Box<Self>, complete: bool);
+}
+
 /// The backend's response body with a deadline between frames.
 ///
 /// The timer is armed only when the body actually waits (`Pending`): most responses of a
@@ -33,6 +42,7 @@ pub struct StallGuard {
     lease: Option<Lease>,
     /// Counts bodies cut for stalling.
     stalled: Counter,
+    observer: Option<Box<dyn BodyObserver>>,
 }
 
 impl StallGuard {
@@ -44,6 +54,18 @@ impl StallGuard {
             deadline: None,
             lease: Some(lease),
             stalled,
+            observer: None,
+        }
+    }
+
+    /// Has `observer` see the body's frames and its end.
+    pub fn observe(&mut self, observer: Box<dyn BodyObserver>) {
+        self.observer = Some(observer);
+    }
+
+    fn finish_observer(&mut self, complete: bool) {
+        if let Some(observer) = self.observer.take() {
+            observer.finish(complete);
         }
     }
 
@@ -57,9 +79,11 @@ impl StallGuard {
 impl Drop for StallGuard {
     fn drop(&mut self) {
         // A body nobody read (HEAD, 204, 304) is complete too.
-        if self.inner.is_end_stream() {
+        let complete = self.inner.is_end_stream();
+        if complete {
             self.release();
         }
+        self.finish_observer(complete);
     }
 }
 
@@ -79,10 +103,24 @@ impl Body for StallGuard {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.last_progress = Instant::now();
+            if let (Some(observer), Some(Ok(frame))) = (this.observer.as_mut(), &frame) {
+                if let Some(data) = frame.data_ref() {
+                    observer.data(data);
+                }
+            }
             match &frame {
-                None => this.release(),
-                Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
-                Some(Err(_)) => drop(this.lease.take()),
+                None => {
+                    this.release();
+                    this.finish_observer(true);
+                }
+                Some(Ok(_)) if this.inner.is_end_stream() => {
+                    this.release();
+                    this.finish_observer(true);
+                }
+                Some(Err(_)) => {
+                    drop(this.lease.take());
+                    this.finish_observer(false);
+                }
                 Some(Ok(_)) => {}
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
@@ -97,6 +135,7 @@ impl Body for StallGuard {
                 Poll::Ready(()) if Instant::now() >= last_progress + timeout => {
                     tracing::warn!("{}", Stalled(timeout));
                     this.stalled.inc();
+                    this.finish_observer(false);
                     return Poll::Ready(Some(Err(Box::new(Stalled(timeout)))));
                 }
                 // Progress was made since the timer was armed: wait the rest from there.

@@ -443,7 +443,7 @@ impl TestGateway {
             );
             listeners.push(server::Listener::tls(tcp, tls));
         }
-        let gateway = Arc::new(Gateway::new(&loaded));
+        let gateway = Arc::new(Gateway::new(&loaded).expect("the ledger opens"));
         let admin = server::bind(loaded.settings.admin.listen).await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
         // Serves until the test's runtime ends, so /ready can be read during a drain.

@@ -1,0 +1,494 @@
+//! The ledger end to end, with the real binary, real signals, real SQLite files and the Django
+//! app under real gunicorn: the case that started the project (no key for service 82154, every
+//! payment refused) from refusal to `recheck` to the fix to the whole timeline in `payments`;
+//! and what must never cost a callback (a `kill -9` under load, a deleted or unusable
+//! database file, commands reading while the gateway writes).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use click_gateway::click::sign::{CallbackBody, SignedFields};
+use click_gateway::click::Secret;
+use common::binary::GatewayProcess;
+use common::django::{django_saw, Bind, Gunicorn};
+use common::*;
+
+const KEY_82154: &str = "sekrit-82154-from-click-support";
+const TRUST: &str = "gateway-backend-secret-0123456789abcdef";
+const SYNC: &[&str] = &["--worker-class", "sync", "--workers", "2"];
+
+fn signed(service: &str, key: &str, action: &str, trans_id: u64, order: &str) -> String {
+    let id = trans_id.to_string();
+    CallbackBody {
+        signed: SignedFields {
+            click_trans_id: &id,
+            service_id: service,
+            merchant_trans_id: order,
+            merchant_prepare_id: (action == "1").then_some("5001"),
+            amount: "15000.00",
+            action,
+            sign_time: "2024-05-01 12:30:45",
+        },
+        click_paydoc_id: "1",
+        error: "0",
+        error_note: "Success",
+    }
+    .encode(&Secret::new(key))
+}
+
+/// Runs a subcommand of the real binary with `stdin`; returns (exit code, stdout, stderr).
+fn run(args: &[&str], config: &Path, stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_click-gateway"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Waits until the gateway has committed at least `rows` ledger rows.
+async fn committed(admin: std::net::SocketAddr, rows: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let m = scrape(admin).await;
+        if m.get("click_gateway_ledger_rows_written_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= rows
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {rows} rows committed: {m:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_for_a_missing_key_rechecked_fixed_and_shown_as_a_timeline() {
+    let backend = tempfile::tempdir().unwrap();
+    let secrets = backend.path().join("trust.secrets");
+    std::fs::write(&secrets, format!("{TRUST}\n")).unwrap();
+    let django = Gunicorn::keyless(Bind::Tcp, SYNC, &secrets).await;
+    let config = ConfigDir::with_url(
+        &django.upstream_url(),
+        KEYS_TOML,
+        "",
+        "",
+        "\n[trust]\nsecret_file = \"trust.secrets\"\n[ledger]\ndatabase = \"ledger.db\"\n",
+    );
+    std::fs::write(
+        config.dir.path().join("trust.secrets"),
+        format!("{TRUST}\n"),
+    )
+    .unwrap();
+    let mut gw = GatewayProcess::start(&config).await;
+    let admin = gw.admin_addr.unwrap();
+    let cfg = config.path();
+
+    // This morning: every payment of 82154 is refused, and recorded.
+    let orders = ["order-81", "order-82", "order-83"];
+    for (i, order) in orders.iter().enumerate() {
+        let body = signed("82154", KEY_82154, "0", 9001 + i as u64, order);
+        let answer = callback(gw.addr, "/click/prepare/", &body).await.json();
+        assert_eq!(answer["error"], -1, "{answer}");
+    }
+    committed(admin, 3.0).await;
+    assert!(django_saw(&django).is_empty());
+
+    // Click support sends a key. A wrong one verifies none of them...
+    let (code, out, err) = run(
+        &["recheck", "--service-id", "82154", "--secret-file", "-"],
+        &cfg,
+        "not-the-key\n",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("0 of 3 refused callbacks of service 82154 since"),
+        "{out}"
+    );
+    // ...the right one verifies every one, and names the orders.
+    let fp = Secret::new(KEY_82154).fingerprint().to_string();
+    let (code, out, err) = run(
+        &["recheck", "--service-id", "82154", "--secret-file", "-"],
+        &cfg,
+        &format!("{KEY_82154}\n"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("3 of 3 refused callbacks of service 82154 since"))
+        .unwrap_or_else(|| panic!("no summary in {out}"));
+    assert!(
+        summary.ends_with(&format!(
+            "verify with fp {fp}; orders: order-81, order-82, order-83"
+        )),
+        "{summary}"
+    );
+    let (_, out, _) = run(
+        &[
+            "recheck",
+            "--service-id",
+            "82154",
+            "--secret-file",
+            "-",
+            "--format",
+            "json",
+        ],
+        &cfg,
+        &format!("{KEY_82154}\n"),
+    );
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), 3, "{out}");
+    for row in &rows {
+        assert_eq!(row["would_verify"], true, "{row}");
+        assert_eq!(row["fp"], fp.as_str());
+    }
+    assert!(!out.contains(KEY_82154) && !gw.log_text().contains(KEY_82154));
+
+    // The key goes into the gateway's keys file; SIGHUP; Click's next tries go through.
+    write_atomic(
+        &config.dir.path().join("keys.toml"),
+        &format!("{KEYS_TOML}[services.82154]\nsecret_keys = [\"{KEY_82154}\"]\n"),
+    );
+    gw.signal(libc::SIGHUP);
+    gw.wait_log(|l| l.contains("reload ok") && l.contains("service 82154 added"))
+        .await;
+    let prepare = signed("82154", KEY_82154, "0", 9002, "order-82");
+    assert_eq!(
+        callback(gw.addr, "/click/prepare/", &prepare).await.json()["error"],
+        0
+    );
+    let complete = signed("82154", KEY_82154, "1", 9002, "order-82");
+    assert_eq!(
+        callback(gw.addr, "/click/complete/", &complete)
+            .await
+            .json()["error"],
+        0
+    );
+    committed(admin, 5.0).await;
+
+    // What happened to order 82, oldest first, with the backend's answers.
+    let (code, out, err) = run(
+        &[
+            "payments",
+            "--merchant-trans-id",
+            "order-82",
+            "--format",
+            "json",
+        ],
+        &cfg,
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let timeline = json_lines(&out);
+    assert_eq!(timeline.len(), 3, "{out}");
+    let pick = |row: &serde_json::Value, keys: &[&str]| -> Vec<serde_json::Value> {
+        keys.iter().map(|k| row[*k].clone()).collect()
+    };
+    let keys = [
+        "action",
+        "service_id",
+        "click_trans_id",
+        "amount",
+        "verdict",
+        "reason",
+        "generation",
+        "backend_status",
+        "backend_error",
+    ];
+    use serde_json::json;
+    assert_eq!(
+        pick(&timeline[0], &keys),
+        [
+            json!("prepare"),
+            json!("82154"),
+            json!("9002"),
+            json!("15000.00"),
+            json!("rejected"),
+            json!("unknown_service"),
+            json!(1),
+            json!(null),
+            json!(null)
+        ]
+    );
+    assert_eq!(
+        pick(&timeline[1], &keys),
+        [
+            json!("prepare"),
+            json!("82154"),
+            json!("9002"),
+            json!("15000.00"),
+            json!("verified"),
+            json!(null),
+            json!(2),
+            json!(200),
+            json!("0")
+        ]
+    );
+    assert_eq!(timeline[1]["merchant_prepare_id"], "5001");
+    assert_eq!(timeline[1]["fp"], fp.as_str());
+    assert_eq!(timeline[2]["action"], "complete");
+    assert_eq!(timeline[2]["verdict"], "verified");
+    assert_eq!(timeline[2]["merchant_confirm_id"], "7001");
+    for row in &timeline {
+        assert!(row["time"].as_str().unwrap().ends_with('Z'), "{row}");
+    }
+    // The same at a glance.
+    let (_, text, _) = run(&["payments", "--merchant-trans-id", "order-82"], &cfg, "");
+    let rows = text.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_digit()));
+    assert_eq!(rows.count(), 3, "{text}");
+    assert!(text.contains("unknown_service"), "{text}");
+    let rows_before_restart = timeline.len();
+
+    // A restart keeps every record.
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit().await, Some(0));
+    let gw = GatewayProcess::start(&config).await;
+    let (_, out, _) = run(
+        &[
+            "payments",
+            "--merchant-trans-id",
+            "order-82",
+            "--format",
+            "json",
+        ],
+        &cfg,
+        "",
+    );
+    assert_eq!(json_lines(&out).len(), rows_before_restart);
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_leaves_a_database_holding_every_committed_callback() {
+    let mut up = TestUpstream::start().await;
+    let config = ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        "[ledger]\ndatabase = \"ledger.db\"\n",
+    );
+    let mut gw = GatewayProcess::start(&config).await;
+    let admin = gw.admin_addr.unwrap();
+    let addr = gw.addr;
+    // 200 callbacks answered and committed...
+    let mut answered = Vec::new();
+    for i in 0..200u64 {
+        let resp = callback(
+            addr,
+            "/click/prepare/",
+            &signed_prepare(i + 1, "o-1", "1000.00"),
+        )
+        .await;
+        assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+        answered.push(resp.header("x-request-id").unwrap().to_owned());
+    }
+    committed(admin, 200.0).await;
+    // ...then more load, and SIGKILL in the middle of it.
+    let load = tokio::spawn(async move {
+        let mut conn = h1_connect(addr).await;
+        for i in 0..100_000u64 {
+            if conn.ready().await.is_err() {
+                return;
+            }
+            let req = callback_request(
+                "/click/prepare/",
+                &signed_prepare(10_000 + i, "o-2", "1000.00"),
+            );
+            if conn.send_request(req).await.is_err() {
+                return;
+            }
+        }
+    });
+    committed(admin, 300.0).await;
+    gw.signal(libc::SIGKILL);
+    gw.wait_exit().await;
+    load.await.unwrap();
+    while up.try_next().is_some() {}
+
+    let db = rusqlite::Connection::open(config.dir.path().join("ledger.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut stmt = db.prepare("SELECT request_id FROM callbacks").unwrap();
+    let stored: std::collections::HashSet<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(stored.len() >= 300, "{} rows", stored.len());
+    for id in &answered {
+        assert!(stored.contains(id), "committed callback {id} is missing");
+    }
+    // And the gateway opens it again.
+    let gw = GatewayProcess::start(&config).await;
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_or_unusable_database_never_fails_a_callback_and_is_counted() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start_with(ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        "[ledger]\ndatabase = \"ledger.db\"\n",
+    ))
+    .await;
+    let ledger = gw.gateway.ledger.clone().unwrap();
+    let db = ledger.location().path().to_owned();
+    let mut n = 0u64;
+    let mut pay = || {
+        n += 1;
+        signed_prepare(n, "o-1", "1000.00")
+    };
+    let resp = callback(gw.addr, "/click/prepare/", &pay()).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    ledger.flush().await.unwrap();
+
+    // Deleted, with its -wal and -shm, under the running gateway.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let resp = callback(gw.addr, "/click/prepare/", &pay()).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    ledger.flush().await.unwrap();
+    assert!(db.exists(), "the deleted ledger was not recreated");
+    let m = &gw.gateway.metrics;
+    assert!(m.ledger_reopens.get() >= 1);
+
+    // A directory where the database should be: nothing can be written, every callback is
+    // still served, the loss is counted.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::create_dir(&db).unwrap();
+    for _ in 0..5 {
+        let resp = callback(gw.addr, "/click/prepare/", &pay()).await;
+        assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    }
+    assert!(
+        ledger.flush().await.is_err(),
+        "a write into a directory succeeded"
+    );
+    let dropped = scrape(gw.admin_addr).await;
+    let lost = dropped
+        .get("click_gateway_ledger_dropped_total{reason=\"write_failed\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(lost >= 5.0, "{dropped:?}");
+
+    // The directory goes: writing resumes by itself.
+    std::fs::remove_dir(&db).unwrap();
+    let resp = callback(gw.addr, "/click/prepare/", &pay()).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    let resumed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if ledger.flush().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(resumed.is_ok(), "writing never resumed");
+    let rows: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM callbacks", [], |r| r.get(0))
+        .unwrap();
+    assert!(rows >= 1);
+    while up.try_next().is_some() {}
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payments_and_recheck_run_while_the_gateway_writes() {
+    let mut up = TestUpstream::start().await;
+    let config = ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        "[ledger]\ndatabase = \"ledger.db\"\n",
+    );
+    let gw = GatewayProcess::start(&config).await;
+    let admin = gw.admin_addr.unwrap();
+    let addr = gw.addr;
+    let load = tokio::spawn(async move {
+        let mut conn = h1_connect(addr).await;
+        for i in 0..600u64 {
+            // Half of them refused (service 999 has no key), half verified.
+            let body = if i % 2 == 0 {
+                signed_prepare(i + 1, "o-load", "1000.00")
+            } else {
+                prepare_signed_with("k", "999", i + 1)
+            };
+            let v = send_callback(&mut conn, &body).await;
+            assert_eq!(
+                v,
+                if i % 2 == 0 {
+                    Verdict::Forwarded
+                } else {
+                    Verdict::SignRejected
+                }
+            );
+        }
+    });
+    let cfg = config.path();
+    let mut runs = 0;
+    while !load.is_finished() {
+        let (code, _, err) = run(
+            &["payments", "--service-id", "12345", "--format", "json"],
+            &cfg,
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        let (code, out, err) = run(
+            &["recheck", "--service-id", "999", "--format", "json"],
+            &cfg,
+            "",
+        );
+        assert!(code == 0 || code == 1, "{out}{err}");
+        runs += 1;
+    }
+    load.await.unwrap();
+    assert!(runs > 0);
+    committed(admin, 600.0).await;
+    let (_, out, _) = run(
+        &["payments", "--service-id", "12345", "--format", "json"],
+        &cfg,
+        "",
+    );
+    assert_eq!(json_lines(&out).len(), 300);
+    while up.try_next().is_some() {}
+}
