@@ -206,16 +206,16 @@ $(proxy_headers)
 EOF
 }
 
-# proc_ticks pid: CPU time (user + system, in clock ticks) of the process with all its threads,
+# proc_ticks pid: CPU time in clock ticks, user then system, of the process with all its threads
 # and of its children (an nginx master's workers): /proc/<pid>/stat fields 14 and 15.
 proc_ticks() {
-    local total=0 pid stat kids=()
+    local user=0 system=0 pid stat kids=()
     { read -r -a kids < "/proc/$1/task/$1/children"; } 2>/dev/null || true
     for pid in "$1" "${kids[@]}"; do
         stat=$(< "/proc/$pid/stat") || continue
         # After the command name (which may hold spaces): field 3 onwards.
         read -r -a f <<< "${stat##*) }"
-        total=$(( total + f[11] + f[12] ))
+        user=$(( user + f[11] )); system=$(( system + f[12] ))
     done
-    echo "$total"
+    echo "$user $system"
 }

@@ -200,15 +200,19 @@ measure() {
         *) echo "unknown scenario $scenario" >&2; exit 1 ;;
     esac
     rm -f "$work/h2.log"
-    local t0 u0 t1 u1 out
-    t0=$(proc_ticks "${ROOT[$target]}"); u0=$(proc_ticks "${ROOT[direct]}")
+    local user0 sys0 up0 upsys0 user1 sys1 up1 upsys1 out
+    read -r user0 sys0 <<< "$(proc_ticks "${ROOT[$target]}")"
+    read -r up0 upsys0 <<< "$(proc_ticks "${ROOT[direct]}")"
     out=$("${cmd[@]}" 2>&1)
-    t1=$(proc_ticks "${ROOT[$target]}"); u1=$(proc_ticks "${ROOT[direct]}")
-    OUT=$out python3 - "$tool" "$scenario" "$target" "$round" $((t1 - t0)) $((u1 - u0)) "$TICK" \
-        "$POOL" "$work/h2.log" >> "$results" <<'EOF'
+    read -r user1 sys1 <<< "$(proc_ticks "${ROOT[$target]}")"
+    read -r up1 upsys1 <<< "$(proc_ticks "${ROOT[direct]}")"
+    OUT=$out python3 - "$tool" "$scenario" "$target" "$round" \
+        $(( user1 + sys1 - user0 - sys0 )) $(( sys1 - sys0 )) $(( up1 + upsys1 - up0 - upsys0 )) \
+        "$TICK" "$POOL" "$work/h2.log" >> "$results" <<'EOF'
 import os, re, sys
 tool, scenario, target, rnd = sys.argv[1:5]
-ticks, up_ticks, tick, pool, h2log = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
+ticks, sys_ticks, up_ticks = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+tick, pool, h2log = int(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
 out = os.environ["OUT"]
 def need(pattern):
     m = re.search(pattern, out)
@@ -253,7 +257,8 @@ else:
     note.append(" ".join(tls + ([m[1]] if m else []) + [need(r"Application protocol: (\S+)")[1]]))
 us = lambda t: t * 1e6 / tick / n if n else 0.0
 print("\t".join([scenario, target, rnd, str(n), "%.0f" % rps, "%.3f" % p50, "%.3f" % p99,
-                 "%.1f" % us(ticks), "%.1f" % us(up_ticks), str(bad), "; ".join(note)]))
+                 "%.1f" % us(ticks), "%.1f" % us(sys_ticks), "%.1f" % us(up_ticks), str(bad),
+                 "; ".join(note)]))
 EOF
 }
 
@@ -274,7 +279,7 @@ for round in $(seq 1 "$ROUNDS"); do
         shift_by=$(( (round - 1) % ${#ts[@]} ))
         for target in "${ts[@]:$shift_by}" "${ts[@]:0:$shift_by}"; do
             measure "$scenario" "$target" "$round"
-            tail -n1 "$results" | cut -f1-10 | tr '\t' ' ' | sed 's/^/  /'
+            tail -n1 "$results" | cut -f1-11 | tr '\t' ' ' | sed 's/^/  /'
         done
     done
 done
@@ -316,59 +321,61 @@ python3 - "$results" "$memory" "$IDLE_CONNS" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 med = statistics.median
+fmt = "%-15s %-10s %5s %9s %9s %8s %8s %8s %8s %8s %5s  %s"
 print()
-print("%-15s %-10s %5s %9s %9s %8s %8s %9s %8s %6s  %s" % (
-    "scenario", "target", "round", "requests", "req/s", "p50 ms", "p99 ms", "CPU us", "up us",
-    "bad", "note"))
-for s, t, r, n, rps, p50, p99, cpu, up, bad, note in rows:
-    print("%-15s %-10s %5s %9s %9s %8s %8s %9s %8s %6s  %s" % (s, t, r, n, rps, p50, p99, cpu, up,
-                                                               bad, note))
-if any(int(r[9]) for r in rows):
+print(fmt % ("scenario", "target", "round", "requests", "req/s", "p50 ms", "p99 ms", "CPU us",
+             "kernel", "up us", "bad", "note"))
+for row in rows:
+    print(fmt % tuple(row))
+if any(int(r[10]) for r in rows):
     print("\nWARNING: some runs had failed or non-2xx answers (column bad): see above")
 
-scenarios = list(dict.fromkeys(r[0] for r in rows))
-data = {}  # scenario -> target -> round -> (cpu, rps, p50, p99, up)
-for s, t, r, n, rps, p50, p99, cpu, up, *_ in rows:
-    data.setdefault(s, {}).setdefault(t, {})[r] = tuple(map(float, (cpu, rps, p50, p99, up)))
+# scenario -> target -> round -> (CPU, req/s, p50, p99, kernel CPU, upstream CPU)
+CPU, RPS, P50, P99, KERNEL, UP = range(6)
+data = {}
+for s, t, r, n, rps, p50, p99, cpu, kernel, up, *_ in rows:
+    data.setdefault(s, {}).setdefault(t, {})[r] = tuple(map(float, (cpu, rps, p50, p99, kernel, up)))
 gateways = [t for t in dict.fromkeys(r[1] for r in rows) if t.startswith("gw-")]
+peers = ("nginx-lua", "nginx")
 unit = lambda s: "conn" if s == "fresh-tls" else "req"
 
 def ratios(s, a, b, i):
+    """a / b of figure i, round by round (rounds where both ran)."""
     da, db = data[s].get(a, {}), data[s].get(b, {})
     return [da[r][i] / db[r][i] for r in sorted(da, key=int) if r in db and db[r][i]]
 
-table = []
-for s in scenarios:
-    print("\n%s: medians over %d rounds" % (s, len({r for t in data[s].values() for r in t})))
-    print("  %-10s %12s %9s %8s %8s %13s" % ("target", "CPU us/" + unit(s), "req/s", "p50 ms",
-                                             "p99 ms", "upstream us"))
-    for t, by in data[s].items():
-        m = [med(v[i] for v in by.values()) for i in range(5)]
-        print("  %-10s %12.1f %9.0f %8.2f %8.2f %13.1f" % (t, m[0], m[1], m[2], m[3], m[4]))
-        table.append((s, t, m))
+medians = {}
+for s, by_target in data.items():
+    print("\n%s: medians over %d rounds" % (s, len({r for t in by_target.values() for r in t})))
+    print("  %-10s %12s %7s %9s %8s %8s %12s" % ("target", "CPU us/" + unit(s), "kernel",
+                                                 "req/s", "p50 ms", "p99 ms", "upstream us"))
+    for t, by in by_target.items():
+        m = medians[s, t] = [med(v[i] for v in by.values()) for i in range(6)]
+        print("  %-10s %12.1f %6.0f%% %9.0f %8.2f %8.2f %12.1f" % (
+            t, m[CPU], 100 * m[KERNEL] / m[CPU] if m[CPU] else 0, m[RPS], m[P50], m[P99], m[UP]))
     for g in gateways:
-        for peer in ("nginx-lua", "nginx"):
-            cpu = ratios(s, g, peer, 0)
-            if not cpu:
-                continue
-            print("  %s / %-9s CPU per %s %s  median %.2f;  req/s median %.2f;  p99 median %.2f" % (
-                g, peer, unit(s), " ".join("%.2f" % x for x in cpu), med(cpu),
-                med(ratios(s, g, peer, 1)), med(ratios(s, g, peer, 3))))
+        for peer in peers:
+            cpu = ratios(s, g, peer, CPU)
+            if cpu:
+                print("  %s / %-9s CPU per %s %s  median %.2f;  req/s median %.2f;  p99 median %.2f"
+                      % (g, peer, unit(s), " ".join("%.2f" % x for x in cpu), med(cpu),
+                         med(ratios(s, g, peer, RPS)), med(ratios(s, g, peer, P99))))
 
-print("\nMarkdown (medians; ratios are medians of per-round ratios):\n")
-print("| scenario | target | CPU µs per request | req/s | p50 ms | p99 ms | " +
-      " | ".join("%s CPU / %s" % ("gateway", p) for p in ("nginx+Lua", "nginx")) + " |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-names = {"direct": "direct (upstream)", "nginx": "plain nginx", "nginx-lua": "nginx+Lua"}
-for s, t, m in table:
-    cells = ["", ""]
+print("\nMarkdown (medians over the rounds; ratios: medians of the per-round ratios):\n")
+print("| scenario | target | CPU µs | of which kernel | req/s | p50 ms | p99 ms "
+      "| CPU vs nginx+Lua | CPU vs plain nginx | req/s vs nginx+Lua | p99 vs nginx+Lua |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+names = {"direct": "upstream alone", "nginx": "plain nginx", "nginx-lua": "nginx+Lua"}
+for (s, t), m in medians.items():
+    cells = [""] * 4
     if t in gateways:
-        for k, peer in enumerate(("nginx-lua", "nginx")):
-            rs = ratios(s, t, peer, 0)
-            cells[k] = "**%.2f**" % med(rs) if rs else ""
-    per = " per connection" if s == "fresh-tls" else ""
-    print("| %s%s | %s | %.1f | %.0f | %.2f | %.2f | %s | %s |" % (
-        s, per, names.get(t, "gateway " + t[3:]), m[0], m[1], m[2], m[3], cells[0], cells[1]))
+        for k, (peer, i) in enumerate([("nginx-lua", CPU), ("nginx", CPU), ("nginx-lua", RPS),
+                                        ("nginx-lua", P99)]):
+            rs = ratios(s, t, peer, i)
+            cells[k] = ("**%.2f**" if k < 2 else "%.2f") % med(rs) if rs else ""
+    print("| %s | %s | %.1f | %.1f | %.0f | %.2f | %.2f | %s |" % (
+        s + (" (per connection)" if s == "fresh-tls" else ""), names.get(t, "gateway " + t[3:]),
+        m[CPU], m[KERNEL], m[RPS], m[P50], m[P99], " | ".join(cells)))
 
 print()
 n = int(sys.argv[3])
