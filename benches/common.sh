@@ -90,13 +90,20 @@ $(nginx_http_common "$dir")
 EOF
 }
 
+# Idle upstream connections kept per worker, by both nginx peers (keepalive) and the gateway
+# (upstream.pool_max_idle): more than any scenario has requests in flight (wrk 64, h2load
+# 16 x 8 = 128), even if every connection lands on one worker. With fewer, a worker that took
+# most of the connections closes and reopens upstream connections on every burst (nginx did,
+# for one HTTP/2 request in five), and the figures measure how accepts fell, not the proxy.
+UPSTREAM_KEEPALIVE=256
+
 # The upstream pool and the forwarding headers both nginx peers use (the gateway's: Host kept,
 # X-Forwarded-For and -Proto replaced).
 proxy_upstream() {
     cat <<EOF
     upstream backend {
         server 127.0.0.1:$1;
-        keepalive 64;
+        keepalive $UPSTREAM_KEEPALIVE;
     }
 EOF
 }

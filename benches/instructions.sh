@@ -42,7 +42,7 @@ cat > "$work/gateway.toml" <<EOF
 listen = "127.0.0.1:$PROXY"
 [upstream]
 url = "http://127.0.0.1:$UP"
-pool_max_idle = 64
+pool_max_idle = $UPSTREAM_KEEPALIVE
 [click]
 keys_file = "keys.toml"
 [admin]

@@ -115,7 +115,7 @@ tls_cert = "cert.pem"
 tls_key = "key.pem"
 [upstream]
 url = "http://127.0.0.1:$UP"
-pool_max_idle = 64
+pool_max_idle = $UPSTREAM_KEEPALIVE
 [click]
 keys_file = "keys.toml"
 EOF
