@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# User-space instructions per signed Prepare callback, counted by callgrind, for click-gateway
-# and for nginx doing the same reverse-proxy job in front of the same upstream. Instruction
-# counts do not move with the noise of a shared VM the way requests/s do, so this is the figure
-# to compare changes by. Each proxy runs twice under callgrind, for N1 and N2 requests; the
+# User-space instructions per signed Prepare callback, counted by callgrind, for click-gateway,
+# for nginx doing the same reverse-proxy job in front of the same upstream (verifying nothing),
+# and for nginx with libnginx-mod-http-lua doing the gateway's job (benches/click_verify.lua).
+# Instruction counts do not move with the noise of a shared VM the way requests/s do, so this
+# is the figure to compare changes by. Each proxy runs twice under callgrind, for N1 and N2 requests; the
 # difference divided by N2 - N1 is the cost of one request, start-up and shutdown cancelled.
 #
 #   benches/instructions.sh              # N1=500 N2=2500 by default; under a minute
 #   KEEP=/tmp/cg benches/instructions.sh # keep the callgrind files, for callgrind_annotate
 #
-# Installs what it needs (valgrind, nginx-light, nghttp2-client for h2load), builds the release
-# binary, and stops every process it started, by pid, on exit.
+# Installs what it needs (valgrind, nginx, libnginx-mod-http-lua, nghttp2-client for h2load),
+# builds the release binary, and stops every process it started, by pid, on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,8 @@ N1=${N1:-500}
 N2=${N2:-2500}
 
 . benches/common.sh
-install_missing valgrind:valgrind nginx:nginx-light h2load:nghttp2-client curl:curl python3:python3
+install_missing valgrind:valgrind nginx:nginx h2load:nghttp2-client curl:curl python3:python3 \
+    /usr/share/nginx/modules/ngx_http_lua_module.so:libnginx-mod-http-lua
 cargo build --release --quiet
 GATEWAY=$PWD/target/release/click-gateway
 before_cleanup() {
@@ -32,12 +34,15 @@ proxy_conf "$work/proxy" "$UP" "master_process off;
 worker_processes 1;" "        listen 127.0.0.1:$PROXY;"
 KEY="bench-secret-$$"
 printf '[services.12345]\nsecret_keys = ["%s"]\n' "$KEY" > "$work/keys.toml"
+lua_keys_file "$work/keys.lua" 12345 "$KEY"
+lua_proxy_conf "$work/nginx-lua" "$UP" "master_process off;
+worker_processes 1;" "        listen 127.0.0.1:$PROXY;" "$work/keys.lua"
 cat > "$work/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$PROXY"
 [upstream]
 url = "http://127.0.0.1:$UP"
-pool_max_idle = 64
+pool_max_idle = $UPSTREAM_KEEPALIVE
 [click]
 keys_file = "keys.toml"
 [admin]
@@ -93,7 +98,10 @@ per_request gateway "$GATEWAY" serve --config "$work/gateway.toml" --log-level w
 gw=$PER_REQUEST
 per_request nginx "$NGINX" -c "$work/proxy/nginx.conf"
 ngx=$PER_REQUEST
+per_request nginx-lua "$NGINX" -c "$work/nginx-lua/nginx.conf"
+lua=$PER_REQUEST
 echo "user-space instructions per signed Prepare callback ($N1 vs $N2 requests, h2load --h1 -c 4):"
-echo "  nginx reverse proxy:  $ngx"
+echo "  nginx reverse proxy:  $ngx (verifies nothing)"
+echo "  nginx + Lua:          $lua (verifies each, benches/click_verify.lua)"
 echo "  click-gateway:        $gw (verifies each)"
-python3 -c "print('  gateway / nginx:      %.2f' % ($gw / $ngx))"
+python3 -c "print('  gateway / nginx+Lua:  %.2f' % ($gw / $lua)); print('  gateway / nginx:      %.2f' % ($gw / $ngx))"
