@@ -23,6 +23,9 @@ pub enum Refusal {
     Body(#[from] BodyError),
     #[error("{0}")]
     Upstream(#[from] ProxyError),
+    /// The replay guard's store did not answer and `guard.on_store_error = "refuse"`.
+    #[error("the replay guard's store is unavailable")]
+    GuardUnavailable,
 }
 
 impl Refusal {
@@ -30,7 +33,9 @@ impl Refusal {
         match self {
             Refusal::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Body(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
-            Refusal::Body(BodyError::Busy(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Body(BodyError::Busy(_)) | Refusal::GuardUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::Body(BodyError::Aborted(_)) => StatusCode::BAD_REQUEST,
             Refusal::Upstream(e) => e.status(),
         }
@@ -101,7 +106,8 @@ mod tests {
 
     #[test]
     fn transport_refusals_are_plain_statuses_and_close_after_unread_bodies() {
-        let cases: [(Refusal, u16, bool); 5] = [
+        let cases: [(Refusal, u16, bool); 6] = [
+            (Refusal::GuardUnavailable, 503, false),
             (BodyError::TooLarge(1).into(), 413, true),
             (BodyError::Timeout(Duration::ZERO).into(), 408, true),
             (BodyError::Busy(Duration::ZERO).into(), 503, true),

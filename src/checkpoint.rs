@@ -99,6 +99,21 @@ impl<'a> Judgment<'a> {
         j
     }
 
+    /// A replay guard rule found the callback wrong. Shadow wins, as for `sign_time`: the
+    /// service's mode and the rule's must both enforce to refuse. A failure already found in
+    /// shadow mode is replaced only by one that is enforced.
+    pub fn guard_failed(&mut self, reason: RejectReason, mode: Mode) {
+        let mode = if self.mode == Mode::Enforce {
+            mode
+        } else {
+            Mode::Shadow
+        };
+        if self.failure.is_none() || mode == Mode::Enforce {
+            self.failure = Some(reason);
+            self.mode = mode;
+        }
+    }
+
     pub fn decision(&self) -> Decision {
         match (&self.failure, self.mode) {
             (Some(reason), Mode::Enforce) => Decision::Answer(reason.click_error()),

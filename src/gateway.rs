@@ -27,6 +27,7 @@ use crate::checkpoint::{self, Arrival, Decision, Judgment, LogContext, Upstream 
 use crate::click::{ClickError, Echo, RejectReason, MAX_CALLBACK_BODY};
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::Loaded;
+use crate::guard::{self, Ruling};
 use crate::lane::{Budgets, ConnectionShare, Lane, Reservation};
 use crate::ledger::{AnswerTap, Backend, Ledger, LedgerError, Timings};
 use crate::metrics::Metrics;
@@ -287,7 +288,37 @@ impl Gateway {
         };
 
         let parsed = checkpoint::parse(head, &body);
-        let judgment = checkpoint::judge(runtime, &parsed);
+        let mut judgment = checkpoint::judge(runtime, &parsed);
+        // One signature, one message: a verified callback on its way to the backend is bound
+        // to its fields first (committed before it is forwarded).
+        let ruling = match (&self.ledger, &runtime.guard, &parsed, &judgment.callback) {
+            (Some(ledger), Some(rules), Ok(form), Some(cb))
+                if matches!(judgment.decision(), Decision::Forward { vouch: Some(_) }) =>
+            {
+                Some(guard::check(rules, ledger, &self.metrics, form, cb, log.request_id).await)
+            }
+            _ => None,
+        };
+        match ruling {
+            None | Some(Ruling::Pass) => {}
+            Some(Ruling::Fails(reason, mode)) => judgment.guard_failed(reason, mode),
+            Some(Ruling::Unguarded(why)) => {
+                tracing::warn!(request_id = log.request_id, "replay guard unavailable ({why}): forwarded unguarded (guard.on_store_error = \"allow\")");
+            }
+            Some(Ruling::Unavailable(why)) => {
+                self.metrics.refuse("guard_unavailable");
+                tracing::warn!(request_id = log.request_id, peer = %log.peer.addr, "replay guard unavailable ({why}): callback refused with 503, Click retries (guard.on_store_error = \"refuse\")");
+                if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
+                    ledger.record(log.refused(
+                        arrival,
+                        "guard_unavailable",
+                        why,
+                        started.elapsed(),
+                    ));
+                }
+                return answer::refusal(&Refusal::GuardUnavailable);
+            }
+        }
         let gateway_time = started.elapsed();
         judgment.count(&self.metrics, runtime, gateway_time);
         let vouch = match judgment.decision() {

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod gateway;
+pub mod guard;
 pub mod lane;
 pub mod ledger;
 pub mod metrics;

@@ -207,6 +207,15 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    /// `signature` (rule 1) or `transaction` (rule 2).
+    pub rule: &'static str,
+    /// Rule 1: `first`, `retry`, `replayed_with_changes`, `store_error`; rule 2: `first`,
+    /// `consistent`, `contradicts`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -235,6 +244,8 @@ pub struct Metrics {
     pub upstream_open_connections: Gauge,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    /// The replay guard's checks by rule and outcome.
+    pub guard_checks: Family<GuardLabels, Counter>,
     pub generation: Gauge,
     pub last_reload_success: Gauge<f64, AtomicU64>,
     /// Callback ledger rows committed to the database.
@@ -279,6 +290,7 @@ impl Metrics {
             upstream_open_connections: Gauge::default(),
             tls_handshake_failures: Family::default(),
             reloads: Family::default(),
+            guard_checks: Family::default(),
             generation: Gauge::default(),
             last_reload_success: Gauge::default(),
             ledger_rows_written: Counter::default(),
@@ -351,6 +363,11 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed (timeout, error)",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "guard_checks",
+            "Replay guard checks of verified callbacks by rule (signature: one signature one message; transaction: Completes that contradict) and outcome",
+            m.guard_checks.clone(),
         );
         registry.register(
             "reloads",

@@ -39,6 +39,8 @@ pub struct Runtime {
     pub service_labels: ServiceLabels,
     /// The attestation secrets (`[trust]`), when configured.
     pub trust: Option<Trust>,
+    /// The replay guard's rules (`[guard]`), when any is on (they need a ledger).
+    pub guard: Option<crate::guard::Rules>,
 }
 
 /// The handle shared by every connection.
@@ -63,6 +65,10 @@ impl Runtime {
             sign_time_offset: click.sign_time_zone.0,
             service_labels: ServiceLabels::new(&loaded.keys, metrics),
             trust: loaded.trust.clone(),
+            guard: crate::guard::Rules::new(
+                &loaded.settings.guard,
+                loaded.settings.ledger.database.is_some(),
+            ),
         }
     }
 
@@ -150,6 +156,7 @@ mod tests {
             sign_time_offset: 0,
             service_labels: ServiceLabels::default(),
             trust: None,
+            guard: None,
         }
     }
 

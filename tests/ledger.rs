@@ -1187,7 +1187,7 @@ async fn check_reports_the_ledger_without_changing_it() {
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!(
-            "  ledger          {} (not created yet: serve creates it, schema v1); retention 90d, queue 4096\n",
+            "  ledger          {} (not created yet: serve creates it, schema v2); retention 90d, queue 4096\n",
             d.db().display()
         )),
         "{out}"
@@ -1202,7 +1202,7 @@ async fn check_reports_the_ledger_without_changing_it() {
     assert!(ok);
     assert!(
         out.contains(&format!(
-            "  ledger          {} (schema v1, 1 rows, writable); retention 90d, queue 4096\n",
+            "  ledger          {} (schema v2, 1 rows, writable); retention 90d, queue 4096\n",
             d.db().display()
         )),
         "{out}"

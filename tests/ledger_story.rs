@@ -262,7 +262,9 @@ async fn refused_for_a_missing_key_rechecked_fixed_and_shown_as_a_timeline() {
     }
     // The same at a glance.
     let (_, text, _) = run(&["payments", "--merchant-trans-id", "order-82"], &cfg, "");
-    let rows = text.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_digit()));
+    let rows = text
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()));
     assert_eq!(rows.count(), 3, "{text}");
     assert!(text.contains("unknown_service"), "{text}");
     let rows_before_restart = timeline.len();
@@ -357,12 +359,14 @@ async fn kill_9_under_load_leaves_a_database_holding_every_committed_callback() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_or_unusable_database_never_fails_a_callback_and_is_counted() {
     let mut up = TestUpstream::start().await;
+    // The ledger alone: with the replay guard on (its default), a store that cannot be
+    // written is `guard.on_store_error`'s business (tests/guard.rs).
     let gw = TestGateway::start_with(ConfigDir::with_click(
         up.addr,
         KEYS_TOML,
         "",
         "",
-        "[ledger]\ndatabase = \"ledger.db\"\n",
+        "[ledger]\ndatabase = \"ledger.db\"\n[guard]\nmode = \"off\"\ntransaction_mode = \"off\"\n",
     ))
     .await;
     let ledger = gw.gateway.ledger.clone().unwrap();

@@ -175,6 +175,26 @@ async fn hundreds_of_reloads_under_load_lose_nothing() {
         seen.extend(c.await.expect("a client saw an error, a reset or a 5xx"));
     }
     assert_eq!(seen.len() as u64, sent.load(Ordering::Relaxed));
+    // The last lines may still be in the pipe from the process: wait for every callback's.
+    let ids_logged = |log: &str| -> std::collections::HashSet<String> {
+        log.lines()
+            .filter_map(|l| {
+                Some(
+                    l.split("request_id=\"")
+                        .nth(1)?
+                        .split('"')
+                        .next()?
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    let logged = ids_logged(&s.gw.log_text());
+    for (id, _, _) in &seen {
+        if !logged.contains(id) {
+            s.gw.wait_logged(&format!("request_id=\"{id}\"")).await;
+        }
+    }
     let log = s.gw.log_text();
     assert!(!log.contains("reload failed"), "{log}");
     // Every verdict is the one the keys of the generation that judged it give: the log line

@@ -50,6 +50,22 @@ impl<'a> Parsed<'a> {
         Form::parse(kind, body).map(Parsed::Form)
     }
 
+    /// Every field of the body, decoded, `(name, value)` sorted by name: what the replay guard
+    /// binds a signature to. The fast path holds every field too (it takes only bodies whose
+    /// every name it knows).
+    pub fn fields(&self) -> Vec<(&str, &str)> {
+        let mut all: Vec<(&str, &str)> = match self {
+            Parsed::Slotted(slots) => callback::FIELD_NAMES
+                .iter()
+                .enumerate()
+                .filter_map(|(k, name)| slots.get(k).map(|(value, _)| (*name, value)))
+                .collect(),
+            Parsed::Form(form) => form.fields.iter().map(|f| (&*f.name, &*f.value)).collect(),
+        };
+        all.sort_unstable();
+        all
+    }
+
     /// Checks fields, then the signature against `keys`; the same verdict whichever way the
     /// body was parsed.
     pub fn judge(&'a self, keys: &KeySet) -> Verdict<'a> {

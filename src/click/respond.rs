@@ -70,15 +70,24 @@ pub enum RejectReason {
     },
     /// `sign_time` is not `YYYY-MM-DD HH:mm:ss` (only checked when `max_sign_age` is set).
     BadSignTime,
+    /// The guard's rule 1: a verified signature seen before with other fields (named).
+    ReplayedWithChanges(Vec<String>),
+    /// The guard's rule 2: a Complete whose `error` contradicts the transaction's first
+    /// forwarded Complete.
+    CompleteContradictsEarlier {
+        earlier: String,
+        now: String,
+    },
 }
 
 impl RejectReason {
     pub fn click_error(&self) -> ClickError {
         match self {
             RejectReason::UnknownAction => ClickError::ActionNotFound,
-            RejectReason::Signature(_) | RejectReason::StaleSignTime { .. } => {
-                ClickError::SignCheckFailed
-            }
+            // The signature does not authenticate this message.
+            RejectReason::Signature(_)
+            | RejectReason::StaleSignTime { .. }
+            | RejectReason::ReplayedWithChanges(_) => ClickError::SignCheckFailed,
             _ => ClickError::BadRequest,
         }
     }
@@ -101,6 +110,8 @@ impl RejectReason {
             RejectReason::Signature(d) => d.label(),
             RejectReason::StaleSignTime { .. } => "stale_sign_time",
             RejectReason::BadSignTime => "bad_sign_time",
+            RejectReason::ReplayedWithChanges(_) => "replayed_with_changes",
+            RejectReason::CompleteContradictsEarlier { .. } => "complete_contradicts_earlier",
         }
     }
 
@@ -159,6 +170,19 @@ impl fmt::Display for RejectReason {
                 }
             ),
             RejectReason::BadSignTime => f.write_str("sign_time is not YYYY-MM-DD HH:mm:ss"),
+            RejectReason::ReplayedWithChanges(fields) => write!(
+                f,
+                "this signature was seen before with other fields: {} differ (the signature does not cover them, or they were re-split)",
+                if fields.is_empty() {
+                    "none named".to_owned()
+                } else {
+                    fields.join(", ")
+                }
+            ),
+            RejectReason::CompleteContradictsEarlier { earlier, now } => write!(
+                f,
+                "this Complete says error {now}, the transaction's first forwarded Complete said {earlier}"
+            ),
         }
     }
 }

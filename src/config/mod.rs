@@ -48,6 +48,53 @@ pub struct Settings {
     pub trust: Option<TrustSettings>,
     #[serde(default)]
     pub ledger: LedgerSettings,
+    #[serde(default)]
+    pub guard: GuardSettings,
+}
+
+/// `[guard]`: one signature, one message (see [`crate::guard`]). Reloadable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardSettings {
+    /// Rule 1, a signature bound to the first message it came with. Absent: `enforce` when a
+    /// ledger is configured (the guard keeps its bindings there), `off` otherwise.
+    pub mode: Option<GuardMode>,
+    /// Rule 2, a Complete contradicting an earlier forwarded one. Absent: `shadow` with a
+    /// ledger, `off` without.
+    pub transaction_mode: Option<GuardMode>,
+    /// When the store cannot be reached: `refuse` callbacks with a plain 503 (Click retries
+    /// later), or `allow` them unguarded.
+    pub on_store_error: StoreErrorPolicy,
+    /// How long a callback waits for the guard's store before `on_store_error` applies.
+    pub timeout: Span,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings {
+            mode: None,
+            transaction_mode: None,
+            on_store_error: StoreErrorPolicy::Refuse,
+            timeout: Span::secs(2),
+        }
+    }
+}
+
+/// What a guard rule does with a callback it finds wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    Enforce,
+    Shadow,
+    Off,
+}
+
+/// `guard.on_store_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreErrorPolicy {
+    Refuse,
+    Allow,
 }
 
 /// `[trust]`: the HMAC attestation of verified callbacks to the backend (see [`crate::trust`]).
@@ -562,7 +609,9 @@ fn env_overrides(env: &Environment) -> (Vec<EnvOverride>, Vec<Problem>) {
 }
 
 /// The sections of gateway.toml.
-const SECTIONS: [&str; 6] = ["server", "upstream", "click", "admin", "trust", "ledger"];
+const SECTIONS: [&str; 7] = [
+    "server", "upstream", "click", "admin", "trust", "ledger", "guard",
+];
 
 /// Settings and keys, validated together.
 #[derive(Debug, Clone)]
@@ -705,7 +754,8 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
             problems.push(Problem::new(
                 origin,
                 Some(key.clone()),
-                "unknown section (expected server, upstream, click, admin, trust, ledger)".into(),
+                "unknown section (expected server, upstream, click, admin, trust, ledger, guard)"
+                    .into(),
             ));
         }
     }
@@ -738,6 +788,11 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     } else {
         Ok(LedgerSettings::default())
     };
+    let guard = if section("guard") {
+        figment.extract_inner("guard").map_err(to_problems)
+    } else {
+        Ok(GuardSettings::default())
+    };
     let upstream = if section("upstream") {
         figment
             .extract_inner::<UpstreamSettings>("upstream")
@@ -758,19 +813,25 @@ fn extract(figment: &Figment, origin: &str) -> Result<Settings, ConfigError> {
     let admin = take(admin, &mut problems);
     let trust = take(trust, &mut problems);
     let ledger = take(ledger, &mut problems);
-    match (server, upstream, click, admin, trust, ledger) {
-        (Some(server), Some(upstream), Some(click), Some(admin), Some(trust), Some(ledger))
-            if problems.is_empty() =>
-        {
-            Ok(Settings {
-                server,
-                upstream,
-                click,
-                admin,
-                trust,
-                ledger,
-            })
-        }
+    let guard = take(guard, &mut problems);
+    match (server, upstream, click, admin, trust, ledger, guard) {
+        (
+            Some(server),
+            Some(upstream),
+            Some(click),
+            Some(admin),
+            Some(trust),
+            Some(ledger),
+            Some(guard),
+        ) if problems.is_empty() => Ok(Settings {
+            server,
+            upstream,
+            click,
+            admin,
+            trust,
+            ledger,
+            guard,
+        }),
         _ => Err(ConfigError { problems }),
     }
 }
@@ -918,6 +979,22 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
         || s.ledger.retention.0 > std::time::Duration::from_secs(3650 * 86_400)
     {
         bad("ledger.retention", "must be between 1h and 3650d");
+    }
+    if s.ledger.database.is_none() {
+        for (key, mode) in [
+            ("guard.mode", s.guard.mode),
+            ("guard.transaction_mode", s.guard.transaction_mode),
+        ] {
+            if matches!(mode, Some(GuardMode::Enforce | GuardMode::Shadow)) {
+                bad(
+                    key,
+                    "the guard keeps its bindings in the ledger: set [ledger] database, or mode = \"off\"",
+                );
+            }
+        }
+    }
+    if s.guard.timeout.0.is_zero() || s.guard.timeout.0 > std::time::Duration::from_secs(60) {
+        bad("guard.timeout", "must be between 1ms and 60s");
     }
     if s.click.paths.is_empty() {
         bad("click.paths", "no callback path: nothing would be verified");

@@ -12,6 +12,7 @@
 //!
 //! Never a key: rows name the key that verified them by slot and fingerprint.
 
+pub mod binding;
 mod record;
 pub mod sqlite;
 pub mod store;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
+pub use binding::{BindOutcome, Binding, CompleteClaim, Seen};
 pub use record::{
     micros, unix_micros, Backend, BackendAnswer, ClickFields, Record, Timings, Verdict,
     MAX_BACKEND_ANSWER,
@@ -95,10 +97,13 @@ pub enum Job {
     /// Delete a batch of rows older than the retention now (it also runs by itself every
     /// minute).
     Prune,
+    /// The replay guard's one statement: bind a verified callback's signature to its fields,
+    /// or compare (see [`binding`]). Never counted as a ledger row.
+    Bind(Box<Binding>),
 }
 
 /// What a committed job did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
     /// The row's id (`callbacks.id`).
     Recorded { id: i64 },
@@ -106,6 +111,8 @@ pub enum Done {
     Pruned { rows: u64 },
     /// A [`Ledger::flush`]: everything queued before it is committed or counted lost.
     Flushed,
+    /// What the store found for a [`Job::Bind`], committed.
+    Bound(BindOutcome),
 }
 
 /// The answer to a submitted job: resolves after its transaction committed, or with the error

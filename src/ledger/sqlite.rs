@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+use super::binding::{differing, BindOutcome, Binding, Seen};
 use super::record::{micros, unix_micros, ClickFields};
 use super::store::{Filter, Inspection, Op, OpResult, Stored, SCHEMA_VERSION};
 use super::LedgerError;
@@ -75,7 +76,46 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX callbacks_click_trans_id ON callbacks (click_trans_id, service_id);
     CREATE INDEX callbacks_service_time ON callbacks (service_id, time);
     CREATE INDEX callbacks_time ON callbacks (time);",
+    // v2: the replay guard. One row per verified signature, bound to the fields it first came
+    // with; one per transaction whose Complete was forwarded, with that Complete's `error`.
+    // Ids are decimal text, as in `callbacks` (a u64 does not fit SQLite's INTEGER).
+    "CREATE TABLE bindings (
+        service_id  TEXT NOT NULL,
+        sign        TEXT NOT NULL,
+        digest      BLOB NOT NULL,
+        fields      TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        token       TEXT NOT NULL,
+        time        INTEGER NOT NULL,
+        PRIMARY KEY (service_id, sign)
+    ) WITHOUT ROWID;
+    CREATE INDEX bindings_time ON bindings (time);
+    CREATE TABLE completes (
+        service_id      TEXT NOT NULL,
+        click_trans_id  TEXT NOT NULL,
+        error           TEXT NOT NULL,
+        request_id      TEXT NOT NULL,
+        token           TEXT NOT NULL,
+        time            INTEGER NOT NULL,
+        PRIMARY KEY (service_id, click_trans_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX completes_time ON completes (time);",
 ];
+
+/// Rule 1 in one statement: the first message of a signature is bound; a later one gets the
+/// first one's row back (the no-op update makes RETURNING see it), to compare.
+const BIND: &str =
+    "INSERT INTO bindings (service_id, sign, digest, fields, request_id, token, time)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    ON CONFLICT (service_id, sign) DO UPDATE SET service_id = excluded.service_id
+    RETURNING digest, fields, token";
+
+/// Rule 2: the first forwarded Complete of a transaction stays; a later one gets its `error`.
+const COMPLETE: &str =
+    "INSERT INTO completes (service_id, click_trans_id, error, request_id, token, time)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    ON CONFLICT (service_id, click_trans_id) DO UPDATE SET service_id = excluded.service_id
+    RETURNING error, token";
 
 const INSERT: &str = "INSERT INTO callbacks (
     time, request_id, peer, client, path, content_type, body,
@@ -92,6 +132,59 @@ const INSERT: &str = "INSERT INTO callbacks (
     ?26, ?27, ?28, ?29, ?30,
     ?31, ?32, ?33
 )";
+
+/// Runs the guard's statements for one binding (see [`BIND`] and [`COMPLETE`]).
+fn bind(tx: &rusqlite::Transaction<'_>, b: &Binding) -> rusqlite::Result<BindOutcome> {
+    let (digest, fields, token): (Vec<u8>, String, String) = tx.prepare_cached(BIND)?.query_row(
+        params![
+            b.service_id,
+            b.sign,
+            &b.digest[..],
+            b.fields,
+            b.request_id,
+            b.token,
+            b.time_us
+        ],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let signature = if token == b.token {
+        Seen::First
+    } else if digest == b.digest {
+        Seen::Same
+    } else {
+        Seen::Changed(differing(&fields, &b.fields))
+    };
+    let mut earlier_complete_error = None;
+    if let Some(c) = &b.complete {
+        if b.enforce_signature && matches!(signature, Seen::Changed(_)) {
+            earlier_complete_error = tx
+                .prepare_cached(
+                    "SELECT error FROM completes WHERE service_id = ?1 AND click_trans_id = ?2",
+                )?
+                .query_row(params![b.service_id, c.click_trans_id], |r| r.get(0))
+                .optional()?;
+        } else {
+            let (error, token): (String, String) = tx.prepare_cached(COMPLETE)?.query_row(
+                params![
+                    b.service_id,
+                    c.click_trans_id,
+                    c.error,
+                    b.request_id,
+                    b.token,
+                    b.time_us
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if token != b.token {
+                earlier_complete_error = Some(error);
+            }
+        }
+    }
+    Ok(BindOutcome {
+        signature,
+        earlier_complete_error,
+    })
+}
 
 /// The columns a query reads, `body` last (replaced by an empty blob when not wanted).
 const COLUMNS: &str = "id, time, request_id, peer, client, path, content_type,
@@ -445,8 +538,21 @@ impl SqliteStore {
                         )
                         .and_then(|mut s| s.execute(params![before_us, limit]))
                         .map_err(err)?;
+                    // The guard's rows age out with the ledger's (their own count is not
+                    // reported: the metric counts callbacks).
+                    for sql in [
+                        "DELETE FROM bindings WHERE (service_id, sign) IN
+                         (SELECT service_id, sign FROM bindings WHERE time < ?1 ORDER BY time LIMIT ?2)",
+                        "DELETE FROM completes WHERE (service_id, click_trans_id) IN
+                         (SELECT service_id, click_trans_id FROM completes WHERE time < ?1 ORDER BY time LIMIT ?2)",
+                    ] {
+                        tx.prepare_cached(sql)
+                            .and_then(|mut s| s.execute(params![before_us, limit]))
+                            .map_err(err)?;
+                    }
                     OpResult::Pruned { rows: rows as u64 }
                 }
+                Op::Bind(b) => OpResult::Bound(bind(&tx, b).map_err(err)?),
             });
         }
         tx.commit().map_err(err)?;
@@ -642,6 +748,87 @@ mod tests {
         }
     }
 
+    fn binding(sign: &str, fields: &str, complete: Option<(&str, &str)>) -> Binding {
+        Binding {
+            service_id: "12345".into(),
+            sign: sign.into(),
+            digest: crate::guard::digest(&[("f", fields)]),
+            fields: format!("{{\"f\":\"{fields}\"}}"),
+            request_id: "r".into(),
+            token: format!("{sign}{fields}{}", complete.map_or("", |c| c.1)),
+            time_us: 1,
+            enforce_signature: true,
+            complete: complete.map(|(t, e)| crate::ledger::CompleteClaim {
+                click_trans_id: t.into(),
+                error: e.into(),
+            }),
+        }
+    }
+
+    fn bind_one(store: &mut SqliteStore, b: &Binding) -> BindOutcome {
+        match store.apply(&[Op::Bind(b)]).unwrap().pop() {
+            Some(OpResult::Bound(o)) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_signature_binds_to_its_first_message_and_a_complete_to_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open_writer(&dir.path().join("ledger.db")).unwrap();
+        let first = binding("aa", "x", Some(("7", "-5017")));
+        assert_eq!(bind_one(&mut store, &first).signature, Seen::First);
+        // A retry: another attempt (token), the same fields.
+        let retry = Binding {
+            token: "again".into(),
+            ..first.clone()
+        };
+        let found = bind_one(&mut store, &retry);
+        assert_eq!(found.signature, Seen::Same);
+        assert_eq!(found.earlier_complete_error.as_deref(), Some("-5017"));
+        // The same signature with other fields: named; refused, so not the transaction's.
+        let changed = binding("aa", "y", Some(("8", "0")));
+        assert_eq!(
+            bind_one(&mut store, &changed).signature,
+            Seen::Changed(vec!["f".into()])
+        );
+        let other = binding("bb", "z", Some(("8", "0")));
+        let found = bind_one(&mut store, &other);
+        assert_eq!(found.signature, Seen::First);
+        assert_eq!(found.earlier_complete_error, None, "the refused one did not count");
+    }
+
+    #[test]
+    fn a_v1_ledger_is_migrated_to_the_current_schema_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;"
+            ))
+            .unwrap();
+            conn.execute(
+                "INSERT INTO callbacks (time, request_id, peer, client, path, body, verdict, generation, mode, gateway_us, total_us)
+                 VALUES (1, 'old-row', 'p', 'c', '/', x'', 'verified', 1, 'enforce', 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open_writer(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let kept: String = store
+            .conn
+            .query_row("SELECT request_id FROM callbacks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, "old-row");
+        assert_eq!(
+            bind_one(&mut store, &binding("cc", "x", None)).signature,
+            Seen::First
+        );
+    }
+
     #[test]
     fn a_new_ledger_is_private_wal_and_versioned() {
         let dir = tempfile::tempdir().unwrap();
@@ -711,7 +898,7 @@ mod tests {
         let err = SqliteStore::open_writer(&newer).unwrap_err();
         assert!(
             err.to_string()
-                .contains("has schema v7, newer than this click-gateway's v1"),
+                .contains("has schema v7, newer than this click-gateway's v2"),
             "{err}"
         );
         assert!(matches!(
@@ -766,7 +953,7 @@ mod tests {
         insert_one(&mut store, "o");
         match SqliteStore::inspect(&path).unwrap() {
             Inspection::Present {
-                version: 1,
+                version: SCHEMA_VERSION,
                 rows: 1,
                 writable: Ok(()),
                 mode: 0o600,

@@ -8,13 +8,15 @@
 
 use std::path::{Path, PathBuf};
 
+use super::binding::{BindOutcome, Binding};
 use super::record::{ClickFields, Record};
 use super::sqlite::SqliteStore;
 use super::LedgerError;
 use crate::config::LedgerSettings;
 
-/// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes and reads (`PRAGMA user_version`): v1 the callbacks,
+/// v2 the replay guard's bindings.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Which store `ledger.database` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,15 +50,19 @@ impl Location {
 pub enum Op<'a> {
     /// Insert one callback row.
     Insert(&'a Record, &'a ClickFields),
-    /// Delete at most `limit` rows older than `before_us` (Unix microseconds), oldest first.
+    /// Delete at most `limit` rows older than `before_us` (Unix microseconds), oldest first
+    /// (and as many of the guard's bindings).
     Prune { before_us: i64, limit: u32 },
+    /// The guard's statement (see [`super::binding`]).
+    Bind(&'a Binding),
 }
 
 /// What an [`Op`] did, in the same order as the ops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
     Inserted { id: i64 },
     Pruned { rows: u64 },
+    Bound(BindOutcome),
 }
 
 /// Which callbacks a timeline shows; every filter given must match.

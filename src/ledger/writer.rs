@@ -473,13 +473,14 @@ impl Writer {
             .iter()
             .map(|u| match &u.job {
                 Job::Record(r) => Some(ClickFields::decode(r.content_type.as_deref(), &r.body)),
-                Job::Prune => None,
+                Job::Prune | Job::Bind(_) => None,
             })
             .collect();
         let mut ops = Vec::with_capacity(urgent.len() + records.len());
         for (u, f) in urgent.iter().zip(&urgent_fields) {
             ops.push(match (&u.job, f) {
                 (Job::Record(r), Some(f)) => Op::Insert(r, f),
+                (Job::Bind(b), _) => Op::Bind(b),
                 _ => prune_op(self.shared.retention),
             });
         }
@@ -507,6 +508,7 @@ impl Writer {
                             m.ledger_pruned_rows.inc_by(rows);
                             Done::Pruned { rows }
                         }
+                        OpResult::Bound(outcome) => Done::Bound(outcome),
                     };
                     let _ = u.reply.send(Ok(done));
                 }

@@ -146,6 +146,15 @@ impl GatewayProcess {
         .unwrap_or_else(|_| panic!("log line not seen in time; log:\n{}", self.log_text()))
     }
 
+    /// Waits until a line containing `text` has been logged (now or earlier): for lines the
+    /// process wrote before the test looked, still in the pipe.
+    pub async fn wait_logged(&mut self, text: &str) {
+        if self.log_text().contains(text) {
+            return;
+        }
+        self.wait_log(|l| l.contains(text)).await;
+    }
+
     /// Everything logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")

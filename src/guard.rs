@@ -1,0 +1,281 @@
+//! One signature, one message: the replay and tamper guard.
+//!
+//! Click's `sign_string` covers neither `error`, `error_note` nor `click_paydoc_id`, and joins
+//! the fields it covers with no separator, so one signature fits several messages: a captured
+//! Complete with `error=-5017` (the payment failed) still verifies with `error=0`, and
+//! `merchant_prepare_id=5001&amount=1000.00` hashes the same string as
+//! `merchant_prepare_id=500&amount=11000.00` (see `click-protocol.md`, "Unsigned"). The
+//! gateway sees every callback, so it can bind each signature to the message it first came
+//! with:
+//!
+//! - **rule 1** (`guard.mode`, `enforce` by default with a ledger): a verified callback's
+//!   `(service_id, sign_string)` is bound to a digest of all its decoded fields, signed and
+//!   unsigned. The same signature again with identical fields is a retry (Click retries) and
+//!   passes; with any field different it is refused with `-1`, reason `replayed_with_changes`,
+//!   naming the fields. It has no false positive by construction: Click signs a new message
+//!   with a new `sign_time`, so a different message under a seen signature is not Click's.
+//! - **rule 2** (`guard.transaction_mode`, `shadow` by default): for one
+//!   `(service_id, click_trans_id)`, a Complete whose `error` says paid where the first
+//!   forwarded Complete said failed, or the other way round, gets reason
+//!   `complete_contradicts_earlier` (`-8` when enforced). The protocol does not say whether Click
+//!   may legitimately do this, so by default it is only logged and counted.
+//!
+//! The binding is one statement in the ledger's store, committed (durably) before the callback
+//! is forwarded: two copies with different fields arriving at once, on two workers or two
+//! gateways sharing a PostgreSQL store, cannot both pass. When the store cannot answer within
+//! `guard.timeout`, `guard.on_store_error` decides: `refuse` (a plain 503: Click retries
+//! later) or `allow` (forwarded unguarded, counted).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use crate::click::{Action, Callback, Parsed, RejectReason};
+use crate::config::{GuardMode, GuardSettings, Mode, StoreErrorPolicy};
+use crate::ledger::{self, BindOutcome, Binding, CompleteClaim, Done, Job, Ledger, Seen};
+use crate::metrics::{GuardLabels, Metrics};
+
+/// The guard's rules as configured, with a ledger to keep their bindings in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub signature: GuardMode,
+    pub transaction: GuardMode,
+    pub on_store_error: StoreErrorPolicy,
+    pub timeout: Duration,
+}
+
+impl Rules {
+    /// The rules `[guard]` sets, given whether a ledger is configured; `None` when both rules
+    /// are off.
+    pub fn new(s: &GuardSettings, ledger: bool) -> Option<Rules> {
+        let default = |mode: Option<GuardMode>, on: GuardMode| {
+            mode.unwrap_or(if ledger { on } else { GuardMode::Off })
+        };
+        let rules = Rules {
+            signature: default(s.mode, GuardMode::Enforce),
+            transaction: default(s.transaction_mode, GuardMode::Shadow),
+            on_store_error: s.on_store_error,
+            timeout: s.timeout.0,
+        };
+        (ledger && (rules.signature != GuardMode::Off || rules.transaction != GuardMode::Off))
+            .then_some(rules)
+    }
+}
+
+/// What the guard made of a verified callback.
+#[derive(Debug)]
+pub enum Ruling {
+    /// Nothing against it (a first message, a retry, or the rules off).
+    Pass,
+    /// A rule found it wrong; the mode says whether it is refused or only reported.
+    Fails(RejectReason, Mode),
+    /// The store did not answer and `on_store_error = "refuse"`: a plain 503.
+    Unavailable(String),
+    /// The store did not answer and `on_store_error = "allow"`: forwarded, unguarded.
+    Unguarded(String),
+}
+
+/// Checks a verified callback against the bindings, waiting for the store's commit (at most
+/// `rules.timeout`).
+pub async fn check(
+    rules: &Rules,
+    ledger: &Ledger,
+    metrics: &Metrics,
+    parsed: &Parsed<'_>,
+    cb: &Callback<'_>,
+    request_id: &str,
+) -> Ruling {
+    let binding = binding(rules, parsed, cb, request_id);
+    let outcome =
+        tokio::time::timeout(rules.timeout, ledger.submit(Job::Bind(Box::new(binding)))).await;
+    let count = |rule: &'static str, outcome: &'static str| {
+        metrics
+            .guard_checks
+            .get_or_create(&GuardLabels { rule, outcome })
+            .inc();
+    };
+    let found = match outcome {
+        Ok(Ok(Done::Bound(found))) => found,
+        failed => {
+            let why = match failed {
+                Err(_) => format!("no answer within {:?}", rules.timeout),
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(other)) => format!("unexpected answer {other:?}"),
+            };
+            count("signature", "store_error");
+            return match rules.on_store_error {
+                StoreErrorPolicy::Refuse => Ruling::Unavailable(why),
+                StoreErrorPolicy::Allow => Ruling::Unguarded(why),
+            };
+        }
+    };
+    judge(rules, cb, found, count)
+}
+
+/// The rules applied to what the store found.
+fn judge(
+    rules: &Rules,
+    cb: &Callback<'_>,
+    found: BindOutcome,
+    count: impl Fn(&'static str, &'static str),
+) -> Ruling {
+    let mode = |m: GuardMode| match m {
+        GuardMode::Enforce => Mode::Enforce,
+        _ => Mode::Shadow,
+    };
+    let mut ruling = Ruling::Pass;
+    if rules.signature != GuardMode::Off {
+        match found.signature {
+            Seen::First => count("signature", "first"),
+            Seen::Same => count("signature", "retry"),
+            Seen::Changed(fields) => {
+                count("signature", "replayed_with_changes");
+                ruling = Ruling::Fails(
+                    RejectReason::ReplayedWithChanges(fields),
+                    mode(rules.signature),
+                );
+            }
+        }
+    }
+    if rules.transaction != GuardMode::Off && cb.action == Action::Complete {
+        match found.earlier_complete_error {
+            None => count("transaction", "first"),
+            Some(earlier) if paid(&earlier) == paid(cb.error) => count("transaction", "consistent"),
+            Some(earlier) => {
+                count("transaction", "contradicts");
+                if matches!(ruling, Ruling::Pass) {
+                    ruling = Ruling::Fails(
+                        RejectReason::CompleteContradictsEarlier {
+                            earlier: earlier.chars().take(24).collect(),
+                            now: cb.error.to_owned(),
+                        },
+                        mode(rules.transaction),
+                    );
+                }
+            }
+        }
+    }
+    ruling
+}
+
+/// Whether a Complete's `error` says the money was debited: `0` (or more), not a negative code.
+fn paid(error: &str) -> bool {
+    match error.strip_prefix('-') {
+        None => true,
+        Some(digits) => digits.bytes().all(|b| b == b'0'),
+    }
+}
+
+/// The statement's input: the signature, the digest and the fields of the whole message.
+fn binding(rules: &Rules, parsed: &Parsed<'_>, cb: &Callback<'_>, request_id: &str) -> Binding {
+    let fields = parsed.fields();
+    let json: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    Binding {
+        service_id: cb.service_id.to_string(),
+        sign: cb.sign_string.to_ascii_lowercase(),
+        digest: digest(&fields),
+        fields: serde_json::Value::Object(json).to_string(),
+        request_id: request_id.to_owned(),
+        token: token(),
+        time_us: ledger::unix_micros(SystemTime::now()),
+        enforce_signature: rules.signature == GuardMode::Enforce,
+        complete: (cb.action == Action::Complete).then(|| CompleteClaim {
+            click_trans_id: cb.click_trans_id.to_string(),
+            error: cb.error.to_owned(),
+        }),
+    }
+}
+
+/// SHA-256 of `(name, value)` pairs sorted by name, each part length-prefixed so no two
+/// different field lists encode alike (Click's own signature joins its fields with no
+/// separator, which is what makes a re-split message verify).
+pub fn digest(fields: &[(&str, &str)]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, value) in fields {
+        for part in [name, value] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part.as_bytes());
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// A token unique to this binding attempt among every gateway sharing a store: a random
+/// per-process prefix and a counter.
+fn token() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        let random = ring::rand::SystemRandom::new();
+        if ring::rand::SecureRandom::fill(&random, &mut bytes).is_err() {
+            // No randomness from the OS: the time and pid still tell gateways apart.
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = (nanos ^ u64::from(std::process::id()) << 32).to_le_bytes();
+        }
+        u64::from_le_bytes(bytes)
+    });
+    format!("{prefix:016x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_tells_re_split_fields_apart() {
+        let a = digest(&[("amount", "1000.00"), ("merchant_prepare_id", "5001")]);
+        let b = digest(&[("amount", "11000.00"), ("merchant_prepare_id", "500")]);
+        assert_ne!(a, b);
+        // Nor can a value borrow from its name.
+        assert_ne!(digest(&[("ab", "c")]), digest(&[("a", "bc")]));
+        assert_eq!(
+            a,
+            digest(&[("amount", "1000.00"), ("merchant_prepare_id", "5001")])
+        );
+    }
+
+    #[test]
+    fn paid_is_zero_or_more() {
+        for (error, want) in [
+            ("0", true),
+            ("-0", true),
+            ("5", true),
+            ("-5017", false),
+            ("-1", false),
+        ] {
+            assert_eq!(paid(error), want, "{error}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_unique() {
+        let (a, b) = (token(), token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn the_rules_need_a_ledger_and_default_to_enforce_and_shadow() {
+        let s = GuardSettings::default();
+        assert_eq!(Rules::new(&s, false), None);
+        let r = Rules::new(&s, true).unwrap();
+        assert_eq!(
+            (r.signature, r.transaction),
+            (GuardMode::Enforce, GuardMode::Shadow)
+        );
+        let off = GuardSettings {
+            mode: Some(GuardMode::Off),
+            transaction_mode: Some(GuardMode::Off),
+            ..s
+        };
+        assert_eq!(Rules::new(&off, true), None);
+    }
+}

@@ -1,0 +1,92 @@
+//! What the replay guard ([`crate::guard`]) asks the store, and what the store answers: one
+//! statement that binds a signature to the first message it came with, or names what a later
+//! message changed; and, for a Complete, whether an earlier forwarded Complete of the same
+//! transaction said otherwise.
+
+/// A verified callback's claim on its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Decimal text: a `u64` does not fit every database's signed 64-bit integer.
+    pub service_id: String,
+    /// `sign_string` in lowercase (Click compares it case-insensitively).
+    pub sign: String,
+    /// SHA-256 of every decoded field, signed and unsigned ([`crate::guard::digest`]).
+    pub digest: [u8; 32],
+    /// The fields themselves, `name → value` sorted by name, as JSON: what a later message is
+    /// compared with to name the fields it changed.
+    pub fields: String,
+    /// The request's id, to find the first message of a signature in the ledger.
+    pub request_id: String,
+    /// Unique to this binding attempt, made by the gateway (never the client's request id,
+    /// which a client chooses): the store tells "this one was first" by finding it back.
+    pub token: String,
+    /// Unix microseconds.
+    pub time_us: i64,
+    /// Rule 1 is enforced: a message that changed a bound one will be refused, so it must not
+    /// become its transaction's first forwarded Complete.
+    pub enforce_signature: bool,
+    /// For a Complete: its transaction, for rule 2.
+    pub complete: Option<CompleteClaim>,
+}
+
+/// A Complete's outcome for its transaction: Click's `error` field, as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompleteClaim {
+    pub click_trans_id: String,
+    pub error: String,
+}
+
+/// What the store found for a [`Binding`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindOutcome {
+    pub signature: Seen,
+    /// For a Complete: the error of the first Complete of its transaction that was forwarded,
+    /// when an earlier one was (`None` for the first, or for a Prepare).
+    pub earlier_complete_error: Option<String>,
+}
+
+/// Rule 1: the signature's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen: now bound to this message.
+    First,
+    /// Seen with exactly these fields: a retry.
+    Same,
+    /// Seen with other fields; these differ (added, removed or changed), by name.
+    Changed(Vec<String>),
+}
+
+/// The names of the fields that differ between two `fields` JSON objects (see
+/// [`Binding::fields`]); a field that is in one and not the other differs too. Anything that
+/// is not such an object reads as no fields.
+pub fn differing(first: &str, now: &str) -> Vec<String> {
+    let read = |text: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(text).unwrap_or_default()
+    };
+    let (a, b) = (read(first), read(now));
+    let mut names: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::differing;
+
+    #[test]
+    fn differing_names_changed_added_and_removed_fields() {
+        let first = r#"{"amount":"1000.00","error":"-5017","merchant_prepare_id":"5001"}"#;
+        let now = r#"{"amount":"11000.00","error":"-5017","merchant_prepare_id":"500","x":"1"}"#;
+        assert_eq!(
+            differing(first, now),
+            ["amount", "merchant_prepare_id", "x"]
+        );
+        assert!(differing(first, first).is_empty());
+    }
+}

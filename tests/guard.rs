@@ -1,0 +1,321 @@
+//! One signature, one message, on SQLite with one gateway and its worker threads: each test
+//! plays a replay Click's unsigned fields allow, against the real gateway, a real ledger file and
+//! a recording upstream.
+
+mod common;
+
+use click_gateway::click::sign::{CallbackBody, SignedFields};
+use click_gateway::click::Secret;
+use common::*;
+
+const LEDGER: &str = "[ledger]\ndatabase = \"ledger.db\"\n";
+
+/// A signed callback of service 12345 (Complete when `prepare_id` is given).
+fn callback_body(
+    trans: u64,
+    prepare_id: Option<&str>,
+    amount: &str,
+    error: &str,
+    sign_time: &str,
+) -> String {
+    let id = trans.to_string();
+    CallbackBody {
+        signed: SignedFields {
+            click_trans_id: &id,
+            service_id: "12345",
+            merchant_trans_id: "order-9",
+            merchant_prepare_id: prepare_id,
+            amount,
+            action: if prepare_id.is_some() { "1" } else { "0" },
+            sign_time,
+        },
+        click_paydoc_id: "1",
+        error,
+        error_note: if error == "0" {
+            "Success"
+        } else {
+            "Payment failed"
+        },
+    }
+    .encode(&Secret::new(KEY_12345))
+}
+
+const T1: &str = "2024-05-01 12:30:45";
+const T2: &str = "2024-05-01 12:31:02";
+
+async fn gateway(up: &TestUpstream, guard: &str) -> TestGateway {
+    TestGateway::start_with(ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        &format!("{LEDGER}[guard]\n{guard}\n"),
+    ))
+    .await
+}
+
+fn guard_count(m: &std::collections::BTreeMap<String, f64>, rule: &str, outcome: &str) -> f64 {
+    m.get(&format!(
+        "click_gateway_guard_checks_total{{rule=\"{rule}\",outcome=\"{outcome}\"}}"
+    ))
+    .copied()
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_failed_complete_replayed_as_paid_is_refused_and_its_retry_passes() {
+    let mut up = TestUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let failed = callback_body(501, Some("5001"), "1000.00", "-5017", T1);
+    let flipped = failed
+        .replace("error=-5017", "error=0")
+        .replace("error_note=Payment+failed", "error_note=Success");
+    assert_ne!(failed, flipped);
+    // Click's own: forwarded; Click's retry of it, byte for byte: forwarded too.
+    for _ in 0..2 {
+        let resp = callback(gw.addr, "/click/complete/", &failed).await;
+        assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+        assert_eq!(up.next().await.body, failed.as_bytes());
+    }
+    // The same signature claiming the payment went through: refused, never forwarded.
+    let resp = callback(gw.addr, "/click/complete/", &flipped).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    assert!(up.try_next().is_none());
+    let id = resp.header("x-request-id").unwrap().to_owned();
+    let log = captured_logs();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&id) && l.contains("callback rejected"))
+        .unwrap_or_else(|| panic!("no log line for {id}"));
+    assert!(line.contains("reason=\"replayed_with_changes\""), "{line}");
+    assert!(line.contains("error, error_note differ"), "{line}");
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(guard_count(&m, "signature", "first"), 1.0);
+    assert_eq!(guard_count(&m, "signature", "retry"), 1.0);
+    assert_eq!(guard_count(&m, "signature", "replayed_with_changes"), 1.0);
+    assert_eq!(
+        m.get("click_gateway_callbacks_total{service_id=\"12345\",action=\"complete\",outcome=\"rejected\",reason=\"replayed_with_changes\",hint=\"none\"}"),
+        Some(&1.0)
+    );
+    // And the ledger says so.
+    let ledger = gw.gateway.ledger.clone().unwrap();
+    ledger.flush().await.unwrap();
+    let db = rusqlite::Connection::open(ledger.location().path()).unwrap();
+    let (reason, detail): (String, String) = db
+        .query_row(
+            "SELECT reason, detail FROM callbacks WHERE request_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(reason, "replayed_with_changes");
+    assert!(detail.contains("error, error_note"), "{detail}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn re_split_prepare_id_and_amount_verify_alike_and_the_second_is_refused() {
+    let mut up = TestUpstream::start().await;
+    let gw = gateway(&up, "").await;
+    let first = callback_body(502, Some("5001"), "1000.00", "0", T1);
+    // merchant_prepare_id + amount are hashed joined: "5001" + "1000.00" == "500" + "11000.00".
+    let resplit = first
+        .replace("merchant_prepare_id=5001", "merchant_prepare_id=500")
+        .replace("amount=1000.00", "amount=11000.00");
+    let verify = |body: &str| {
+        let parsed = click_gateway::click::Parsed::parse(
+            &click_gateway::click::FormKind::UrlEncoded,
+            body.as_bytes(),
+        )
+        .unwrap();
+        let keys = click_gateway::config::load(
+            &ConfigDir::new(up.addr, KEYS_TOML, "", "").path(),
+            &click_gateway::config::Environment::default(),
+        )
+        .unwrap()
+        .keys;
+        parsed.judge(&keys).outcome.is_ok()
+    };
+    assert!(
+        verify(&first) && verify(&resplit),
+        "both verify with the real key"
+    );
+    let resp = callback(gw.addr, "/click/complete/", &first).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    up.next().await;
+    let resp = callback(gw.addr, "/click/complete/", &resplit).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    assert!(up.try_next().is_none());
+    let id = resp.header("x-request-id").unwrap().to_owned();
+    let log = captured_logs();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains("amount, merchant_prepare_id differ")),
+        "{log}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_copies_with_different_fields_at_once_never_both_reach_the_backend() {
+    let mut up = TestUpstream::start().await;
+    let gw = TestGateway::start_with(ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "workers = 2",
+        "",
+        LEDGER,
+    ))
+    .await;
+    for round in 0..40u64 {
+        let a = callback_body(10_000 + round, Some("5001"), "1000.00", "-5017", T1);
+        let b = a.replace("error=-5017", "error=0");
+        let (ra, rb) = tokio::join!(
+            callback(gw.addr, "/click/complete/", &a),
+            callback(gw.addr, "/click/complete/", &b)
+        );
+        let verdicts = [verdict(ra.status, &ra.body), verdict(rb.status, &rb.body)];
+        assert_eq!(
+            verdicts
+                .iter()
+                .filter(|v| **v == Verdict::Forwarded)
+                .count(),
+            1,
+            "round {round}: {verdicts:?}"
+        );
+        let got = up.next().await;
+        let winner = if verdicts[0] == Verdict::Forwarded {
+            &a
+        } else {
+            &b
+        };
+        assert_eq!(got.body, winner.as_bytes(), "round {round}");
+        assert!(
+            up.try_next().is_none(),
+            "round {round}: both reached the backend"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_complete_contradicting_an_earlier_one_is_reported_then_refused_when_enforced() {
+    let mut up = TestUpstream::start().await;
+    // Rule 2 shadows by default: logged and counted, forwarded.
+    let gw = gateway(&up, "").await;
+    let cancelled = callback_body(503, Some("5001"), "1000.00", "-5017", T1);
+    // A new signature (another sign_time), so rule 1 has nothing to say.
+    let paid = callback_body(503, Some("5001"), "1000.00", "0", T2);
+    for body in [&cancelled, &paid] {
+        let resp = callback(gw.addr, "/click/complete/", body).await;
+        assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+        up.next().await;
+    }
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(guard_count(&m, "transaction", "first"), 1.0);
+    assert_eq!(guard_count(&m, "transaction", "contradicts"), 1.0);
+    assert_eq!(
+        m.get("click_gateway_callbacks_total{service_id=\"12345\",action=\"complete\",outcome=\"would_reject\",reason=\"complete_contradicts_earlier\",hint=\"none\"}"),
+        Some(&1.0)
+    );
+    gw.stop().await;
+
+    let gw = gateway(&up, "transaction_mode = \"enforce\"").await;
+    let cancelled = callback_body(504, Some("5001"), "1000.00", "-5017", T1);
+    let paid = callback_body(504, Some("5001"), "1000.00", "0", T2);
+    let resp = callback(gw.addr, "/click/complete/", &cancelled).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    up.next().await;
+    let answer = callback(gw.addr, "/click/complete/", &paid).await.json();
+    assert_eq!(answer["error"], -8, "{answer}");
+    assert!(up.try_next().is_none());
+    // A second cancel, newly signed, is consistent with the first.
+    let again = callback_body(504, Some("5001"), "1000.00", "-5017", "2024-05-01 12:32:10");
+    let resp = callback(gw.addr, "/click/complete/", &again).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    up.next().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn shadow_and_off_forward_a_replay_and_shadow_counts_it() {
+    let mut up = TestUpstream::start().await;
+    let first = callback_body(505, Some("5001"), "1000.00", "-5017", T1);
+    let flipped = first.replace("error=-5017", "error=0");
+    for (mode, counted) in [("shadow", 1.0), ("off", 0.0)] {
+        let gw = gateway(&up, &format!("mode = \"{mode}\"")).await;
+        for body in [&first, &flipped] {
+            let resp = callback(gw.addr, "/click/complete/", body).await;
+            assert_eq!(
+                verdict(resp.status, &resp.body),
+                Verdict::Forwarded,
+                "{mode}"
+            );
+            // Forwarded as before the guard: vouched for, its signature verified.
+            assert_eq!(up.next().await.all("x-click-signature-verified"), ["12345"]);
+        }
+        let m = scrape(gw.admin_addr).await;
+        assert_eq!(
+            guard_count(&m, "signature", "replayed_with_changes"),
+            counted,
+            "{mode}"
+        );
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_callbacks_with_503_or_lets_them_through_unguarded() {
+    let mut up = TestUpstream::start().await;
+    for (policy, want) in [("refuse", 503), ("allow", 200)] {
+        let gw = gateway(
+            &up,
+            &format!("on_store_error = \"{policy}\"\ntimeout = \"500ms\""),
+        )
+        .await;
+        let ledger = gw.gateway.ledger.clone().unwrap();
+        let db = ledger.location().path().to_owned();
+        // The database turns into a directory: nothing can be written or read.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        std::fs::create_dir(&db).unwrap();
+        let body = callback_body(600 + want as u64, None, "1000.00", "0", T1);
+        let resp = callback(gw.addr, "/click/prepare/", &body).await;
+        assert_eq!(resp.status, want, "{policy}: {}", resp.text());
+        if want == 503 {
+            assert_eq!(resp.text(), "503 Service Unavailable\n");
+            assert!(up.try_next().is_none());
+        } else {
+            assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+            up.next().await;
+        }
+        // Other traffic never notices.
+        let get = raw(
+            gw.addr,
+            b"GET /api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(get.status, 200);
+        assert_eq!(up.next().await.uri, "/api");
+        let m = scrape(gw.admin_addr).await;
+        assert_eq!(guard_count(&m, "signature", "store_error"), 1.0, "{policy}");
+        // The store comes back: callbacks flow with no restart.
+        std::fs::remove_dir(&db).unwrap();
+        let next = callback_body(700 + want as u64, None, "1000.00", "0", T1);
+        let resp = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let resp = callback(gw.addr, "/click/prepare/", &next).await;
+                if resp.status == 200 {
+                    return resp;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("callbacks never flowed again");
+        assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+        while up.try_next().is_some() {}
+        gw.stop().await;
+    }
+}
