@@ -8,6 +8,9 @@
 #
 #   benches/instructions.sh              # N1=500 N2=2500 by default; under a minute
 #   KEEP=/tmp/cg benches/instructions.sh # keep the callgrind files, for callgrind_annotate
+#   ONLY=gateway benches/instructions.sh # the gateway alone (while changing it)
+#   GATEWAY=path/to/click-gateway ...    # measure that binary (no build)
+#   VARIANT=shipped ...                  # append benches/variants/<name>.toml to its config
 #
 # Installs what it needs (valgrind, nginx, libnginx-mod-http-lua, nghttp2-client for h2load),
 # builds the release binary, and stops every process it started, by pid, on exit.
@@ -20,8 +23,10 @@ N2=${N2:-2500}
 . benches/common.sh
 install_missing valgrind:valgrind nginx:nginx h2load:nghttp2-client curl:curl python3:python3 \
     /usr/share/nginx/modules/ngx_http_lua_module.so:libnginx-mod-http-lua
-cargo build --release --quiet
-GATEWAY=$PWD/target/release/click-gateway
+if [ -z "${GATEWAY:-}" ]; then
+    cargo build --release --quiet
+    GATEWAY=$PWD/target/release/click-gateway
+fi
 before_cleanup() {
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.callgrind "$KEEP"/; fi
 }
@@ -48,6 +53,12 @@ keys_file = "keys.toml"
 [admin]
 enabled = false
 EOF
+if [ -n "${VARIANT:-}" ]; then
+    # The variant's own admin listener and serve arguments do not apply here.
+    grep -v '^# serve-args:' "benches/variants/$VARIANT.toml" \
+        | awk '/^\[admin\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
+        | sed "s#@DIR@#$work#g" >> "$work/gateway.toml"
+fi
 BENCH_KEY=$KEY "$GATEWAY" sign --action prepare --service-id 12345 --click-trans-id 2103040001 \
     --merchant-trans-id order-1 --amount 1000.00 --sign-time "2026-11-28 12:00:00" \
     --secret-env BENCH_KEY | tr -d '\n' > "$work/body"
@@ -96,6 +107,10 @@ per_request() { # name command... -> sets PER_REQUEST
 
 per_request gateway "$GATEWAY" serve --config "$work/gateway.toml" --log-level warn
 gw=$PER_REQUEST
+if [ "${ONLY:-}" = gateway ]; then
+    echo "click-gateway: $gw user-space instructions per signed Prepare callback${VARIANT:+ ($VARIANT)}"
+    exit 0
+fi
 per_request nginx "$NGINX" -c "$work/proxy/nginx.conf"
 ngx=$PER_REQUEST
 per_request nginx-lua "$NGINX" -c "$work/nginx-lua/nginx.conf"

@@ -168,16 +168,12 @@ fn paid(error: &str) -> bool {
 
 /// The statement's input: the signature, the digest and the fields of the whole message.
 fn binding(rules: &Rules, parsed: &Parsed<'_>, cb: &Callback<'_>, request_id: &str) -> Binding {
-    let fields = parsed.fields();
-    let json: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
-        .collect();
+    let fields = canonical(&parsed.fields());
     Binding {
         service_id: cb.service_id.to_string(),
         sign: cb.sign_string.to_ascii_lowercase(),
         digest: digest(&fields),
-        fields: serde_json::Value::Object(json).to_string(),
+        fields,
         request_id: request_id.to_owned(),
         token: token(),
         time_us: ledger::unix_micros(SystemTime::now()),
@@ -189,19 +185,55 @@ fn binding(rules: &Rules, parsed: &Parsed<'_>, cb: &Callback<'_>, request_id: &s
     }
 }
 
-/// SHA-256 of `(name, value)` pairs sorted by name, each part length-prefixed so no two
-/// different field lists encode alike (Click's own signature joins its fields with no
-/// separator, which is what makes a re-split message verify).
-pub fn digest(fields: &[(&str, &str)]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for (name, value) in fields {
-        for part in [name, value] {
-            ctx.update(&(part.len() as u64).to_le_bytes());
-            ctx.update(part.as_bytes());
+/// The fields as one JSON object, `(name, value)` pairs in the order given (sorted by name,
+/// each name once: [`Parsed::fields`]): a canonical text of the message, the same for the
+/// same fields and different for any other, since JSON's escaping is one to one. It is what
+/// the store keeps to name the fields a later message changed, and what [`digest`] hashes.
+pub fn canonical(fields: &[(&str, &str)]) -> String {
+    let size: usize = fields.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+    let mut out = String::with_capacity(size + 2);
+    out.push('{');
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, name);
+        out.push(':');
+        json_string(&mut out, value);
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `text` as a JSON string (RFC 8259 §7: `"` and `\` escaped, control characters as
+/// `\u00XX`, everything else as it is).
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            out.push_str(&text[plain..i]);
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.push_str("\\u00");
+                    out.push(char::from(HEX[usize::from(b >> 4)]));
+                    out.push(char::from(HEX[usize::from(b & 0x0f)]));
+                }
+            }
+            plain = i + 1;
         }
     }
+    out.push_str(&text[plain..]);
+    out.push('"');
+}
+
+/// SHA-256 of the canonical text: what rule 1 compares (one pass over a few hundred bytes).
+pub fn digest(canonical: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
     out
 }
 
@@ -230,15 +262,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_digest_tells_re_split_fields_apart() {
-        let a = digest(&[("amount", "1000.00"), ("merchant_prepare_id", "5001")]);
-        let b = digest(&[("amount", "11000.00"), ("merchant_prepare_id", "500")]);
-        assert_ne!(a, b);
-        // Nor can a value borrow from its name.
-        assert_ne!(digest(&[("ab", "c")]), digest(&[("a", "bc")]));
+    fn the_canonical_text_tells_re_split_fields_apart_and_is_json() {
+        let a = canonical(&[("amount", "1000.00"), ("merchant_prepare_id", "5001")]);
+        let b = canonical(&[("amount", "11000.00"), ("merchant_prepare_id", "500")]);
+        assert_ne!(digest(&a), digest(&b));
+        assert_eq!(a, r#"{"amount":"1000.00","merchant_prepare_id":"5001"}"#);
+        // Nor can a value borrow from its name, or escaping make two lists alike.
+        assert_ne!(canonical(&[("ab", "c")]), canonical(&[("a", "bc")]));
+        let odd = canonical(&[("n", "a\"b\\c\n\u{1}é")]);
+        let parsed: serde_json::Value = serde_json::from_str(&odd).unwrap();
+        assert_eq!(parsed["n"], "a\"b\\c\n\u{1}é");
         assert_eq!(
-            a,
-            digest(&[("amount", "1000.00"), ("merchant_prepare_id", "5001")])
+            crate::ledger::binding::differing(&a, &b),
+            ["amount", "merchant_prepare_id"]
         );
     }
 

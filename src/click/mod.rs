@@ -50,9 +50,10 @@ impl<'a> Parsed<'a> {
         Form::parse(kind, body).map(Parsed::Form)
     }
 
-    /// Every field of the body, decoded, `(name, value)` sorted by name: what the replay guard
-    /// binds a signature to. The fast path holds every field too (it takes only bodies whose
-    /// every name it knows).
+    /// Every field of the body but `sign_string`, decoded, `(name, value)` sorted by name:
+    /// the message the replay guard binds a signature to (the signature itself is the
+    /// binding's key, compared case-insensitively as Click's is). The fast path holds every
+    /// field too (it takes only bodies whose every name it knows).
     pub fn fields(&self) -> Vec<(&str, &str)> {
         let mut all: Vec<(&str, &str)> = match self {
             Parsed::Slotted(slots) => callback::FIELD_NAMES
@@ -62,6 +63,7 @@ impl<'a> Parsed<'a> {
                 .collect(),
             Parsed::Form(form) => form.fields.iter().map(|f| (&*f.name, &*f.value)).collect(),
         };
+        all.retain(|(name, _)| *name != "sign_string");
         all.sort_unstable();
         all
     }

@@ -112,21 +112,41 @@ impl BackendAnswer {
         if body.len() > MAX_BACKEND_ANSWER {
             return None;
         }
-        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let object = value.as_object()?;
-        let text = |name: &str| -> Option<String> {
-            match object.get(name)? {
-                serde_json::Value::String(s) => Some(clip(s, MAX_FIELD_TEXT).to_owned()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                serde_json::Value::Bool(b) => Some(b.to_string()),
+        // The four fields only, each kept as its raw JSON: no map of every key, no owned
+        // value tree (this runs as the answer streams to Click).
+        #[derive(serde::Deserialize)]
+        struct Fields<'a> {
+            #[serde(borrow, default)]
+            error: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow, default)]
+            error_note: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow, default)]
+            merchant_prepare_id: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow, default)]
+            merchant_confirm_id: Option<&'a serde_json::value::RawValue>,
+        }
+        // serde would also read a struct from an array: only an object is a Click answer.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let fields: Fields<'_> = serde_json::from_slice(body).ok()?;
+        let text = |raw: Option<&serde_json::value::RawValue>| -> Option<String> {
+            let raw = raw?.get();
+            match raw.as_bytes().first()? {
+                b'"' => serde_json::from_str::<std::borrow::Cow<'_, str>>(raw)
+                    .ok()
+                    .map(|s| clip(&s, MAX_FIELD_TEXT).to_owned()),
+                // A number as its digits, a boolean as its word; null, objects and arrays
+                // are no value.
+                b'-' | b'0'..=b'9' | b't' | b'f' => Some(clip(raw, MAX_FIELD_TEXT).to_owned()),
                 _ => None,
             }
         };
         let answer = BackendAnswer {
-            error: text("error"),
-            error_note: text("error_note"),
-            merchant_prepare_id: text("merchant_prepare_id"),
-            merchant_confirm_id: text("merchant_confirm_id"),
+            error: text(fields.error),
+            error_note: text(fields.error_note),
+            merchant_prepare_id: text(fields.merchant_prepare_id),
+            merchant_confirm_id: text(fields.merchant_confirm_id),
         };
         (answer != BackendAnswer::default()).then_some(answer)
     }

@@ -134,7 +134,7 @@ const INSERT: &str = "INSERT INTO callbacks (
 )";
 
 /// Runs the guard's statements for one binding (see [`BIND`] and [`COMPLETE`]).
-fn bind(tx: &rusqlite::Transaction<'_>, b: &Binding) -> rusqlite::Result<BindOutcome> {
+fn bind(tx: &Connection, b: &Binding) -> rusqlite::Result<BindOutcome> {
     let (digest, fields, token): (Vec<u8>, String, String) = tx.prepare_cached(BIND)?.query_row(
         params![
             b.service_id,
@@ -517,15 +517,33 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        // BEGIN and COMMIT as cached statements: rusqlite's `Transaction` parses them again
+        // for every batch, which on small batches (a guard's awaited commit) is a good share
+        // of the whole transaction.
+        let tx = &self.conn;
+        tx.prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
             .map_err(err)?;
+        let results = Self::run_ops(tx, ops);
+        let done = results.and_then(|results| {
+            tx.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| results)
+        });
+        if done.is_err() && !tx.is_autocommit() {
+            let _ = tx
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]));
+        }
+        done.map_err(err)
+    }
+
+    fn run_ops(tx: &Connection, ops: &[Op<'_>]) -> rusqlite::Result<Vec<OpResult>> {
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
                 Op::Insert(rec, fields) => {
-                    insert(&tx, rec, fields).map_err(err)?;
+                    insert(tx, rec, fields)?;
                     OpResult::Inserted {
                         id: tx.last_insert_rowid(),
                     }
@@ -536,8 +554,7 @@ impl SqliteStore {
                             "DELETE FROM callbacks WHERE id IN
                              (SELECT id FROM callbacks WHERE time < ?1 ORDER BY time LIMIT ?2)",
                         )
-                        .and_then(|mut s| s.execute(params![before_us, limit]))
-                        .map_err(err)?;
+                        .and_then(|mut s| s.execute(params![before_us, limit]))?;
                     // The guard's rows age out with the ledger's (their own count is not
                     // reported: the metric counts callbacks).
                     for sql in [
@@ -547,15 +564,13 @@ impl SqliteStore {
                          (SELECT service_id, click_trans_id FROM completes WHERE time < ?1 ORDER BY time LIMIT ?2)",
                     ] {
                         tx.prepare_cached(sql)
-                            .and_then(|mut s| s.execute(params![before_us, limit]))
-                            .map_err(err)?;
+                            .and_then(|mut s| s.execute(params![before_us, limit]))?;
                     }
                     OpResult::Pruned { rows: rows as u64 }
                 }
-                Op::Bind(b) => OpResult::Bound(bind(&tx, b).map_err(err)?),
+                Op::Bind(b) => OpResult::Bound(bind(tx, b)?),
             });
         }
-        tx.commit().map_err(err)?;
         Ok(results)
     }
 
@@ -642,11 +657,7 @@ fn header(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
     Ok((app, version, tables))
 }
 
-fn insert(
-    tx: &rusqlite::Transaction<'_>,
-    rec: &super::Record,
-    f: &ClickFields,
-) -> rusqlite::Result<()> {
+fn insert(tx: &Connection, rec: &super::Record, f: &ClickFields) -> rusqlite::Result<()> {
     let answer = rec.backend.as_ref().and_then(|b| b.answer.as_ref());
     let answer_field =
         |get: fn(&super::BackendAnswer) -> &Option<String>| answer.and_then(|a| get(a).as_deref());
@@ -752,7 +763,7 @@ mod tests {
         Binding {
             service_id: "12345".into(),
             sign: sign.into(),
-            digest: crate::guard::digest(&[("f", fields)]),
+            digest: crate::guard::digest(&crate::guard::canonical(&[("f", fields)])),
             fields: format!("{{\"f\":\"{fields}\"}}"),
             request_id: "r".into(),
             token: format!("{sign}{fields}{}", complete.map_or("", |c| c.1)),
@@ -795,7 +806,10 @@ mod tests {
         let other = binding("bb", "z", Some(("8", "0")));
         let found = bind_one(&mut store, &other);
         assert_eq!(found.signature, Seen::First);
-        assert_eq!(found.earlier_complete_error, None, "the refused one did not count");
+        assert_eq!(
+            found.earlier_complete_error, None,
+            "the refused one did not count"
+        );
     }
 
     #[test]
