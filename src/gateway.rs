@@ -53,6 +53,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The callback ledger (`[ledger] database`), when configured.
     pub ledger: Option<Ledger>,
+    /// Where the replay guard's bindings are kept (see [`Ledger::open_guard_store`]); the
+    /// ledger itself for a store that keeps them.
+    pub guard_store: Option<Ledger>,
     /// False until listeners serve, and again once draining starts (`/ready`). Shared by the
     /// per-worker copies of the gateway.
     pub ready: Arc<AtomicBool>,
@@ -117,6 +120,12 @@ impl Gateway {
             Some(_) => Some(Ledger::open(&loaded.settings.ledger, metrics.clone())?),
             None => None,
         };
+        let guard_store = match &ledger {
+            Some(ledger) => {
+                Ledger::open_guard_store(&loaded.settings.ledger)?.or_else(|| Some(ledger.clone()))
+            }
+            None => None,
+        };
         Ok(Gateway {
             runtime: Runtime::new(loaded, 1, &metrics).shared(),
             forwarder: Forwarder::new(upstream, metrics.clone()),
@@ -126,6 +135,7 @@ impl Gateway {
             trusted_proxies: srv.trusted_proxies.clone(),
             metrics,
             ledger,
+            guard_store,
             ready: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -143,6 +153,7 @@ impl Gateway {
             trusted_proxies: self.trusted_proxies.clone(),
             metrics: self.metrics.clone(),
             ledger: self.ledger.clone(),
+            guard_store: self.guard_store.clone(),
             ready: self.ready.clone(),
         }
     }
@@ -291,11 +302,16 @@ impl Gateway {
         let mut judgment = checkpoint::judge(runtime, &parsed);
         // One signature, one message: a verified callback on its way to the backend is bound
         // to its fields first (committed before it is forwarded).
-        let ruling = match (&self.ledger, &runtime.guard, &parsed, &judgment.callback) {
-            (Some(ledger), Some(rules), Ok(form), Some(cb))
+        let ruling = match (
+            &self.guard_store,
+            &runtime.guard,
+            &parsed,
+            &judgment.callback,
+        ) {
+            (Some(store), Some(rules), Ok(form), Some(cb))
                 if matches!(judgment.decision(), Decision::Forward { vouch: Some(_) }) =>
             {
-                Some(guard::check(rules, ledger, &self.metrics, form, cb, log.request_id).await)
+                Some(guard::check(rules, store, &self.metrics, form, cb, log.request_id).await)
             }
             _ => None,
         };

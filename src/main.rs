@@ -481,7 +481,10 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
             certificates = Some(resolver);
         }
         let gateway = Arc::new(Gateway::new(&loaded).map_err(|e| e.to_string())?);
-        let ledger = gateway.ledger.clone();
+        let stores: Vec<_> = [gateway.ledger.clone(), gateway.guard_store.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
         let reloader = Arc::new(Reloader::new(
             path,
             gateway.runtime.clone(),
@@ -532,9 +535,10 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         .await;
         // The last callbacks' rows: committed now, or counted lost (`shutdown`) if the disk
         // does not take them in time.
-        if let Some(ledger) = ledger {
-            if !ledger.close(LEDGER_CLOSE).await {
+        for store in stores {
+            if !store.close(LEDGER_CLOSE).await {
                 tracing::warn!(
+                    ledger = %store.location().path().display(),
                     "ledger: rows still queued after {LEDGER_CLOSE:?} were counted lost"
                 );
             }

@@ -281,8 +281,10 @@ async fn a_failing_store_refuses_callbacks_with_503_or_lets_them_through_unguard
             &format!("on_store_error = \"{policy}\"\ntimeout = \"500ms\""),
         )
         .await;
-        let ledger = gw.gateway.ledger.clone().unwrap();
-        let db = ledger.location().path().to_owned();
+        // The guard keeps its bindings in a file of its own beside the ledger's.
+        let store = gw.gateway.guard_store.clone().unwrap();
+        let db = store.location().path().to_owned();
+        assert_eq!(db.file_name().unwrap(), "ledger.guard.db");
         // The database turns into a directory: nothing can be written or read.
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));

@@ -145,8 +145,14 @@ fi
 grep -q 'defines no \[services' <<<"$out" || fail "check's complaint about the packaged keys.toml: $out"
 echo "unconfigured: check refuses, as intended: $(grep -m1 'defines no' <<<"$out")"
 # With a key added (a made-up one), the packaged gateway.toml is valid for this binary.
+# (The ledger's directory, /var/lib/click-gateway, exists only once installed: the check uses
+# one of its own.)
+grep -q '^database = "/var/lib/click-gateway/ledger.db"$' "$work/root/etc/click-gateway/gateway.toml" \
+    || fail "the packaged gateway.toml does not record into /var/lib/click-gateway/ledger.db"
+mkdir -p "$work/state"
 printf '[services.12345]\nsecret_keys = ["made-up-key-for-check-sh"]\n' >"$work/keys.toml"
-out=$(CLICK_GATEWAY_CLICK__KEYS_FILE="$work/keys.toml" "$bin" check --config "$work/root/etc/click-gateway/gateway.toml" 2>&1) \
+out=$(CLICK_GATEWAY_CLICK__KEYS_FILE="$work/keys.toml" CLICK_GATEWAY_LEDGER__DATABASE="$work/state/ledger.db" \
+    "$bin" check --config "$work/root/etc/click-gateway/gateway.toml" 2>&1) \
     || fail "check rejects the packaged gateway.toml with a key added: $out"
 echo "configured: check accepts the packaged gateway.toml"
 

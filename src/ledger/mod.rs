@@ -195,6 +195,33 @@ impl Ledger {
         })
     }
 
+    /// The store the replay guard's bindings go to, for a SQLite ledger: a file of its own
+    /// beside the ledger (`ledger.db` → `ledger.guard.db`), with a writer thread of its own.
+    /// SQLite lets one transaction write a database at a time, and the guard's statements are
+    /// awaited before a callback is forwarded: they must not queue behind a batch of ledger
+    /// rows. `None` for a ledger that is not a SQLite file.
+    pub fn open_guard_store(settings: &LedgerSettings) -> Result<Option<Ledger>, LedgerError> {
+        #[allow(unreachable_patterns)] // a store of another kind keeps its bindings itself
+        let path = match Location::from_settings(settings)? {
+            Location::Sqlite(path) => path,
+            _ => return Ok(None),
+        };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = match path.extension() {
+            Some(ext) => format!("{stem}.guard.{}", ext.to_string_lossy()),
+            None => format!("{stem}.guard"),
+        };
+        let guard = LedgerSettings {
+            database: Some(path.with_file_name(name)),
+            ..settings.clone()
+        };
+        // Its own metrics: it holds no ledger rows, and must not move the ledger's gauges.
+        Ledger::open(&guard, Arc::new(Metrics::new())).map(Some)
+    }
+
     /// Queues a row for the writer and returns at once: never waits for the disk, never fails.
     /// A row that cannot be queued (queue full, ledger closed) is counted in
     /// `ledger_dropped_total` and reported in the log, at most once a minute.

@@ -206,6 +206,29 @@ impl ClickFields {
         let kind = content_type
             .and_then(|ct| FormKind::from_content_type(ct).ok())
             .unwrap_or(FormKind::UrlEncoded);
+        // The callback fast path first (one pass, no field list): what nearly every body is.
+        if kind == FormKind::UrlEncoded {
+            if let Some(slots) = crate::click::callback::slot_fields(body) {
+                let field = |name: &str| {
+                    let k = crate::click::callback::FIELD_NAMES
+                        .iter()
+                        .position(|n| *n == name)?;
+                    slots.get(k).map(|(value, _)| value.to_owned())
+                };
+                return ClickFields {
+                    click_trans_id: field("click_trans_id"),
+                    service_id: field("service_id"),
+                    click_paydoc_id: field("click_paydoc_id"),
+                    merchant_trans_id: field("merchant_trans_id"),
+                    merchant_prepare_id: field("merchant_prepare_id"),
+                    amount: field("amount"),
+                    action: field("action"),
+                    error: field("error"),
+                    error_note: field("error_note"),
+                    sign_time: field("sign_time"),
+                };
+            }
+        }
         let Ok(form) = Form::parse(&kind, body) else {
             return ClickFields::default();
         };

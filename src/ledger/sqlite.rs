@@ -548,6 +548,10 @@ impl SqliteStore {
                         id: tx.last_insert_rowid(),
                     }
                 }
+                Op::Rows(rows) => {
+                    insert_rows(tx, rows)?;
+                    OpResult::Rows(rows.len())
+                }
                 Op::Prune { before_us, limit } => {
                     let rows = tx
                         .prepare_cached(
@@ -657,50 +661,104 @@ fn header(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
     Ok((app, version, tables))
 }
 
-fn insert(tx: &Connection, rec: &super::Record, f: &ClickFields) -> rusqlite::Result<()> {
+/// Rows inserted by one statement: the statement's own overhead (its program's start and
+/// halt, its bindings' reset) is paid once for them all.
+const ROWS_PER_INSERT: usize = 8;
+
+/// The multi-row `INSERT` for `rows` rows (1 to [`ROWS_PER_INSERT`]), built once.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (1..=ROWS_PER_INSERT)
+            .map(|n| {
+                let head = &INSERT[..INSERT.find("VALUES").unwrap_or(INSERT.len())];
+                let row = |r: usize| {
+                    let marks: Vec<String> = (1..=INSERT_VALUES)
+                        .map(|c| format!("?{}", r * INSERT_VALUES + c))
+                        .collect();
+                    format!("({})", marks.join(", "))
+                };
+                let rows: Vec<String> = (0..n).map(row).collect();
+                format!("{head}VALUES {}", rows.join(", "))
+            })
+            .collect()
+    });
+    all.get(rows.saturating_sub(1))
+        .map_or(INSERT, String::as_str)
+}
+
+/// Values in one row of [`INSERT`].
+const INSERT_VALUES: usize = 33;
+
+/// Inserts plain rows (nobody waits for their ids) in statements of up to
+/// [`ROWS_PER_INSERT`] rows.
+fn insert_rows(tx: &Connection, rows: &[(&super::Record, &ClickFields)]) -> rusqlite::Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut stmt = tx.prepare_cached(insert_sql(chunk.len()))?;
+        for (i, (rec, f)) in chunk.iter().enumerate() {
+            bind_row(&mut stmt, i * INSERT_VALUES, rec, f)?;
+        }
+        stmt.raw_execute()?;
+    }
+    Ok(())
+}
+
+/// Binds one row's values at parameters `base + 1 ..= base + INSERT_VALUES`, in [`INSERT`]'s
+/// order.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    rec: &super::Record,
+    f: &ClickFields,
+) -> rusqlite::Result<()> {
     let answer = rec.backend.as_ref().and_then(|b| b.answer.as_ref());
     let answer_field =
         |get: fn(&super::BackendAnswer) -> &Option<String>| answer.and_then(|a| get(a).as_deref());
-    let peer = rec.peer.to_string();
-    let client = rec.client.to_string();
     let fp = rec.verified.map(|v| v.fingerprint);
-    tx.prepare_cached(INSERT)?.execute(params![
-        unix_micros(rec.time),
-        rec.request_id,
-        peer,
-        client,
-        rec.path,
-        rec.content_type,
-        &rec.body[..],
-        f.click_trans_id,
-        f.service_id,
-        f.click_paydoc_id,
-        f.merchant_trans_id,
-        f.merchant_prepare_id,
-        f.amount,
-        f.action,
-        f.error,
-        f.error_note,
-        f.sign_time,
-        rec.verdict.as_str(),
-        rec.reason,
-        rec.hint,
-        rec.detail,
-        rec.verified
+    let values: [&dyn rusqlite::ToSql; INSERT_VALUES] = [
+        &unix_micros(rec.time),
+        &rec.request_id,
+        &rec.peer.to_string(),
+        &rec.client.to_string(),
+        &rec.path,
+        &rec.content_type,
+        &&rec.body[..],
+        &f.click_trans_id,
+        &f.service_id,
+        &f.click_paydoc_id,
+        &f.merchant_trans_id,
+        &f.merchant_prepare_id,
+        &f.amount,
+        &f.action,
+        &f.error,
+        &f.error_note,
+        &f.sign_time,
+        &rec.verdict.as_str(),
+        &rec.reason,
+        &rec.hint,
+        &rec.detail,
+        &rec.verified
             .map(|v| i64::try_from(v.slot).unwrap_or(i64::MAX)),
-        fp.as_ref().map(|fp| fp.as_str()),
-        i64::try_from(rec.generation).unwrap_or(i64::MAX),
-        rec.mode.as_str(),
-        rec.backend.as_ref().map(|b| i64::from(b.status)),
-        answer_field(|a| &a.error),
-        answer_field(|a| &a.error_note),
-        answer_field(|a| &a.merchant_prepare_id),
-        answer_field(|a| &a.merchant_confirm_id),
-        micros(rec.timings.gateway),
-        rec.timings.upstream.map(micros),
-        micros(rec.timings.total),
-    ])?;
+        &fp.as_ref().map(|fp| fp.as_str()),
+        &i64::try_from(rec.generation).unwrap_or(i64::MAX),
+        &rec.mode.as_str(),
+        &rec.backend.as_ref().map(|b| i64::from(b.status)),
+        &answer_field(|a| &a.error),
+        &answer_field(|a| &a.error_note),
+        &answer_field(|a| &a.merchant_prepare_id),
+        &answer_field(|a| &a.merchant_confirm_id),
+        &micros(rec.timings.gateway),
+        &rec.timings.upstream.map(micros),
+        &micros(rec.timings.total),
+    ];
+    for (i, value) in values.iter().enumerate() {
+        stmt.raw_bind_parameter(base + i + 1, value)?;
+    }
     Ok(())
+}
+
+fn insert(tx: &Connection, rec: &super::Record, f: &ClickFields) -> rusqlite::Result<()> {
+    insert_rows(tx, &[(rec, f)])
 }
 
 fn stored(r: &Row<'_>) -> rusqlite::Result<Stored> {

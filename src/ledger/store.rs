@@ -48,8 +48,10 @@ impl Location {
 /// One statement of a writer's transaction. A batch of them commits or fails as a whole.
 #[derive(Debug)]
 pub enum Op<'a> {
-    /// Insert one callback row.
+    /// Insert one callback row, reporting its id.
     Insert(&'a Record, &'a ClickFields),
+    /// Insert callback rows nobody waits for (the writer's batches), several per statement.
+    Rows(&'a [(&'a Record, &'a ClickFields)]),
     /// Delete at most `limit` rows older than `before_us` (Unix microseconds), oldest first
     /// (and as many of the guard's bindings).
     Prune { before_us: i64, limit: u32 },
@@ -60,8 +62,14 @@ pub enum Op<'a> {
 /// What an [`Op`] did, in the same order as the ops.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
-    Inserted { id: i64 },
-    Pruned { rows: u64 },
+    Inserted {
+        id: i64,
+    },
+    /// [`Op::Rows`]: how many.
+    Rows(usize),
+    Pruned {
+        rows: u64,
+    },
     Bound(BindOutcome),
 }
 

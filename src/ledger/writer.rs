@@ -484,8 +484,10 @@ impl Writer {
                 _ => prune_op(self.shared.retention),
             });
         }
-        for (r, f) in records.iter().zip(&fields) {
-            ops.push(Op::Insert(r, f));
+        let rows: Vec<(&Record, &ClickFields)> =
+            records.iter().map(|r| &**r).zip(&fields).collect();
+        if !rows.is_empty() {
+            ops.push(Op::Rows(&rows));
         }
         let started = Instant::now();
         let outcome = self.attempt(&ops);
@@ -498,8 +500,12 @@ impl Writer {
                 m.ledger_rows_written.inc_by(
                     results
                         .iter()
-                        .filter(|r| matches!(r, OpResult::Inserted { .. }))
-                        .count() as u64,
+                        .map(|r| match r {
+                            OpResult::Inserted { .. } => 1,
+                            OpResult::Rows(n) => *n as u64,
+                            _ => 0,
+                        })
+                        .sum(),
                 );
                 for (u, result) in urgent.into_iter().zip(results) {
                     let done = match result {
@@ -509,6 +515,8 @@ impl Writer {
                             Done::Pruned { rows }
                         }
                         OpResult::Bound(outcome) => Done::Bound(outcome),
+                        // Only the batch's own op, never an urgent job's.
+                        OpResult::Rows(_) => continue,
                     };
                     let _ = u.reply.send(Ok(done));
                 }
