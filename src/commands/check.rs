@@ -1,10 +1,13 @@
 //! `click-gateway check`: load and validate exactly as `serve` and a reload do, then list what
 //! would run (like `nginx -t`). Answers "is the key for service 82154 loaded?" in one command.
 //!
-//! The ledger is inspected without being changed: its schema version is read through a
+//! A SQLite ledger is inspected without being changed: its schema version is read through a
 //! read-only connection (an older one is reported as "serve migrates it"; `check` never
-//! migrates a production database behind the operator's back), and writability is tried by
-//! opening the file for writing, writing nothing.
+//! migrates a production file behind the operator's back), and writability is tried by
+//! opening the file for writing, writing nothing. A PostgreSQL ledger is different: several
+//! gateways share it, so `check` connects and creates or migrates the schema, as `serve` would
+//! on start, and says so (the operator's `check`, before a rollout, is a better time for that
+//! than whichever gateway starts first).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -59,10 +62,12 @@ pub fn run(
 /// from opening it.
 fn ledger_line(loaded: &Loaded) -> Result<(String, Vec<String>), String> {
     let settings = &loaded.settings.ledger;
-    let Some(path) = &settings.database else {
+    if settings.database.is_none() {
         return Ok(("(none: callbacks are not recorded)".into(), Vec::new()));
-    };
+    }
     let location = Location::from_settings(settings).map_err(|e| e.to_string())?;
+    // The path, or the URL redacted: it may carry a password.
+    let path = location.path();
     let tail = format!(
         "retention {}, queue {}",
         span_text(settings.retention),
@@ -106,6 +111,25 @@ fn ledger_line(loaded: &Loaded) -> Result<(String, Vec<String>), String> {
                     path.display()
                 ),
                 warnings,
+            ))
+        }
+        Ok(Inspection::Shared {
+            from,
+            version,
+            rows,
+            server,
+        }) => {
+            let schema = match from {
+                0 => format!("schema v{version}, created now by check"),
+                v if v < version => format!("schema v{version}, migrated from v{v} now by check"),
+                _ => format!("schema v{version}"),
+            };
+            Ok((
+                format!(
+                    "{} (PostgreSQL {server}, shared; {schema}, {rows} rows); {tail}",
+                    path.display()
+                ),
+                Vec::new(),
             ))
         }
         Err(e) => Err(format!("ledger.database: {e}")),

@@ -795,7 +795,10 @@ mod tests {
         let other = binding("bb", "z", Some(("8", "0")));
         let found = bind_one(&mut store, &other);
         assert_eq!(found.signature, Seen::First);
-        assert_eq!(found.earlier_complete_error, None, "the refused one did not count");
+        assert_eq!(
+            found.earlier_complete_error, None,
+            "the refused one did not count"
+        );
     }
 
     #[test]
