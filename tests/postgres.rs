@@ -200,6 +200,34 @@ async fn two_gateways_on_one_postgres_share_the_guard_and_the_ledger() {
     let (code, out, _) = run(&["payments", "--merchant-trans-id", "order-pg"], &dir_b);
     assert_eq!(code, 0);
     assert!(out.contains("4 callbacks"), "{out}");
+
+    // A callback of a service with no key, refused at A; `recheck` through B's configuration,
+    // with the key Click support would send, finds that it verifies.
+    let unknown = prepare_signed_with("sekrit", "55555", 4242);
+    let resp = callback(a.addr, "/click/prepare/", &unknown).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    let key_file = dir_b.dir.path().join("candidate.key");
+    std::fs::write(&key_file, "sekrit\n").unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let out = loop {
+        let (code, out, err) = run(
+            &["recheck", "--service-id", "55555", "--secret-file", key_arg],
+            &dir_b,
+        );
+        if code == 0 {
+            break out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recheck never found the refused callback: {out}{err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        out.contains("unknown_service  verifies (slot 0 fp ") && out.contains("4242"),
+        "{out}"
+    );
     for g in [&a, &b] {
         assert!(!g.log_text().contains(PG_PASSWORD));
     }
