@@ -353,6 +353,11 @@ async fn check_creates_the_schema_says_so_and_never_shows_the_password() {
     let dir = config(&up, &pg.url(), "");
     let (code, out, err) = run(&["check"], &dir);
     assert_eq!(code, 0, "{out}{err}");
+    // The test's gateway.toml is 0644, like the packaged one.
+    assert!(
+        err.contains("warning: ledger.database: the PostgreSQL URL carries a password and"),
+        "{err}"
+    );
     let line = out
         .lines()
         .find(|l| l.starts_with("  ledger          "))
@@ -566,6 +571,17 @@ async fn the_ledger_records_binds_prunes_and_answers_the_commands_on_postgres() 
     assert_eq!(retry.earlier_complete_error.as_deref(), Some("-5017"));
     let changed = bound(&ledger, binding("aa", "paid", "t3")).await;
     assert_eq!(changed.signature, Seen::Changed(vec!["f".into()]));
+    assert_eq!(changed.earlier_complete_error.as_deref(), Some("-5017"));
+    // The refused one did not become its transaction's Complete.
+    let db = pg.ledger_db().await;
+    let claims: Vec<String> = db
+        .query("SELECT token FROM completes", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(claims, ["t1"]);
     // And through the writer's transaction, as SQLite does it.
     match ledger
         .submit(Job::Bind(Box::new(binding("bb", "paid", "t4"))))
@@ -579,7 +595,6 @@ async fn the_ledger_records_binds_prunes_and_answers_the_commands_on_postgres() 
     }
 
     // Pruning: rows and bindings older than the retention go.
-    let db = pg.ledger_db().await;
     db.batch_execute("UPDATE callbacks SET time = 1; UPDATE bindings SET time = 1;")
         .await
         .unwrap();

@@ -10,6 +10,7 @@
 //! than whichever gateway starts first).
 
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::report::span_text;
@@ -25,7 +26,7 @@ pub fn run(
 ) -> io::Result<bool> {
     match config::load(path, env) {
         Ok(loaded) => {
-            let ledger = match ledger_line(&loaded) {
+            let ledger = match ledger_line(&loaded, path, env) {
                 Ok(l) => l,
                 Err(problem) => {
                     writeln!(err, "error: {}: {problem}", path.display())?;
@@ -60,7 +61,11 @@ pub fn run(
 
 /// The ledger's line of the summary and its warnings, or the problem that would keep `serve`
 /// from opening it.
-fn ledger_line(loaded: &Loaded) -> Result<(String, Vec<String>), String> {
+fn ledger_line(
+    loaded: &Loaded,
+    config: &Path,
+    env: &Environment,
+) -> Result<(String, Vec<String>), String> {
     let settings = &loaded.settings.ledger;
     if settings.database.is_none() {
         return Ok(("(none: callbacks are not recorded)".into(), Vec::new()));
@@ -129,11 +134,32 @@ fn ledger_line(loaded: &Loaded) -> Result<(String, Vec<String>), String> {
                     "{} (PostgreSQL {server}, shared; {schema}, {rows} rows); {tail}",
                     path.display()
                 ),
-                Vec::new(),
+                password_warning(&location, config, env)
+                    .into_iter()
+                    .collect(),
             ))
         }
         Err(e) => Err(format!("ledger.database: {e}")),
     }
+}
+
+/// A PostgreSQL password written in a `gateway.toml` that every user can read (the packaged
+/// one is `0644`): said, with the way out, since `check` is where an operator looks.
+fn password_warning(location: &Location, config: &Path, env: &Environment) -> Option<String> {
+    let Location::Postgres(url) = location else {
+        return None;
+    };
+    let from_env = env
+        .vars()
+        .any(|(name, _)| name.eq_ignore_ascii_case("CLICK_GATEWAY_LEDGER__DATABASE"));
+    let mode = std::fs::metadata(config).ok()?.permissions().mode();
+    (url.has_password() && !from_env && mode & 0o004 != 0).then(|| {
+        format!(
+            "ledger.database: the PostgreSQL URL carries a password and {} is readable by every user (mode {:04o}): set the URL in CLICK_GATEWAY_LEDGER__DATABASE from a 0600 EnvironmentFile instead",
+            config.display(),
+            mode & 0o7777
+        )
+    })
 }
 
 fn summary(path: &Path, loaded: &Loaded, ledger: &str, out: &mut dyn Write) -> io::Result<()> {

@@ -173,6 +173,12 @@ impl PgUrl {
         &self.redacted
     }
 
+    /// Whether the URL carries a password (in its user part or as `password=`).
+    pub fn has_password(&self) -> bool {
+        tokio_postgres::Config::from_str(&self.rest)
+            .is_ok_and(|c| c.get_password().is_some_and(|p| !p.is_empty()))
+    }
+
     pub fn tls(&self) -> TlsMode {
         self.tls
     }
@@ -308,6 +314,10 @@ mod tests {
         ] {
             let u = PgUrl::parse(url).unwrap();
             assert_eq!(u.to_string(), want, "{url}");
+            assert_eq!(
+                u.has_password(),
+                url.contains("gw:") || url.contains("password")
+            );
             for shown in [u.to_string(), format!("{u:?}")] {
                 for secret in ["s3cr", "p?ss", "hunter2"] {
                     assert!(!shown.contains(secret), "{shown}");

@@ -17,9 +17,10 @@
 //! timeout, is never handed out again: a PostgreSQL restart costs the statements in flight,
 //! and the next ones connect anew, with no gateway restart.
 //!
-//! **The guard** binds with one round trip on a pooled connection in autocommit, so the
-//! binding is committed (durable under PostgreSQL's default `synchronous_commit = on`) when the
-//! answer arrives, never queued behind the writer's rows. `INSERT ... ON CONFLICT DO UPDATE`
+//! **The guard** binds with one round trip on a pooled connection in autocommit (a Complete's
+//! three statements pipelined), so the binding is committed (durable under PostgreSQL's
+//! default `synchronous_commit = on`) when the answer arrives, never queued behind the
+//! writer's rows. `INSERT ... ON CONFLICT DO UPDATE`
 //! makes a second instance's insert of the same signature wait for the first one's commit,
 //! then return the first one's row: two copies cannot both be first.
 //!
@@ -684,16 +685,7 @@ async fn bind_signature(
             ],
         )
         .await?;
-    let digest: Vec<u8> = row.try_get(0)?;
-    let fields: String = row.try_get(1)?;
-    let token: String = row.try_get(2)?;
-    Ok(if token == b.token {
-        Seen::First
-    } else if digest == b.digest {
-        Seen::Same
-    } else {
-        Seen::Changed(differing(&fields, &b.fields))
-    })
+    seen(&row, b)
 }
 
 /// Rule 2's statement for a Complete, given what rule 1 found (as sqlite.rs: a message that
@@ -735,15 +727,96 @@ async fn bind_complete(
     Ok((token != b.token).then_some(error))
 }
 
+/// Rule 2's claim in autocommit, for [`bind_one`]: run right after rule 1's statement committed,
+/// it decides from the binding row itself whether this message may become its transaction's
+/// first Complete (not when rule 1 is enforced and the signature was bound to other fields).
+const CLAIM_COMPLETE: &str =
+    "INSERT INTO completes (service_id, click_trans_id, error, request_id, token, time)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint
+    WHERE NOT $7::boolean OR EXISTS (
+        SELECT 1 FROM bindings
+        WHERE service_id = $1::text AND sign = $8::text AND (token = $5::text OR digest = $9::bytea))
+    ON CONFLICT (service_id, click_trans_id) DO NOTHING";
+
+/// The transaction's first forwarded Complete, after the claim.
+const FIRST_COMPLETE: &str =
+    "SELECT error, token FROM completes WHERE service_id = $1 AND click_trans_id = $2";
+
+/// The guard's check on a connection in autocommit, in one round trip: a Prepare is rule 1's
+/// statement alone; a Complete's three statements (rule 1's, the claim, the read) are sent
+/// together (pipelined) and run in order, each committed before the next starts, so the
+/// outcome is the one [`bind_signature`] then [`bind_complete`] give.
 async fn bind_one(
     c: &impl GenericClient,
     b: &Binding,
 ) -> Result<BindOutcome, tokio_postgres::Error> {
-    let signature = bind_signature(c, b).await?;
-    let earlier_complete_error = bind_complete(c, b, &signature).await?;
+    let Some(claim) = &b.complete else {
+        return Ok(BindOutcome {
+            signature: bind_signature(c, b).await?,
+            earlier_complete_error: None,
+        });
+    };
+    let (bind, claim_stmt, first) = tokio::try_join!(
+        c.prepare_cached(BIND),
+        c.prepare_cached(CLAIM_COMPLETE),
+        c.prepare_cached(FIRST_COMPLETE)
+    )?;
+    let (service_id, sign, fields) = (text(&b.service_id), text(&b.sign), text(&b.fields));
+    let (request_id, token) = (text(&b.request_id), text(&b.token));
+    let (trans, error) = (text(&claim.click_trans_id), text(&claim.error));
+    let digest = &b.digest[..];
+    let bind_args: [&(dyn ToSql + Sync); 7] = [
+        &service_id,
+        &sign,
+        &digest,
+        &fields,
+        &request_id,
+        &token,
+        &b.time_us,
+    ];
+    let claim_args: [&(dyn ToSql + Sync); 9] = [
+        &service_id,
+        &trans,
+        &error,
+        &request_id,
+        &token,
+        &b.time_us,
+        &b.enforce_signature,
+        &sign,
+        &digest,
+    ];
+    let first_args: [&(dyn ToSql + Sync); 2] = [&service_id, &trans];
+    let (bound, _, first) = tokio::try_join!(
+        c.query_one(&bind, &bind_args),
+        c.execute(&claim_stmt, &claim_args),
+        c.query_opt(&first, &first_args)
+    )?;
+    let signature = seen(&bound, b)?;
+    let earlier_complete_error = match first {
+        Some(row) => {
+            let error: String = row.try_get(0)?;
+            let first_token: String = row.try_get(1)?;
+            (first_token != token).then_some(error)
+        }
+        None => None,
+    };
     Ok(BindOutcome {
         signature,
         earlier_complete_error,
+    })
+}
+
+/// Rule 1's verdict from the row [`BIND`] returned.
+fn seen(row: &Row, b: &Binding) -> Result<Seen, tokio_postgres::Error> {
+    let digest: Vec<u8> = row.try_get(0)?;
+    let fields: String = row.try_get(1)?;
+    let token: String = row.try_get(2)?;
+    Ok(if token == b.token {
+        Seen::First
+    } else if digest == b.digest {
+        Seen::Same
+    } else {
+        Seen::Changed(differing(&fields, &b.fields))
     })
 }
 
