@@ -119,7 +119,7 @@ impl PgCluster {
         if tls {
             c.options = c.tls_files(&data);
         }
-        c.start_again();
+        c.start_first();
         let admin = c.admin().await;
         // Two statements: CREATE DATABASE cannot share a multi-statement query.
         admin
@@ -167,6 +167,12 @@ impl PgCluster {
     }
 
     fn run_as_postgres(&self, tool: &str, args: &[&str]) {
+        if let Err(e) = self.try_as_postgres(tool, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_as_postgres(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let exe = self.bin.join(tool);
         let mut cmd = if is_root() {
             let mut c = Command::new("runuser");
@@ -180,13 +186,15 @@ impl PgCluster {
             .current_dir(self.dir.path())
             .output()
             .unwrap_or_else(|e| panic!("{tool}: {e}"));
-        assert!(
-            out.status.success(),
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
             "{tool} failed: {}{}\nserver log:\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             self.server_log()
-        );
+        ))
     }
 
     /// The server's log so far.
@@ -197,6 +205,25 @@ impl PgCluster {
     /// Starts the server (again, after [`PgCluster::stop`]) on the same port and data, and
     /// waits until it accepts connections (`pg_ctl -w`).
     pub fn start_again(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    /// The first start: on a port another test's listener took in the meantime (a free port
+    /// is only free when it is looked at), again on another.
+    fn start_first(&mut self) {
+        for _ in 0..4 {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(e) if e.contains("Address already in use") => self.port = free_port(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        self.start_again();
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         let run = self.dir.path().join("run");
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=on {}",
@@ -206,7 +233,7 @@ impl PgCluster {
         );
         let data = self.data();
         let log = run.join("log");
-        self.run_as_postgres(
+        self.try_as_postgres(
             "pg_ctl",
             &[
                 "-D",
@@ -220,8 +247,9 @@ impl PgCluster {
                 "60",
                 "start",
             ],
-        );
+        )?;
         self.running = true;
+        Ok(())
     }
 
     /// Stops the server by its postmaster's pid (SIGINT: fast shutdown, sessions
