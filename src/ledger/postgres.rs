@@ -37,7 +37,7 @@
 //! is stored as U+FFFD (the body keeps the exact bytes), so no crafted body can fail a batch.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -202,7 +202,7 @@ const COLUMNS: &str = "id, time, request_id, peer, client, path, content_type,
 /// dropped (its connections close with it).
 struct PgRuntime {
     handle: tokio::runtime::Handle,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl PgRuntime {
@@ -235,19 +235,14 @@ impl PgRuntime {
             .map_err(LedgerError::Spawn)?;
         Ok(PgRuntime {
             handle,
-            stop: Mutex::new(Some(stop)),
+            stop: Some(stop),
         })
     }
 }
 
 impl Drop for PgRuntime {
     fn drop(&mut self) {
-        let stop = self
-            .stop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(stop) = stop {
+        if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
     }
