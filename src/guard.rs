@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::click::{Action, Callback, Parsed, RejectReason};
 use crate::config::{GuardMode, GuardSettings, Mode, StoreErrorPolicy};
-use crate::ledger::{self, BindOutcome, Binding, CompleteClaim, Done, Job, Ledger, Seen};
+use crate::ledger::{self, BindOutcome, Binding, CompleteClaim, Done, Ledger, Seen};
 use crate::metrics::{GuardLabels, Metrics};
 
 /// The guard's rules as configured, with a ledger to keep their bindings in.
@@ -86,8 +86,7 @@ pub async fn check(
     request_id: &str,
 ) -> Ruling {
     let binding = binding(rules, parsed, cb, request_id);
-    let outcome =
-        tokio::time::timeout(rules.timeout, ledger.submit(Job::Bind(Box::new(binding)))).await;
+    let outcome = tokio::time::timeout(rules.timeout, ledger.bind(binding)).await;
     let count = |rule: &'static str, outcome: &'static str| {
         metrics
             .guard_checks

@@ -1,12 +1,16 @@
 //! `click-gateway check`: load and validate exactly as `serve` and a reload do, then list what
 //! would run (like `nginx -t`). Answers "is the key for service 82154 loaded?" in one command.
 //!
-//! The ledger is inspected without being changed: its schema version is read through a
+//! A SQLite ledger is inspected without being changed: its schema version is read through a
 //! read-only connection (an older one is reported as "serve migrates it"; `check` never
-//! migrates a production database behind the operator's back), and writability is tried by
-//! opening the file for writing, writing nothing.
+//! migrates a production file behind the operator's back), and writability is tried by
+//! opening the file for writing, writing nothing. A PostgreSQL ledger is different: several
+//! gateways share it, so `check` connects and creates or migrates the schema, as `serve` would
+//! on start, and says so (the operator's `check`, before a rollout, is a better time for that
+//! than whichever gateway starts first).
 
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::report::span_text;
@@ -22,7 +26,7 @@ pub fn run(
 ) -> io::Result<bool> {
     match config::load(path, env) {
         Ok(loaded) => {
-            let ledger = match ledger_line(&loaded) {
+            let ledger = match ledger_line(&loaded, path, env) {
                 Ok(l) => l,
                 Err(problem) => {
                     writeln!(err, "error: {}: {problem}", path.display())?;
@@ -57,12 +61,18 @@ pub fn run(
 
 /// The ledger's line of the summary and its warnings, or the problem that would keep `serve`
 /// from opening it.
-fn ledger_line(loaded: &Loaded) -> Result<(String, Vec<String>), String> {
+fn ledger_line(
+    loaded: &Loaded,
+    config: &Path,
+    env: &Environment,
+) -> Result<(String, Vec<String>), String> {
     let settings = &loaded.settings.ledger;
-    let Some(path) = &settings.database else {
+    if settings.database.is_none() {
         return Ok(("(none: callbacks are not recorded)".into(), Vec::new()));
-    };
+    }
     let location = Location::from_settings(settings).map_err(|e| e.to_string())?;
+    // The path, or the URL redacted: it may carry a password.
+    let path = location.path();
     let tail = format!(
         "retention {}, queue {}",
         span_text(settings.retention),
@@ -108,8 +118,48 @@ fn ledger_line(loaded: &Loaded) -> Result<(String, Vec<String>), String> {
                 warnings,
             ))
         }
+        Ok(Inspection::Shared {
+            from,
+            version,
+            rows,
+            server,
+        }) => {
+            let schema = match from {
+                0 => format!("schema v{version}, created now by check"),
+                v if v < version => format!("schema v{version}, migrated from v{v} now by check"),
+                _ => format!("schema v{version}"),
+            };
+            Ok((
+                format!(
+                    "{} (PostgreSQL {server}, shared; {schema}, {rows} rows); {tail}",
+                    path.display()
+                ),
+                password_warning(&location, config, env)
+                    .into_iter()
+                    .collect(),
+            ))
+        }
         Err(e) => Err(format!("ledger.database: {e}")),
     }
+}
+
+/// A PostgreSQL password written in a `gateway.toml` that every user can read (the packaged
+/// one is `0644`): said, with the way out, since `check` is where an operator looks.
+fn password_warning(location: &Location, config: &Path, env: &Environment) -> Option<String> {
+    let Location::Postgres(url) = location else {
+        return None;
+    };
+    let from_env = env
+        .vars()
+        .any(|(name, _)| name.eq_ignore_ascii_case("CLICK_GATEWAY_LEDGER__DATABASE"));
+    let mode = std::fs::metadata(config).ok()?.permissions().mode();
+    (url.has_password() && !from_env && mode & 0o004 != 0).then(|| {
+        format!(
+            "ledger.database: the PostgreSQL URL carries a password and {} is readable by every user (mode {:04o}): set the URL in CLICK_GATEWAY_LEDGER__DATABASE from a 0600 EnvironmentFile instead",
+            config.display(),
+            mode & 0o7777
+        )
+    })
 }
 
 fn summary(path: &Path, loaded: &Loaded, ledger: &str, out: &mut dyn Write) -> io::Result<()> {

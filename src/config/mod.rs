@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod dotenv;
 pub mod duration;
 pub mod keys;
+pub mod postgres;
 pub mod size;
 pub mod tls;
 pub mod trust;
@@ -108,18 +109,32 @@ pub struct TrustSettings {
 }
 
 /// The callback ledger (`[ledger]`): every request to a callback path, kept in an embedded
-/// SQLite database for `payments` and `recheck`. Not reloadable: the writer owns the file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// SQLite database, or in a PostgreSQL database shared by several gateways, for `payments` and
+/// `recheck`. Not reloadable: the writer owns the store.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerSettings {
-    /// The SQLite file; relative paths are resolved against the directory of `gateway.toml`.
-    /// Absent: no ledger. `postgres://` and `postgresql://` are reserved for a shared store.
+    /// The SQLite file (relative paths are resolved against the directory of `gateway.toml`),
+    /// or a `postgres://` / `postgresql://` URL (see [`postgres::PgUrl`]). Absent: no ledger.
+    /// A URL may carry a password: it is shown only redacted ([`LedgerSettings::shown`]).
     pub database: Option<PathBuf>,
     /// How long rows are kept; older ones are pruned in small batches by the writer.
     pub retention: Span,
     /// Rows waiting for the writer at most; beyond, a row is dropped (and counted) rather than
     /// delaying a callback.
     pub queue: usize,
+}
+
+/// By hand: `database` may be a URL with a password in it, and settings are printed in
+/// places (a test's failure, a debug line) where nobody thinks of that.
+impl fmt::Debug for LedgerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerSettings")
+            .field("database", &self.shown())
+            .field("retention", &self.retention)
+            .field("queue", &self.queue)
+            .finish()
+    }
 }
 
 impl Default for LedgerSettings {
@@ -133,18 +148,33 @@ impl Default for LedgerSettings {
 }
 
 impl LedgerSettings {
-    /// Whether `database` names a PostgreSQL store (reserved for a later version).
+    /// Whether `database` names a PostgreSQL store.
     pub fn is_postgres(&self) -> bool {
-        self.database.as_deref().is_some_and(is_postgres_url)
+        self.database
+            .as_deref()
+            .is_some_and(postgres::is_postgres_url)
     }
-}
 
-fn is_postgres_url(p: &Path) -> bool {
-    let text = p.to_string_lossy();
-    ["postgres://", "postgresql://"].iter().any(|scheme| {
-        text.get(..scheme.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
-    })
+    /// The PostgreSQL URL, read, when `database` is one (`Err` says what is wrong with it,
+    /// never repeating it).
+    pub fn postgres(&self) -> Option<Result<postgres::PgUrl, String>> {
+        let db = self
+            .database
+            .as_deref()
+            .filter(|p| postgres::is_postgres_url(p))?;
+        Some(postgres::PgUrl::parse(&db.to_string_lossy()))
+    }
+
+    /// `database` as it may be shown: the path, or the URL redacted to
+    /// `postgres://user@host:port/db`; `None` without a ledger.
+    pub fn shown(&self) -> Option<String> {
+        let db = self.database.as_deref()?;
+        Some(match self.postgres() {
+            Some(Ok(url)) => url.redacted().to_owned(),
+            Some(Err(_)) => "postgres://(a URL that does not parse; not shown)".to_owned(),
+            None => db.display().to_string(),
+        })
+    }
 }
 
 /// The admin listener: `/live`, `/ready`, `/metrics`. Not reloadable.
@@ -960,16 +990,13 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             }
         }
     }
-    if s.ledger.is_postgres() {
-        bad(
-            "ledger.database",
-            "a PostgreSQL ledger is not supported yet (the URL form is reserved for a shared store): use a SQLite file path",
-        );
+    if let Some(Err(why)) = s.ledger.postgres() {
+        bad("ledger.database", &format!("the PostgreSQL URL {why}"));
     }
     if s.ledger.database.as_deref() == Some(Path::new("")) {
         bad(
             "ledger.database",
-            "is empty: name a SQLite file, or remove the setting to run without a ledger",
+            "is empty: name a SQLite file or a postgres:// URL, or remove the setting to run without a ledger",
         );
     }
     if s.ledger.queue == 0 || s.ledger.queue > MAX_LEDGER_QUEUE {
@@ -1240,7 +1267,7 @@ mod tests {
     }
 
     #[test]
-    fn ledger_section_resolves_its_file_and_refuses_postgres() {
+    fn ledger_section_resolves_its_file_and_reads_postgres_urls() {
         let d = dir("ledger");
         let cfg = d.join("gateway.toml");
         let base = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n";
@@ -1264,14 +1291,29 @@ mod tests {
         .unwrap()
         .settings;
         assert_eq!(s.ledger.database, Some(PathBuf::from("/var/lib/cg/l.db")));
-        for url in ["postgres://u@db/ledger", "PostgreSQL://db/x"] {
+        for url in [
+            "postgres://u:pw-1@db/ledger",
+            "PostgreSQL://u:pw-1@db/ledger",
+        ] {
             fs::write(&cfg, format!("{base}[ledger]\ndatabase = \"{url}\"\n")).unwrap();
-            let text = load(&cfg, &env(&[])).unwrap_err().to_string();
-            assert!(
-                text.contains("ledger.database: a PostgreSQL ledger is not supported yet"),
-                "{text}"
-            );
+            let s = load(&cfg, &env(&[])).unwrap().settings;
+            // Taken as it is (not a path to resolve), shown only redacted.
+            assert_eq!(s.ledger.database, Some(PathBuf::from(url)));
+            assert!(s.ledger.is_postgres());
+            assert_eq!(s.ledger.shown().unwrap(), "postgres://u@db:5432/ledger");
+            assert!(!format!("{s:?}").contains("pw-1"), "{s:?}");
         }
+        fs::write(
+            &cfg,
+            format!("{base}[ledger]\ndatabase = \"postgres://u:pw-1@db/ledger?sslmode=maybe\"\n"),
+        )
+        .unwrap();
+        let text = load(&cfg, &env(&[])).unwrap_err().to_string();
+        assert!(
+            text.contains("ledger.database: the PostgreSQL URL sslmode must be"),
+            "{text}"
+        );
+        assert!(!text.contains("pw-1"), "{text}");
         fs::write(
             &cfg,
             format!(

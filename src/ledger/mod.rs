@@ -1,18 +1,22 @@
 //! The callback ledger: one row per request to a callback path (when it arrived, from whom,
 //! the body as received, the decoded Click fields, the verdict and why, the key that verified
-//! it by fingerprint, what the backend answered), in an embedded SQLite database, so that
+//! it by fingerprint, what the backend answered), in an embedded SQLite database or in a
+//! PostgreSQL database shared by several gateways ([`postgres`]), so that
 //! "what happened to order 1001?" (`click-gateway payments`) and "would these refused
 //! callbacks verify with this key?" (`click-gateway recheck`) have answers after the fact.
 //!
 //! The ledger is off the request path: [`Ledger::record`] queues a [`Record`] and returns
 //! without waiting, and one writer thread commits queued rows in batches ([`writer`]). A full
 //! queue or a failing disk costs rows, which are counted (`ledger_dropped_total`) and logged,
-//! never a callback's time. Jobs whose caller must know their commit (a replay guard, later)
-//! go through [`Ledger::submit`], on a queue of their own that the writer drains first.
+//! never a callback's time. Jobs whose caller must know their commit go through
+//! [`Ledger::submit`], on a queue of their own that the writer drains first. The replay guard's
+//! check goes through [`Ledger::bind`]: the writer's urgent queue on SQLite (one connection
+//! writes the file), a pooled connection of its own on PostgreSQL.
 //!
 //! Never a key: rows name the key that verified them by slot and fingerprint.
 
 pub mod binding;
+pub mod postgres;
 mod record;
 pub mod sqlite;
 pub mod store;
@@ -47,8 +51,6 @@ use crate::metrics::Metrics;
 pub enum LedgerError {
     #[error("no ledger is configured: set database in the [ledger] section")]
     NotConfigured,
-    #[error("ledger.database: a PostgreSQL ledger is not supported yet")]
-    Unsupported,
     #[error("no ledger at {}: is [ledger] database set and has the gateway run?", .0.display())]
     Missing(PathBuf),
     #[error("cannot create the ledger {}: {source}", path.display())]
@@ -77,6 +79,11 @@ pub enum LedgerError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// A PostgreSQL error or set-up problem; `at` is the redacted URL, never the URL itself.
+    #[error("ledger {at}: {message}")]
+    Postgres { at: String, message: String },
+    #[error("ledger {at}: the database already has a callbacks, bindings or completes table that click-gateway did not create: give the gateway a database of its own, or a schema (options=-c search_path=...)")]
+    ForeignTables { at: String },
     #[error("the ledger's queue is full")]
     QueueFull,
     #[error("the ledger database is failing: {0}")]
@@ -142,6 +149,8 @@ struct Handle {
     shared: Arc<writer::Shared>,
     exited: watch::Receiver<bool>,
     location: Location,
+    /// PostgreSQL's pool, for the guard's binds.
+    postgres: Option<Arc<postgres::PgShared>>,
 }
 
 impl Drop for Handle {
@@ -173,24 +182,26 @@ impl Ledger {
                 metrics.ledger_pruned_rows.inc_by(*n);
             }
             Err(e) => {
-                tracing::warn!(ledger = %location.path().display(), error = %e, "ledger: pruning failed; the writer retries");
+                tracing::warn!(ledger = %location, error = %e, "ledger: pruning failed; the writer retries");
             }
         }
         let more = pruned
             .as_ref()
             .is_ok_and(|&n| n >= u64::from(writer::PRUNE_BATCH));
+        let postgres = store.postgres();
         let (shared, exited) = writer::Shared::new(settings.queue, settings.retention.0, metrics);
         let w = writer::Writer::new(shared.clone(), location.clone(), store, more);
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || w.run())
             .map_err(LedgerError::Spawn)?;
-        tracing::info!(ledger = %location.path().display(), "ledger: recording callbacks");
+        tracing::info!(ledger = %location, "ledger: recording callbacks");
         Ok(Ledger {
             handle: Arc::new(Handle {
                 shared,
                 exited,
                 location,
+                postgres,
             }),
         })
     }
@@ -234,6 +245,17 @@ impl Ledger {
     /// instead of waiting for its backoff).
     pub fn submit(&self, job: Job) -> Pending {
         Pending(self.handle.shared.submit(job))
+    }
+
+    /// The replay guard's statement ([`Job::Bind`]), resolving once committed. On SQLite it is
+    /// an urgent job of the writer, which owns the one connection; on PostgreSQL one round
+    /// trip on a pooled connection of its own, so it never waits behind the writer's batches
+    /// (and a failing ledger write never holds it up). Dropping the future abandons it.
+    pub fn bind(&self, binding: Binding) -> Pending {
+        match &self.handle.postgres {
+            Some(pg) => Pending(pg.bind(binding)),
+            None => self.submit(Job::Bind(Box::new(binding))),
+        }
     }
 
     /// Resolves once every row recorded before it has been committed (or counted lost): `Ok`

@@ -3,19 +3,23 @@
 //! store (a later issue) joins as a second variant without touching its callers.
 //!
 //! The interface is blocking on purpose: it runs on the writer's own OS thread or in a command,
-//! never on the request path. A PostgreSQL variant keeps it by owning a current-thread runtime
-//! and blocking on `tokio-postgres` there.
+//! never on the request path. The PostgreSQL variant keeps it by blocking on `tokio-postgres`
+//! futures run by a runtime of its own ([`super::postgres`]); the replay guard, which is on the
+//! request path, reaches PostgreSQL without the writer ([`super::Ledger::bind`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::binding::{BindOutcome, Binding};
+use super::postgres::{PgShared, PgStore};
 use super::record::{ClickFields, Record};
 use super::sqlite::SqliteStore;
 use super::LedgerError;
+use crate::config::postgres::PgUrl;
 use crate::config::LedgerSettings;
 
-/// The schema version this build writes and reads (`PRAGMA user_version`): v1 the callbacks,
-/// v2 the replay guard's bindings.
+/// The schema version this build writes and reads (SQLite: `PRAGMA user_version`; PostgreSQL:
+/// the `click_gateway_schema` table): v1 the callbacks, v2 the replay guard's bindings.
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// Which store `ledger.database` names.
@@ -23,24 +27,46 @@ pub const SCHEMA_VERSION: i64 = 2;
 pub enum Location {
     /// A SQLite file (already resolved against the config file's directory).
     Sqlite(PathBuf),
+    /// A PostgreSQL database, shared by every gateway naming it.
+    Postgres(PgUrl),
 }
 
 impl Location {
-    /// The store of the `[ledger]` settings: `NotConfigured` without a `database`,
-    /// `Unsupported` for a PostgreSQL URL (refused by config validation already).
+    /// The store of the `[ledger]` settings: `NotConfigured` without a `database`.
     pub fn from_settings(settings: &LedgerSettings) -> Result<Location, LedgerError> {
         let Some(path) = &settings.database else {
             return Err(LedgerError::NotConfigured);
         };
-        if settings.is_postgres() {
-            return Err(LedgerError::Unsupported);
+        match settings.postgres() {
+            None => Ok(Location::Sqlite(path.clone())),
+            Some(Ok(url)) => Ok(Location::Postgres(url)),
+            // Refused by the configuration's validation already; said again, without the URL.
+            Some(Err(message)) => Err(LedgerError::Postgres {
+                at: "ledger.database".into(),
+                message: format!("the PostgreSQL URL {message}"),
+            }),
         }
-        Ok(Location::Sqlite(path.clone()))
     }
 
+    /// The SQLite file, or for PostgreSQL the redacted URL as a path (for messages).
     pub fn path(&self) -> &Path {
         match self {
             Location::Sqlite(p) => p,
+            Location::Postgres(url) => Path::new(url.redacted()),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Location::Postgres(_))
+    }
+}
+
+/// What logs and messages show: the path, or the URL redacted (`postgres://user@host:port/db`).
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(url) => f.write_str(url.redacted()),
         }
     }
 }
@@ -130,12 +156,25 @@ pub enum Inspection {
         /// Permission bits of the file.
         mode: u32,
     },
+    /// A PostgreSQL database, which `check` migrates (several gateways share it, and the
+    /// operator's `check` is a better time to create it than whichever gateway starts first).
+    Shared {
+        /// The schema version found before `check` migrated (0: none, created now).
+        from: i64,
+        /// The version now.
+        version: i64,
+        /// Rows held.
+        rows: i64,
+        /// `server_version`.
+        server: String,
+    },
 }
 
-/// A ledger store. Only SQLite for now.
+/// A ledger store.
 #[derive(Debug)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 impl Store {
@@ -144,6 +183,7 @@ impl Store {
     pub fn open_writer(location: &Location) -> Result<Store, LedgerError> {
         match location {
             Location::Sqlite(path) => SqliteStore::open_writer(path).map(Store::Sqlite),
+            Location::Postgres(url) => PgStore::open_writer(url).map(Store::Postgres),
         }
     }
 
@@ -151,13 +191,16 @@ impl Store {
     pub fn open_reader(location: &Location) -> Result<Store, LedgerError> {
         match location {
             Location::Sqlite(path) => SqliteStore::open_reader(path).map(Store::Sqlite),
+            Location::Postgres(url) => PgStore::open_reader(url).map(Store::Postgres),
         }
     }
 
-    /// Reports on the store for `check`, modifying nothing.
+    /// Reports on the store for `check`: a SQLite file is left as it is, a PostgreSQL schema
+    /// is created or migrated ([`Inspection::Shared`]).
     pub fn inspect(location: &Location) -> Result<Inspection, LedgerError> {
         match location {
             Location::Sqlite(path) => SqliteStore::inspect(path),
+            Location::Postgres(url) => PgStore::inspect(url),
         }
     }
 
@@ -165,6 +208,7 @@ impl Store {
     pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
         match self {
             Store::Sqlite(s) => s.apply(ops),
+            Store::Postgres(s) => s.apply(ops),
         }
     }
 
@@ -173,6 +217,7 @@ impl Store {
     pub fn replaced(&self) -> bool {
         match self {
             Store::Sqlite(s) => s.replaced(),
+            Store::Postgres(_) => false,
         }
     }
 
@@ -181,6 +226,7 @@ impl Store {
     pub fn retire(self) {
         match self {
             Store::Sqlite(s) => s.retire(),
+            Store::Postgres(_) => {}
         }
     }
 
@@ -188,6 +234,7 @@ impl Store {
     pub fn callbacks(&self, filter: &Filter) -> Result<Vec<Stored>, LedgerError> {
         match self {
             Store::Sqlite(s) => s.callbacks(filter),
+            Store::Postgres(s) => s.callbacks(filter),
         }
     }
 
@@ -200,6 +247,7 @@ impl Store {
     ) -> Result<Vec<Stored>, LedgerError> {
         match self {
             Store::Sqlite(s) => s.refused_signatures(service_id, since_us),
+            Store::Postgres(s) => s.refused_signatures(service_id, since_us),
         }
     }
 
@@ -207,12 +255,29 @@ impl Store {
     pub fn schema_version(&self) -> Result<i64, LedgerError> {
         match self {
             Store::Sqlite(s) => s.schema_version(),
+            Store::Postgres(s) => s.schema_version(),
         }
     }
 
     pub fn location(&self) -> Location {
         match self {
             Store::Sqlite(s) => Location::Sqlite(s.path().to_owned()),
+            Store::Postgres(s) => Location::Postgres(s.url().clone()),
+        }
+    }
+
+    /// Whether a failed transaction should close the store, to be opened anew at the next
+    /// attempt: a SQLite connection that saw an I/O error is not trusted to recover; a
+    /// PostgreSQL pool replaces its failed connections by itself.
+    pub fn reopen_after_failure(&self) -> bool {
+        matches!(self, Store::Sqlite(_))
+    }
+
+    /// The PostgreSQL pool, for the guard's binds, which do not go through the writer.
+    pub fn postgres(&self) -> Option<Arc<PgShared>> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s.shared()),
         }
     }
 }

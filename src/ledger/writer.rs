@@ -446,7 +446,7 @@ impl Writer {
             .map(|(r, n)| format!("{}={n}", r.label()))
             .collect();
         tracing::warn!(
-            ledger = %self.location.path().display(),
+            ledger = %self.location,
             dropped = total,
             reasons = %by_reason.join(","),
             error = self.last_error.as_deref(),
@@ -552,7 +552,7 @@ impl Writer {
         for _ in 0..2 {
             if self.store.as_ref().is_some_and(Store::replaced) {
                 tracing::warn!(
-                    ledger = %self.location.path().display(),
+                    ledger = %self.location,
                     "ledger: the database file was deleted or replaced; opening it anew (rows already committed stay in the old file)"
                 );
                 if let Some(old) = self.store.take() {
@@ -575,9 +575,12 @@ impl Writer {
                 // Replaced during the attempt: retired and opened anew by the next iteration.
                 Err(e) if store.replaced() => self.last_error = Some(e.to_string()),
                 Err(e) => {
-                    // Opened anew at the next attempt: a connection that saw an I/O error is
-                    // not trusted to recover by itself. (Its WAL stays: it may hold commits.)
-                    self.store = None;
+                    // SQLite: opened anew at the next attempt, a connection that saw an I/O
+                    // error is not trusted to recover by itself (its WAL stays: it may hold
+                    // commits). PostgreSQL: the pool replaces the failed connection itself.
+                    if store.reopen_after_failure() {
+                        self.store = None;
+                    }
                     return Err(e);
                 }
             }
@@ -594,7 +597,7 @@ impl Writer {
         let backoff = match self.health {
             Health::Ok => {
                 tracing::error!(
-                    ledger = %self.location.path().display(),
+                    ledger = %self.location,
                     error = %e,
                     "ledger: cannot write the database; callbacks are served as usual, their rows are counted as lost (click_gateway_ledger_dropped_total) until it works again"
                 );
@@ -613,7 +616,7 @@ impl Writer {
     fn recovered(&mut self) {
         if let Health::Failing { .. } = self.health {
             tracing::info!(
-                ledger = %self.location.path().display(),
+                ledger = %self.location,
                 "ledger: the database works again; recording resumed"
             );
             self.report_drops(true);

@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod django;
 pub mod ledger;
+pub mod postgres;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ pub const TEST_SECRETS: &[&str] = &[
     "key-B-new",
     "key-C-final",
     "sekrit",
+    postgres::PG_PASSWORD,
 ];
 
 /// Fails the test if `log` contains a configured secret.
