@@ -491,7 +491,7 @@ fn binding(sign: &str, fields: &str, token: &str) -> Binding {
     Binding {
         service_id: "12345".into(),
         sign: sign.into(),
-        digest: click_gateway::guard::digest(&[("f", fields)]),
+        digest: click_gateway::guard::digest(&click_gateway::guard::canonical(&[("f", fields)])),
         fields: format!("{{\"f\":\"{fields}\"}}"),
         request_id: format!("r-{token}"),
         token: token.into(),

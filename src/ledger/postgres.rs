@@ -845,6 +845,19 @@ async fn apply(conn: &mut Object, ops: &[Op<'_>]) -> Result<Vec<OpResult>, tokio
                 }
                 results[i] = Some(OpResult::Pruned { rows });
             }
+            Op::Rows(rows) => {
+                // A writer batch: the same multi-row statements, ids not reported.
+                let batch: Vec<(usize, &Record, &ClickFields)> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (rec, fields))| (j, *rec, *fields))
+                    .collect();
+                let mut ids = vec![None; batch.len()];
+                for chunk in batch.chunks(ROWS_PER_INSERT) {
+                    insert_rows(&tx, chunk, &mut ids).await?;
+                }
+                results[i] = Some(OpResult::Rows(rows.len()));
+            }
             Op::Bind(_) => {}
         }
     }
