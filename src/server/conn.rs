@@ -1,6 +1,7 @@
 //! One client connection: its service, and the watchdog that bounds what hyper leaves open.
 //!
-//! hyper bounds the header read of HTTP/1 requests (once its timer is wired), but not:
+//! hyper's own header-read timer is not used: it allocates and registers a new timer for every
+//! request, and it leaves open:
 //! - the protocol sniff of hyper-util's auto builder, which reads the first bytes before
 //!   hyper's timer starts: a peer sending one byte of the HTTP/2 preface would be held forever;
 //! - HTTP/2 connections with no request: hyper has no header-read or idle timeout for them;
@@ -8,16 +9,24 @@
 //!   the socket is fine, so [`super::send_deadline::SendDeadline`] sees nothing, but the stream's response
 //!   body (and the backend connection behind it) waits for ever.
 //!
-//! The watchdog closes a connection that has not delivered its first request within
-//! `header_read_timeout`, asks one with nothing in flight for `idle_timeout` to shut down
-//! (GOAWAY for HTTP/2) and drops it if it has not finished `send_timeout` later, and drops a
-//! connection one of whose HTTP/2 response bodies has waited `send_timeout` for the client to
-//! take more. A request is in flight from the moment it reaches the service until its response
-//! body has been sent or dropped, so a long download is never "idle".
+//! The watchdog, one per connection with one timer, closes a connection that has not delivered
+//! its first request within `header_read_timeout`; an HTTP/1 connection whose next request's
+//! head has not arrived `header_read_timeout` after the previous response (an idle keep-alive,
+//! or headers trickled: hyper's own semantics); asks an HTTP/2 connection with nothing in
+//! flight for `idle_timeout` to shut down (GOAWAY), and drops it if it has not finished
+//! `send_timeout` later; and drops a connection one of whose HTTP/2 response bodies has waited
+//! `send_timeout` for the client to take more. A request is in flight from the moment it
+//! reaches the service until its response body has been sent or dropped, so a long download is
+//! never "idle".
+//!
+//! The watchdog is lazy: a request that starts or ends only updates counters. The watchdog
+//! wakes at the deadline it computed, finds the connection busy or recently active, and sleeps
+//! again until the new deadline, so a busy connection costs it one wake-up per timeout period,
+//! not one per request.
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,7 +48,10 @@ use crate::proxy::ProxyBody;
 /// Timers of one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
+    /// `header_read_timeout`: the first request's head from accept, an HTTP/1 connection's
+    /// next one from the end of the previous response.
     pub first_request: Duration,
+    /// `idle_timeout`, for HTTP/2 connections.
     pub idle: Duration,
     /// `server.send_timeout`: the client must accept response bytes at least this often.
     pub send: Duration,
@@ -59,8 +71,10 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `started` to the end of the last response.
     last_done_ms: AtomicU64,
-    /// Wakes the watchdog when a request ends (the idle deadline is armed again) or an HTTP/2
-    /// body starts streaming (the send deadline is watched).
+    /// The connection speaks HTTP/2 (known from its first request).
+    h2: AtomicBool,
+    /// Wakes the watchdog when an HTTP/2 body starts streaming (its send deadline is watched
+    /// from then on).
     changed: Notify,
     /// HTTP/2 response bodies that have streamed at least one piece.
     streams: Mutex<Vec<Weak<StreamClock>>>,
@@ -80,12 +94,16 @@ impl Activity {
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
             changed: Notify::new(),
             streams: Mutex::new(Vec::new()),
         })
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    fn begin(self: &Arc<Self>, h2: bool) -> InFlight {
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
@@ -95,16 +113,29 @@ impl Activity {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
-    /// When the watchdog should look again, if there is anything to watch for.
-    fn next_deadline(&self, d: Deadlines) -> Option<Instant> {
+    /// When the watchdog should look again. With requests in flight nothing is due but an
+    /// HTTP/2 stream's send deadline; it looks again one header timeout later, to find the
+    /// connection idle (or still busy) then.
+    fn next_deadline(&self, d: Deadlines) -> Instant {
         if self.requests.load(Ordering::Relaxed) == 0 {
-            return Some(self.started + d.first_request);
+            return self.started + d.first_request;
         }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return self.stream_deadline(d);
+            let busy = Instant::now() + d.first_request.min(d.idle);
+            return self.stream_deadline(d).map_or(busy, |s| s.min(busy));
         }
+        self.idle_deadline(d)
+    }
+
+    /// When the connection, idle since its last response, is due to close.
+    fn idle_deadline(&self, d: Deadlines) -> Instant {
         let done = Duration::from_millis(self.last_done_ms.load(Ordering::Relaxed));
-        Some(self.started + done + d.idle)
+        let idle = if self.h2.load(Ordering::Relaxed) {
+            d.idle
+        } else {
+            d.first_request
+        };
+        self.started + done + idle
     }
 
     /// With HTTP/2 bodies streaming: the send deadline of the one that has waited longest, or,
@@ -153,7 +184,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_done_ms.store(self.0.ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.changed.notify_one();
     }
 }
 
@@ -271,8 +301,8 @@ pub async fn serve<I>(
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gateway.clone();
         let client = client.clone();
-        let in_flight = tracker.begin();
         let h2 = req.version() == Version::HTTP_2;
+        let in_flight = tracker.begin(h2);
         async move {
             let resp = gw.handle(client, req).await;
             Ok::<_, Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight, h2)))
@@ -286,12 +316,10 @@ pub async fn serve<I>(
     }
     // Once the gateway has asked an idle connection to close: when to stop waiting for it.
     let mut close_by: Option<Instant> = None;
+    // The connection's one timer, reset to each deadline.
+    let timer = tokio::time::sleep_until(activity.next_deadline(deadlines).into());
+    tokio::pin!(timer);
     loop {
-        let deadline = match (closing, close_by) {
-            (_, Some(by)) => Some(by),
-            (true, None) => None,
-            (false, None) => activity.next_deadline(deadlines),
-        };
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -303,26 +331,30 @@ pub async fn serve<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            // With requests in flight and nothing streaming there is no deadline: wait for a
-            // change.
-            () = activity.changed.notified(), if !closing => {}
-            () = sleep_until(deadline), if deadline.is_some() => {
-                if close_by.is_some_and(|by| by <= Instant::now()) {
+            // An HTTP/2 body started streaming: its send deadline may be the next one.
+            () = activity.changed.notified(), if !closing => {
+                let next = activity.next_deadline(deadlines);
+                if next < timer.deadline().into_std() {
+                    timer.as_mut().reset(next.into());
+                }
+            }
+            () = &mut timer, if !closing || close_by.is_some() => {
+                let now = Instant::now();
+                if close_by.is_some_and(|by| by <= now) {
                     tracing::debug!(peer = %log_addr, "did not finish within {:?} of being asked to close: dropping", deadlines.send);
                     metrics.send_timeouts.inc();
                     return;
-                }
-                if closing {
-                    continue;
                 }
                 if activity.stream_stuck(deadlines) {
                     tracing::debug!(peer = %log_addr, "an HTTP/2 stream took nothing for {:?}: closing", deadlines.send);
                     metrics.send_timeouts.inc();
                     return;
                 }
-                // Re-check: a request may have started or ended meanwhile.
-                let still_due = activity.next_deadline(deadlines).is_some_and(|d| d <= Instant::now());
-                if !still_due || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                let due = activity.next_deadline(deadlines);
+                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+                if busy || due > now {
+                    // Not due yet (a request started or ended since): look again then.
+                    timer.as_mut().reset(due.into());
                     continue;
                 }
                 if activity.requests.load(Ordering::Relaxed) == 0 {
@@ -330,19 +362,19 @@ pub async fn serve<I>(
                     metrics.connections_closed.get_or_create(&ReasonLabels { reason: "first_request_timeout" }).inc();
                     return;
                 }
-                tracing::debug!(peer = %log_addr, "idle for {:?}: closing", deadlines.idle);
                 metrics.connections_closed.get_or_create(&ReasonLabels { reason: "idle" }).inc();
+                if !activity.h2.load(Ordering::Relaxed) {
+                    // HTTP/1: no next request head within header_read_timeout (hyper's rule).
+                    tracing::debug!(peer = %log_addr, "no request head within {:?} of the last response: closing", deadlines.first_request);
+                    return;
+                }
+                tracing::debug!(peer = %log_addr, "idle for {:?}: closing", deadlines.idle);
                 closing = true;
-                close_by = Some(Instant::now() + deadlines.send);
+                let by = now + deadlines.send;
+                close_by = Some(by);
+                timer.as_mut().reset(by.into());
                 conn.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -429,14 +429,18 @@ async fn accept_loop(
 /// hyper's built-in limit on header fields.
 const DEFAULT_MAX_HEADERS: usize = 100;
 
-/// hyper's HTTP/1 header-read timeout only runs with a timer: without one a configured timeout
-/// panics on every connection, and the default one is silently off (hyper `common/time.rs`).
+/// hyper's HTTP/1 header-read timeout is turned off explicitly (its default, 30 s, is silently
+/// off without a timer, and a configured one panics on every connection without one: hyper
+/// `common/time.rs`); the timer stays wired for HTTP/2's keep-alive pings.
 fn http_builder(s: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No header-read timeout of hyper's: it would allocate and register a timer for every
+    // request. The connection watchdog enforces `header_read_timeout` with one timer per
+    // connection (see `conn`).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(s.max_header_bytes);
     // hyper's default (100) parses into an inline array; an explicit limit, even the same
