@@ -53,8 +53,12 @@ keys_file = "keys.toml"
 [admin]
 enabled = false
 EOF
+SERVE_ARGS=(--log-level warn)
 if [ -n "${VARIANT:-}" ]; then
-    # The variant's own admin listener and serve arguments do not apply here.
+    line=$(grep -m1 '^# serve-args:' "benches/variants/$VARIANT.toml" || true)
+    [ -z "$line" ] || read -r -a SERVE_ARGS <<< "${line#\# serve-args:}"
+    # The variant's own admin listener does not apply here (nor its log file: logs go to the
+    # callgrind run's log).
     grep -v '^# serve-args:' "benches/variants/$VARIANT.toml" \
         | awk '/^\[admin\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
         | sed "s#@DIR@#$work#g" >> "$work/gateway.toml"
@@ -105,7 +109,7 @@ per_request() { # name command... -> sets PER_REQUEST
     PER_REQUEST=$(( (b - a) / (N2 - N1) ))
 }
 
-per_request gateway "$GATEWAY" serve --config "$work/gateway.toml" --log-level warn
+per_request gateway "$GATEWAY" serve --config "$work/gateway.toml" "${SERVE_ARGS[@]}"
 gw=$PER_REQUEST
 if [ "${ONLY:-}" = gateway ]; then
     echo "click-gateway: $gw user-space instructions per signed Prepare callback${VARIANT:+ ($VARIANT)}"

@@ -385,7 +385,7 @@ fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(io::stderr)
-                    .with_ansi(io::IsTerminal::is_terminal(&io::stderr())),
+                    .with_ansi(false),
             )
             .try_init(),
         LogFormat::Json => registry
