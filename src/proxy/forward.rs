@@ -87,7 +87,8 @@ impl Forwarder {
         if let (Err(ProxyError::Upstream(first)), Some(headers)) = (&outcome, retry) {
             tracing::info!(peer = %peer, method = %method, path = ?uri.path(), "retrying an idempotent request once after: {first}");
             self.metrics.upstream_error(route, "retried");
-            outcome = self.upstream.send_fresh(build(headers), lane).await;
+            // Boxed: rare, and large (see `Pool::send`).
+            outcome = Box::pin(self.upstream.send_fresh(build(headers), lane)).await;
         }
         let took = sent.elapsed();
         let series = self.metrics.route(route);

@@ -217,7 +217,10 @@ impl Pool {
                 },
             }
         }
-        self.send_fresh(req, lane, deadline).await
+        // Boxed: opening a connection (slot, connect, handshake) is the rare path, and its
+        // state would otherwise make every request's future (which hyper moves into place
+        // per request) a kilobyte larger.
+        Box::pin(self.send_fresh(req, lane, deadline)).await
     }
 
     /// Sends `req` on a new connection, never a pooled one (for resending a request that met
