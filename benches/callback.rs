@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
             let verified = verdict.outcome.unwrap();
             let mut h = template.clone();
             headers::for_upstream(&mut h, &xff, Scheme::Https, false);
-            headers::mark_verified(&mut h, verified.service_id, None);
+            headers::mark_verified(&mut h, HeaderValue::from(verified.service_id), None);
             black_box((upstream.uri_for(&uri).unwrap(), h));
         })
     });

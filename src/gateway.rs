@@ -358,7 +358,11 @@ impl Gateway {
                 .trust
                 .as_ref()
                 .and_then(|t| t.attest(crate::clock::unix_now(), service_id, &body));
-            headers::mark_verified(&mut parts.headers, service_id, attestation);
+            let service = runtime.service_labels.counters(service_id).map_or_else(
+                || HeaderValue::from(service_id),
+                |c| c.verified_header.clone(),
+            );
+            headers::mark_verified(&mut parts.headers, service, attestation);
         }
         // A reference count: the judgment still borrows the body for the log line.
         let sent = self

@@ -5,15 +5,17 @@
 //! reasons, hints, actions and kinds come from fixed lists in the code.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::click::KeySet;
@@ -41,6 +43,8 @@ impl EncodeLabelValue for ServiceLabel {
 #[derive(Debug, Clone)]
 pub struct ServiceCounters {
     pub label: ServiceLabel,
+    /// `X-Click-Signature-Verified: <service_id>`, made once (cloning it is a reference count).
+    pub verified_header: http::HeaderValue,
     /// `callbacks_total{outcome="verified"}` for prepare and complete.
     pub verified: [Counter; 2],
     /// `verifications_total` by key slot.
@@ -84,6 +88,7 @@ impl ServiceLabels {
                         id,
                         ServiceCounters {
                             label,
+                            verified_header: http::HeaderValue::from(id),
                             verified,
                             slots,
                         },
@@ -234,8 +239,8 @@ pub struct Metrics {
     pub upstream_responses: Family<StatusClassLabels, Counter>,
     pub upstream_errors: Family<KindLabels, Counter>,
     pub refused: Family<ReasonLabels, Counter>,
-    pub gateway_seconds: Family<RouteLabels, Histogram>,
-    pub upstream_seconds: Family<RouteLabels, Histogram>,
+    pub gateway_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub sign_time_skew_seconds: Histogram,
     pub open_connections: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
@@ -266,6 +271,77 @@ pub struct Metrics {
     pub proxy_route: RouteMetrics,
 }
 
+/// A histogram observed without a lock: one atomic add per bucket, count and sum. The
+/// workers observe on every request; prometheus-client's own `Histogram` takes a mutex for
+/// each observation, a cache line the worker threads would pass back and forth per request.
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Upper bounds, ascending; the last bucket (`+Inf`) has none.
+    bounds: Box<[f64]>,
+    /// One per bound, and one for `+Inf`: observations in that bucket alone.
+    counts: Box<[AtomicU64]>,
+    count: AtomicU64,
+    /// The sum of the observations, in nanounits (so that it adds atomically).
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: impl Iterator<Item = f64>) -> Histogram {
+        let bounds: Box<[f64]> = bounds.collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Histogram(Arc::new(HistogramInner {
+            bounds,
+            counts,
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn observe(&self, value: f64) {
+        let h = &self.0;
+        let bucket = h.bounds.partition_point(|b| *b < value);
+        if let Some(c) = h.counts.get(bucket) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        // Negative and NaN observations add nothing to the sum (none are made here).
+        h.sum_nanos
+            .fetch_add((value.max(0.0) * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far (for tests).
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        // The encoder accumulates the buckets; infinity is written `+Inf`.
+        let buckets: Vec<(f64, u64)> = h
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(h.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, h.count.load(Ordering::Relaxed), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~13 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
@@ -280,8 +356,8 @@ impl Metrics {
             upstream_responses: Family::default(),
             upstream_errors: Family::default(),
             refused: Family::default(),
-            gateway_seconds: Family::new_with_constructor(latency_histogram),
-            upstream_seconds: Family::new_with_constructor(latency_histogram),
+            gateway_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            upstream_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             // 1 s .. ~36 h, absolute value: how far sign_time is from now.
             sign_time_skew_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 18)),
             open_connections: Gauge::default(),
@@ -479,5 +555,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_free_histogram_encodes_as_prometheus_expects() {
+        let h = Histogram::new([0.1, 1.0].into_iter());
+        for v in [0.05, 0.1, 0.5, 3.0] {
+            h.observe(v);
+        }
+        let mut registry = Registry::default();
+        registry.register("t", "test", h.clone());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        for line in [
+            "t_sum 3.65",
+            "t_count 4",
+            "t_bucket{le=\"0.1\"} 2",
+            "t_bucket{le=\"1.0\"} 3",
+            "t_bucket{le=\"+Inf\"} 4",
+        ] {
+            assert!(out.contains(line), "{line} in\n{out}");
+        }
+        assert_eq!(h.count(), 4);
     }
 }

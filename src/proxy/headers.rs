@@ -235,10 +235,14 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr 
     client
 }
 
-/// Marks a request as a callback that verified for `service_id`, with the gateway's
-/// attestation when `[trust]` gives one.
-pub fn mark_verified(headers: &mut HeaderMap, service_id: u64, attestation: Option<HeaderValue>) {
-    headers.insert(&TRUST_HEADER, HeaderValue::from(service_id));
+/// Marks a request as a callback that verified for the service `service` names (its id as a
+/// header value), with the gateway's attestation when `[trust]` gives one.
+pub fn mark_verified(
+    headers: &mut HeaderMap,
+    service: HeaderValue,
+    attestation: Option<HeaderValue>,
+) {
+    headers.insert(&TRUST_HEADER, service);
     if let Some(value) = attestation {
         headers.insert(&ATTESTATION_HEADER, value);
     }
@@ -347,10 +351,14 @@ mod tests {
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
-        mark_verified(&mut h, 12345, None);
+        mark_verified(&mut h, HeaderValue::from(12345), None);
         assert_eq!(h["x-click-signature-verified"], "12345");
         assert!(!h.contains_key("x-click-gateway-signature"));
-        mark_verified(&mut h, 12345, Some(HeaderValue::from_static("t=1,v1=ab")));
+        mark_verified(
+            &mut h,
+            HeaderValue::from(12345),
+            Some(HeaderValue::from_static("t=1,v1=ab")),
+        );
         assert_eq!(h["x-click-gateway-signature"], "t=1,v1=ab");
     }
 

@@ -273,8 +273,10 @@ impl Pool {
         None
     }
 
+    /// Keeps an idle connection (its age is checked at checkout and by the sweeper, which
+    /// drop it once it reaches `idle_timeout`).
     fn put(&self, sender: Sender, reserved: bool, since: Instant) {
-        if sender.is_closed() || since.elapsed() >= self.idle_timeout {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self

@@ -28,16 +28,18 @@ pub trait BodyObserver: Send {
 
 /// The backend's response body with a deadline between frames.
 ///
-/// The timer is armed only when the body actually waits (`Pending`): most responses of a
-/// callback backend arrive whole with their headers and never touch the timer wheel. A frame
-/// that arrives moves `last_progress`; the timer is re-armed from there only when it fires.
+/// The clock is read and the timer armed only when the body actually waits (`Pending`): most
+/// responses of a callback backend arrive whole with their headers and never touch either. A
+/// wait starts at the first `Pending` after a frame; the timer is re-armed from there only
+/// when it fires.
 ///
 /// It also holds the lease of the backend connection: the connection goes back to the pool
 /// when the body has been read to its end, and is closed if the body is dropped before that.
 pub struct StallGuard {
     inner: Incoming,
     timeout: Duration,
-    last_progress: Instant,
+    /// When the current wait for a frame began; `None` right after a frame.
+    waiting_since: Option<Instant>,
     deadline: Option<Pin<Box<Sleep>>>,
     lease: Option<Lease>,
     /// Counts bodies cut for stalling.
@@ -50,7 +52,7 @@ impl StallGuard {
         StallGuard {
             inner,
             timeout,
-            last_progress: Instant::now(),
+            waiting_since: None,
             deadline: None,
             lease: Some(lease),
             stalled,
@@ -102,7 +104,7 @@ impl Body for StallGuard {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.last_progress = Instant::now();
+            this.waiting_since = None;
             if let (Some(observer), Some(Ok(frame))) = (this.observer.as_mut(), &frame) {
                 if let Some(data) = frame.data_ref() {
                     observer.data(data);
@@ -125,7 +127,8 @@ impl Body for StallGuard {
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let (last_progress, timeout) = (this.last_progress, this.timeout);
+        let timeout = this.timeout;
+        let last_progress = *this.waiting_since.get_or_insert_with(Instant::now);
         let sleep = this
             .deadline
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last_progress + timeout)));
