@@ -38,6 +38,7 @@ use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::{watch, Notify};
 
 use super::send_deadline::SendDeadline;
@@ -282,14 +283,36 @@ impl Body for TrackedBody {
     }
 }
 
+/// How a connection's protocol is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge (h2c), told apart by the first
+    /// bytes (hyper-util's auto builder).
+    Sniff,
+    /// TLS that negotiated `http/1.1` (or nothing) by ALPN.
+    Http1,
+    /// TLS that negotiated `h2` by ALPN (RFC 9113 §3.2).
+    Http2,
+}
+
+/// The server side of HTTP, built once: the auto builder for plain listeners, and the two
+/// protocols on their own for TLS, where ALPN has already said which (no sniffing; and HTTP/1
+/// without writev, so a response's head and body go out as one TLS record, not two).
+pub struct Protocols {
+    pub auto: auto::Builder<TokioExecutor>,
+    pub http1_tls: hyper::server::conn::http1::Builder,
+    pub http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
 /// Serves one connection until it ends, it breaks a deadline, or the drain asks it to finish.
 pub async fn serve<I>(
-    builder: &auto::Builder<TokioExecutor>,
+    protocols: &Protocols,
+    proto: Proto,
     io: I,
     client: Arc<Client>,
     gateway: Arc<Gateway>,
     deadlines: Deadlines,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
@@ -308,72 +331,121 @@ pub async fn serve<I>(
             Ok::<_, Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight, h2)))
         }
     });
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    let mut closing = *drain.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
+    let watch = Watch {
+        activity,
+        deadlines,
+        drain,
+        metrics,
+        log_addr,
+    };
+    match proto {
+        Proto::Sniff => {
+            watch
+                .run(protocols.auto.serve_connection(io, service))
+                .await
+        }
+        Proto::Http1 => {
+            watch
+                .run(protocols.http1_tls.serve_connection(io, service))
+                .await
+        }
+        Proto::Http2 => {
+            watch
+                .run(protocols.http2.serve_connection(io, service))
+                .await
+        }
     }
-    // Once the gateway has asked an idle connection to close: when to stop waiting for it.
-    let mut close_by: Option<Instant> = None;
-    // The connection's one timer, reset to each deadline.
-    let timer = tokio::time::sleep_until(activity.next_deadline(deadlines).into());
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %log_addr, "connection ended: {e}");
-                }
-                return;
-            }
-            _ = drain.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            // An HTTP/2 body started streaming: its send deadline may be the next one.
-            () = activity.changed.notified(), if !closing => {
-                let next = activity.next_deadline(deadlines);
-                if next < timer.deadline().into_std() {
-                    timer.as_mut().reset(next.into());
-                }
-            }
-            () = &mut timer, if !closing || close_by.is_some() => {
-                let now = Instant::now();
-                if close_by.is_some_and(|by| by <= now) {
-                    tracing::debug!(peer = %log_addr, "did not finish within {:?} of being asked to close: dropping", deadlines.send);
-                    metrics.send_timeouts.inc();
+}
+
+/// The watchdog of one connection (see the module docs).
+struct Watch {
+    activity: Arc<Activity>,
+    deadlines: Deadlines,
+    drain: watch::Receiver<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
+    log_addr: std::net::SocketAddr,
+}
+
+impl Watch {
+    /// Drives `conn` under the connection's deadlines until it ends or is dropped.
+    async fn run<C>(self, conn: C)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let Watch {
+            activity,
+            deadlines,
+            mut drain,
+            metrics,
+            log_addr,
+        } = self;
+        tokio::pin!(conn);
+        let mut closing = *drain.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        // Once the gateway has asked an idle connection to close: when to stop waiting for it.
+        let mut close_by: Option<Instant> = None;
+        // The connection's one timer, reset to each deadline.
+        let timer = tokio::time::sleep_until(activity.next_deadline(deadlines).into());
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %log_addr, "connection ended: {e}");
+                    }
                     return;
                 }
-                if activity.stream_stuck(deadlines) {
-                    tracing::debug!(peer = %log_addr, "an HTTP/2 stream took nothing for {:?}: closing", deadlines.send);
-                    metrics.send_timeouts.inc();
-                    return;
+                _ = drain.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
                 }
-                let due = activity.next_deadline(deadlines);
-                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-                if busy || due > now {
-                    // Not due yet (a request started or ended since): look again then.
-                    timer.as_mut().reset(due.into());
-                    continue;
+                // An HTTP/2 body started streaming: its send deadline may be the next one.
+                () = activity.changed.notified(), if !closing => {
+                    let next = activity.next_deadline(deadlines);
+                    if next < timer.deadline().into_std() {
+                        timer.as_mut().reset(next.into());
+                    }
                 }
-                if activity.requests.load(Ordering::Relaxed) == 0 {
-                    tracing::debug!(peer = %log_addr, "no request within {:?}: closing", deadlines.first_request);
-                    metrics.connections_closed.get_or_create(&ReasonLabels { reason: "first_request_timeout" }).inc();
-                    return;
+                () = &mut timer, if !closing || close_by.is_some() => {
+                    let now = Instant::now();
+                    if close_by.is_some_and(|by| by <= now) {
+                        tracing::debug!(peer = %log_addr, "did not finish within {:?} of being asked to close: dropping", deadlines.send);
+                        metrics.send_timeouts.inc();
+                        return;
+                    }
+                    if activity.stream_stuck(deadlines) {
+                        tracing::debug!(peer = %log_addr, "an HTTP/2 stream took nothing for {:?}: closing", deadlines.send);
+                        metrics.send_timeouts.inc();
+                        return;
+                    }
+                    let due = activity.next_deadline(deadlines);
+                    let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+                    if busy || due > now {
+                        // Not due yet (a request started or ended since): look again then.
+                        timer.as_mut().reset(due.into());
+                        continue;
+                    }
+                    if activity.requests.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(peer = %log_addr, "no request within {:?}: closing", deadlines.first_request);
+                        metrics.connections_closed.get_or_create(&ReasonLabels { reason: "first_request_timeout" }).inc();
+                        return;
+                    }
+                    metrics.connections_closed.get_or_create(&ReasonLabels { reason: "idle" }).inc();
+                    if !activity.h2.load(Ordering::Relaxed) {
+                        // HTTP/1: no next request head within header_read_timeout (hyper's rule).
+                        tracing::debug!(peer = %log_addr, "no request head within {:?} of the last response: closing", deadlines.first_request);
+                        return;
+                    }
+                    tracing::debug!(peer = %log_addr, "idle for {:?}: closing", deadlines.idle);
+                    closing = true;
+                    let by = now + deadlines.send;
+                    close_by = Some(by);
+                    timer.as_mut().reset(by.into());
+                    conn.as_mut().graceful_shutdown();
                 }
-                metrics.connections_closed.get_or_create(&ReasonLabels { reason: "idle" }).inc();
-                if !activity.h2.load(Ordering::Relaxed) {
-                    // HTTP/1: no next request head within header_read_timeout (hyper's rule).
-                    tracing::debug!(peer = %log_addr, "no request head within {:?} of the last response: closing", deadlines.first_request);
-                    return;
-                }
-                tracing::debug!(peer = %log_addr, "idle for {:?}: closing", deadlines.idle);
-                closing = true;
-                let by = now + deadlines.send;
-                close_by = Some(by);
-                timer.as_mut().reset(by.into());
-                conn.as_mut().graceful_shutdown();
             }
         }
     }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::ServerSettings;
 use crate::gateway::{Client, Gateway, Peer};
 use crate::proxy::Scheme;
-use conn::Deadlines;
+use conn::{Deadlines, Proto, Protocols};
 use prometheus_client::metrics::gauge::Gauge;
 pub use tls::TlsListener;
 
@@ -188,7 +188,7 @@ pub async fn run(
             }
         })
         .collect();
-    let builder = Arc::new(http_builder(&settings));
+    let builder = Arc::new(protocols(&settings));
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let workers_n = settings.workers.max(1);
     let connections = Arc::new(Connections {
@@ -277,7 +277,7 @@ struct Worker {
     index: usize,
     sockets: Vec<(std::net::TcpListener, Option<TlsListener>)>,
     gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<conn::Protocols>,
     connections: Arc<Connections>,
     alive: mpsc::Sender<()>,
     deadlines: Deadlines,
@@ -350,7 +350,7 @@ async fn accept_loop(
     worker: usize,
     listener: Listener,
     gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<conn::Protocols>,
     (connections, alive): (Arc<Connections>, mpsc::Sender<()>),
     deadlines: Deadlines,
     mut drain: watch::Receiver<bool>,
@@ -409,14 +409,20 @@ async fn accept_loop(
             match tls {
                 None => {
                     let client = Client::new(Peer::new(addr, Scheme::Http, &gw.trusted_proxies));
-                    conn::serve(&builder, TokioIo::new(stream), client, gw, deadlines, drain).await;
+                    let io = TokioIo::new(stream);
+                    conn::serve(&builder, Proto::Sniff, io, client, gw, deadlines, drain).await;
                 }
                 Some(tls) => match tls.handshake(stream, &gw.metrics).await {
                     Ok(stream) => {
                         let client =
                             Client::new(Peer::new(addr, Scheme::Https, &gw.trusted_proxies));
-                        conn::serve(&builder, TokioIo::new(stream), client, gw, deadlines, drain)
-                            .await;
+                        // ALPN said which protocol (RFC 9113 §3.2: h2 over TLS is negotiated).
+                        let proto = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Proto::Http2,
+                            _ => Proto::Http1,
+                        };
+                        let io = TokioIo::new(stream);
+                        conn::serve(&builder, proto, io, client, gw, deadlines, drain).await;
                     }
                     // Counted by the handshake itself, before the socket closed.
                     Err(e) => tracing::debug!(peer = %addr, "{e}"),
@@ -431,32 +437,52 @@ const DEFAULT_MAX_HEADERS: usize = 100;
 
 /// hyper's HTTP/1 header-read timeout is turned off explicitly (its default, 30 s, is silently
 /// off without a timer, and a configured one panics on every connection without one: hyper
-/// `common/time.rs`); the timer stays wired for HTTP/2's keep-alive pings.
-fn http_builder(s: &ConnSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No header-read timeout of hyper's: it would allocate and register a timer for every
-    // request. The connection watchdog enforces `header_read_timeout` with one timer per
-    // connection (see `conn`).
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(s.max_header_bytes);
-    // hyper's default (100) parses into an inline array; an explicit limit, even the same
-    // one, costs a heap vector per request head.
-    if s.max_headers != DEFAULT_MAX_HEADERS {
-        builder.http1().max_headers(s.max_headers);
+/// `common/time.rs`); the timer stays wired for HTTP/2's keep-alive pings. No header-read
+/// timeout of hyper's: it would allocate and register a timer for every request. The
+/// connection watchdog enforces `header_read_timeout` with one timer per connection (see
+/// `conn`).
+fn protocols(s: &ConnSettings) -> Protocols {
+    // The same settings on hyper's builders and on the auto builder's views of them (types of
+    // their own, with the same methods).
+    macro_rules! http1 {
+        ($b:expr) => {{
+            let b = $b;
+            b.timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .keep_alive(true)
+                .max_buf_size(s.max_header_bytes);
+            // hyper's default (100) parses into an inline array; an explicit limit, even the
+            // same one, costs a heap vector per request head.
+            if s.max_headers != DEFAULT_MAX_HEADERS {
+                b.max_headers(s.max_headers);
+            }
+        }};
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(s.http2_max_concurrent_streams)
-        // Dead peers: a PING unanswered within 20 s ends the connection.
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    macro_rules! http2 {
+        ($b:expr) => {{
+            $b.timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(s.http2_max_concurrent_streams)
+                // Dead peers: a PING unanswered within 20 s ends the connection.
+                .keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(20));
+        }};
+    }
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    http1!(&mut auto.http1());
+    http2!(auto.http2());
+    let mut http1_tls = hyper::server::conn::http1::Builder::new();
+    http1!(&mut http1_tls);
+    // One buffer, not a vector of them: over TLS each write is a record, and a head and a body
+    // written apart would be two.
+    http1_tls.writev(false);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2!(http2);
+    Protocols {
+        auto,
+        http1_tls,
+        http2,
+    }
 }
 
 #[cfg(test)]
