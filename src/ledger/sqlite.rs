@@ -285,8 +285,13 @@ impl SqliteStore {
                 ),
             });
         }
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
-            .map_err(open_err)?;
+        // temp_store: a statement that may have to undo itself halfway (a multi-row INSERT,
+        // an upsert) journals the pages it changes, in a temporary file by default: one
+        // created, written and deleted per statement, which was most of the writer's writes.
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
+        )
+        .map_err(open_err)?;
         let mut store = SqliteStore {
             conn,
             path: path.to_owned(),

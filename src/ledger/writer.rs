@@ -8,7 +8,11 @@
 //!
 //! Each round takes every urgent job and up to [`BATCH`] queued rows (only [`URGENT_RIDE`]
 //! along with urgent jobs, which should not wait for hundreds of inserts) and commits them in
-//! one transaction (group commit: one fsync for the lot), then answers the waiters. Before each
+//! one transaction (group commit: one fsync for the lot), then answers the waiters. Rows alone
+//! wait for a round until [`COMMIT_WINDOW`] has passed since the last commit (or a batch is
+//! full, or someone flushes): a quiet ledger commits a row at once, a busy one in batches of
+//! hundreds, and most of a commit's cost is per page written, not per row (the WAL frames, the
+//! checkpoint that copies them, the fsync), so its cost per row falls with the batch. Before each
 //! round the writer checks that the path still names the file it has open (a deleted or
 //! replaced database would otherwise swallow rows into an unlinked inode) and recreates it if
 //! not. When the database fails, the round's rows are counted lost, waiters get the error, and
@@ -37,6 +41,10 @@ pub const BATCH: usize = 512;
 /// Rows that ride along in a transaction carrying urgent jobs: enough to keep a backlog
 /// moving, few enough that the urgent job's commit is not held up by them.
 pub const URGENT_RIDE: usize = 64;
+/// How long rows may wait after a commit for the next one: an upper bound on the extra time a
+/// row spends queued (it is on no request's path) that turns a busy ledger's commits into a
+/// hundred a second, whatever the rate. Urgent jobs never wait for it.
+pub const COMMIT_WINDOW: Duration = Duration::from_millis(10);
 /// Rows deleted per pruning transaction: pruning never holds the write lock for long.
 pub const PRUNE_BATCH: u32 = 500;
 /// How often the writer looks for rows past their retention.
@@ -91,6 +99,8 @@ struct Urgent {
 #[derive(Default)]
 struct State {
     rows: VecDeque<Queued>,
+    /// Flush markers in `rows`: a round is due at once while there is one.
+    flushes: usize,
     urgent: VecDeque<Urgent>,
     /// Set by `close`: drain until empty or until this instant (`None`: no deadline).
     closing: Option<Option<Instant>>,
@@ -176,9 +186,15 @@ impl Shared {
             return self.drop_rows(reason, 1);
         }
         st.rows.push_back(Queued::Row(Box::new(rec)));
-        self.metrics.ledger_queue_depth.set(st.rows.len() as i64);
+        let depth = st.rows.len();
+        self.metrics.ledger_queue_depth.set(depth as i64);
         drop(st);
-        self.wake.notify_one();
+        // The writer waits untimed only on an empty queue, and otherwise for the commit window,
+        // which a full batch cuts short: a row wakes it only then, not once per row (each wake
+        // is a futex call here and a context switch there).
+        if depth == 1 || depth == BATCH {
+            self.wake.notify_one();
+        }
     }
 
     pub(super) fn flush(&self) -> oneshot::Receiver<Result<Done, LedgerError>> {
@@ -190,6 +206,7 @@ impl Shared {
             let _ = tx.send(Err(LedgerError::QueueFull));
         } else {
             st.rows.push_back(Queued::Flush(tx));
+            st.flushes += 1;
             drop(st);
             self.wake.notify_one();
         }
@@ -243,6 +260,8 @@ pub(super) struct Writer {
     last_log: Option<Instant>,
     /// The last failure, logged with the next drop report.
     last_error: Option<String>,
+    /// When the last round of rows was committed (see [`COMMIT_WINDOW`]).
+    last_commit: Instant,
 }
 
 /// Marks the writer exited however its thread ends, so nothing waits for it in vain: pending
@@ -286,6 +305,7 @@ impl Writer {
             next_prune: if prune_soon { now } else { now + PRUNE_EVERY },
             last_log: None,
             last_error: None,
+            last_commit: now.checked_sub(COMMIT_WINDOW).unwrap_or(now),
         }
     }
 
@@ -322,6 +342,7 @@ impl Writer {
             let past_deadline = matches!(closing, Some(Some(d)) if now >= d);
             if past_deadline {
                 let left = std::mem::take(&mut st.rows);
+                st.flushes = 0;
                 let urgent: Vec<Urgent> = st.urgent.drain(..).collect();
                 self.shared.metrics.ledger_queue_depth.set(0);
                 drop(st);
@@ -340,7 +361,7 @@ impl Writer {
                 }
                 return Round::exit();
             }
-            if !st.urgent.is_empty() || (rows_due && !st.rows.is_empty()) {
+            if !st.urgent.is_empty() || (rows_due && self.window_due(&st, now)) {
                 let urgent: Vec<Urgent> = st.urgent.drain(..).collect();
                 let cap = if urgent.is_empty() {
                     BATCH
@@ -353,6 +374,10 @@ impl Writer {
                     0
                 };
                 let rows: Vec<Queued> = st.rows.drain(..n).collect();
+                st.flushes -= rows
+                    .iter()
+                    .filter(|q| matches!(q, Queued::Flush(_)))
+                    .count();
                 self.shared
                     .metrics
                     .ledger_queue_depth
@@ -364,10 +389,11 @@ impl Writer {
                 return Round::exit();
             }
             let mut wake_at = now + TICK;
-            if let Health::Failing { retry_at, .. } = self.health {
-                if !st.rows.is_empty() {
-                    wake_at = wake_at.min(retry_at);
-                }
+            if !st.rows.is_empty() {
+                wake_at = wake_at.min(match self.health {
+                    Health::Ok => self.last_commit + COMMIT_WINDOW,
+                    Health::Failing { retry_at, .. } => retry_at,
+                });
             }
             if let Some(Some(deadline)) = closing {
                 wake_at = wake_at.min(deadline);
@@ -384,6 +410,16 @@ impl Writer {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Queued rows make a round now: a batch is full, someone flushes, the ledger closes, or
+    /// the commit window since the last round of rows has passed (see [`COMMIT_WINDOW`]).
+    fn window_due(&self, st: &State, now: Instant) -> bool {
+        !st.rows.is_empty()
+            && (st.rows.len() >= BATCH
+                || st.flushes > 0
+                || st.closing.is_some()
+                || now >= self.last_commit + COMMIT_WINDOW)
     }
 
     fn housekeeping_due(&self, now: Instant) -> bool {
@@ -492,6 +528,9 @@ impl Writer {
         let started = Instant::now();
         let outcome = self.attempt(&ops);
         drop(ops);
+        if !rows.is_empty() {
+            self.last_commit = Instant::now();
+        }
         match outcome {
             Ok(results) => {
                 let m = &self.shared.metrics;
@@ -714,6 +753,40 @@ mod tests {
         );
         let w = Writer::new(shared.clone(), location, store, false);
         (shared, w)
+    }
+
+    #[test]
+    fn rows_wait_for_the_commit_window_unless_a_batch_fills_or_a_flush_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, mut w) = writer(dir.path(), 2 * BATCH);
+        let now = Instant::now();
+        let due = |w: &Writer| w.window_due(&shared.lock(), now);
+        // A quiet ledger: the first row commits at once.
+        assert!(!due(&w), "nothing queued");
+        shared.record(sample("a", SystemTime::now()));
+        assert!(due(&w), "a row long after the last commit");
+        // Just committed: the next rows wait for the window...
+        w.last_commit = now;
+        assert!(!due(&w));
+        for i in 1..BATCH {
+            shared.record(sample(&format!("r{i}"), SystemTime::now()));
+        }
+        assert!(due(&w), "...unless they fill a batch");
+        let round = w.take();
+        assert_eq!(round.rows.len(), BATCH);
+        // ...or a flush asks, which takes the rows before it along.
+        shared.record(sample("b", SystemTime::now()));
+        assert!(!due(&w));
+        let _flushed = shared.flush();
+        assert!(due(&w));
+        let round = w.take();
+        assert_eq!(round.rows.len(), 2, "the row and the flush marker");
+        assert_eq!(shared.lock().flushes, 0);
+        shared.record(sample("c", SystemTime::now()));
+        assert!(!due(&w));
+        // The window passed.
+        w.last_commit = now.checked_sub(COMMIT_WINDOW).unwrap();
+        assert!(due(&w));
     }
 
     #[test]
