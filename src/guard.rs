@@ -142,7 +142,14 @@ fn judge(
             Some(earlier) if paid(&earlier) == paid(cb.error) => count("transaction", "consistent"),
             Some(earlier) => {
                 count("transaction", "contradicts");
-                if matches!(ruling, Ruling::Pass) {
+                // Rule 1's finding stands, unless it is only shadowed and this one is
+                // enforced: a shadowed rule must not let an enforced one through.
+                let stronger = match &ruling {
+                    Ruling::Pass => true,
+                    Ruling::Fails(_, Mode::Shadow) => rules.transaction == GuardMode::Enforce,
+                    _ => false,
+                };
+                if stronger {
                     ruling = Ruling::Fails(
                         RejectReason::CompleteContradictsEarlier {
                             earlier: earlier.chars().take(24).collect(),

@@ -273,6 +273,29 @@ async fn shadow_and_off_forward_a_replay_and_shadow_counts_it() {
 }
 
 #[tokio::test]
+async fn a_replay_flipped_to_paid_is_refused_by_an_enforced_rule_2_while_rule_1_shadows() {
+    let mut up = TestUpstream::start().await;
+    let gw = gateway(&up, "mode = \"shadow\"\ntransaction_mode = \"enforce\"").await;
+    let cancelled = callback_body(506, Some("5001"), "1000.00", "-5017", T1);
+    let resp = callback(gw.addr, "/click/complete/", &cancelled).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    up.next().await;
+    // The same signature with error flipped: rule 1 only reports it, rule 2 refuses it.
+    let flipped = cancelled.replace("error=-5017", "error=0");
+    let answer = callback(gw.addr, "/click/complete/", &flipped).await.json();
+    assert_eq!(answer["error"], -8, "{answer}");
+    assert!(up.try_next().is_none());
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(guard_count(&m, "signature", "replayed_with_changes"), 1.0);
+    assert_eq!(guard_count(&m, "transaction", "contradicts"), 1.0);
+    assert_eq!(
+        m.get("click_gateway_callbacks_total{service_id=\"12345\",action=\"complete\",outcome=\"rejected\",reason=\"complete_contradicts_earlier\",hint=\"none\"}"),
+        Some(&1.0)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_failing_store_refuses_callbacks_with_503_or_lets_them_through_unguarded() {
     let mut up = TestUpstream::start().await;
     for (policy, want) in [("refuse", 503), ("allow", 200)] {
