@@ -178,16 +178,14 @@ impl Ledger {
         // stopped go first; the writer takes care of the rest, a batch at a time.
         let pruned = writer::prune_batch(&mut store, settings.retention.0);
         match &pruned {
-            Ok(n) => {
+            Ok((n, _)) => {
                 metrics.ledger_pruned_rows.inc_by(*n);
             }
             Err(e) => {
                 tracing::warn!(ledger = %location, error = %e, "ledger: pruning failed; the writer retries");
             }
         }
-        let more = pruned
-            .as_ref()
-            .is_ok_and(|&n| n >= u64::from(writer::PRUNE_BATCH));
+        let more = pruned.as_ref().is_ok_and(|&(_, more)| more);
         let postgres = store.postgres();
         let (shared, exited) = writer::Shared::new(settings.queue, settings.retention.0, metrics);
         let w = writer::Writer::new(shared.clone(), location.clone(), store, more);

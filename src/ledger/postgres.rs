@@ -835,15 +835,17 @@ async fn apply(conn: &mut Object, ops: &[Op<'_>]) -> Result<Vec<OpResult>, tokio
             Op::Prune { before_us, limit } => {
                 let limit = i64::from(*limit);
                 let mut rows = 0;
+                let mut more = false;
                 for (n, sql) in PRUNE.iter().enumerate() {
                     let stmt = tx.prepare_cached(sql).await?;
                     let deleted = tx.execute(&stmt, &[before_us, &limit]).await?;
+                    more |= i64::try_from(deleted).is_ok_and(|d| d >= limit);
                     // The guard's rows age out with the ledger's; the metric counts callbacks.
                     if n == 0 {
                         rows = deleted;
                     }
                 }
-                results[i] = Some(OpResult::Pruned { rows });
+                results[i] = Some(OpResult::Pruned { rows, more });
             }
             Op::Rows(rows) => {
                 // A writer batch: the same multi-row statements, ids not reported.
@@ -898,7 +900,12 @@ async fn apply(conn: &mut Object, ops: &[Op<'_>]) -> Result<Vec<OpResult>, tokio
     tx.commit().await?;
     Ok(results
         .into_iter()
-        .map(|r| r.unwrap_or(OpResult::Pruned { rows: 0 }))
+        .map(|r| {
+            r.unwrap_or(OpResult::Pruned {
+                rows: 0,
+                more: false,
+            })
+        })
         .collect())
 }
 

@@ -564,6 +564,8 @@ impl SqliteStore {
                              (SELECT id FROM callbacks WHERE time < ?1 ORDER BY time LIMIT ?2)",
                         )
                         .and_then(|mut s| s.execute(params![before_us, limit]))?;
+                    let full = |n: usize| u32::try_from(n).is_ok_and(|n| n >= *limit);
+                    let mut more = full(rows);
                     // The guard's rows age out with the ledger's (their own count is not
                     // reported: the metric counts callbacks).
                     for sql in [
@@ -572,10 +574,15 @@ impl SqliteStore {
                         "DELETE FROM completes WHERE (service_id, click_trans_id) IN
                          (SELECT service_id, click_trans_id FROM completes WHERE time < ?1 ORDER BY time LIMIT ?2)",
                     ] {
-                        tx.prepare_cached(sql)
+                        let n = tx
+                            .prepare_cached(sql)
                             .and_then(|mut s| s.execute(params![before_us, limit]))?;
+                        more |= full(n);
                     }
-                    OpResult::Pruned { rows: rows as u64 }
+                    OpResult::Pruned {
+                        rows: rows as u64,
+                        more,
+                    }
                 }
                 Op::Bind(b) => OpResult::Bound(bind(tx, b)?),
             });
@@ -1087,7 +1094,7 @@ mod tests {
             }])
             .unwrap()[..]
         {
-            [OpResult::Pruned { rows }] => rows,
+            [OpResult::Pruned { rows, .. }] => rows,
             ref other => panic!("{other:?}"),
         };
         assert_eq!(prune(&mut store), 3);
@@ -1100,6 +1107,34 @@ mod tests {
             .map(|r| r.fields.merchant_trans_id.unwrap())
             .collect();
         assert_eq!(left, ["o4"]);
+    }
+
+    #[test]
+    fn a_guard_file_with_only_bindings_is_pruned_batch_after_batch() {
+        // A guard's own file holds no callbacks: its bindings must still say "more are due".
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open_writer(&dir.path().join("l.guard.db")).unwrap();
+        for i in 0..4 {
+            // time_us 1: long past any cutoff.
+            bind_one(&mut store, &binding(&format!("s{i}"), "a", None));
+        }
+        let prune = |store: &mut SqliteStore| match store
+            .apply(&[Op::Prune {
+                before_us: 2,
+                limit: 3,
+            }])
+            .unwrap()[..]
+        {
+            [OpResult::Pruned { rows, more }] => (rows, more),
+            ref other => panic!("{other:?}"),
+        };
+        assert_eq!(prune(&mut store), (0, true), "a whole batch of bindings");
+        assert_eq!(prune(&mut store), (0, false), "the last one");
+        let left: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM bindings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

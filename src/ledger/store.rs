@@ -94,7 +94,11 @@ pub enum OpResult {
     /// [`Op::Rows`]: how many.
     Rows(usize),
     Pruned {
+        /// Callbacks deleted (what `ledger_pruned_rows_total` counts).
         rows: u64,
+        /// Some table gave a whole batch (the callbacks, or the guard's bindings or completes,
+        /// which in a guard's own file are all there is): more are due at once.
+        more: bool,
     },
     Bound(BindOutcome),
 }

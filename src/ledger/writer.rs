@@ -392,7 +392,10 @@ impl Writer {
             if !st.rows.is_empty() {
                 wake_at = wake_at.min(match self.health {
                     Health::Ok => self.last_commit + COMMIT_WINDOW,
-                    Health::Failing { retry_at, .. } => retry_at,
+                    // Both must have passed (see `rows_due` and `window_due`).
+                    Health::Failing { retry_at, .. } => {
+                        retry_at.max(self.last_commit + COMMIT_WINDOW)
+                    }
                 });
             }
             if let Some(Some(deadline)) = closing {
@@ -440,17 +443,13 @@ impl Writer {
         if matches!(self.health, Health::Ok) && now >= self.next_prune {
             match self.attempt(&[prune_op(self.shared.retention)]) {
                 Ok(results) => {
-                    let pruned = match results.first() {
-                        Some(OpResult::Pruned { rows }) => *rows,
-                        _ => 0,
+                    let (pruned, more) = match results.first() {
+                        Some(OpResult::Pruned { rows, more }) => (*rows, *more),
+                        _ => (0, false),
                     };
                     self.shared.metrics.ledger_pruned_rows.inc_by(pruned);
                     // A full batch: more are due; the next round comes after queued rows.
-                    self.next_prune = if pruned >= u64::from(PRUNE_BATCH) {
-                        now
-                    } else {
-                        now + PRUNE_EVERY
-                    };
+                    self.next_prune = if more { now } else { now + PRUNE_EVERY };
                 }
                 Err(e) => {
                     self.failed(&e);
@@ -549,7 +548,7 @@ impl Writer {
                 for (u, result) in urgent.into_iter().zip(results) {
                     let done = match result {
                         OpResult::Inserted { id } => Done::Recorded { id },
-                        OpResult::Pruned { rows } => {
+                        OpResult::Pruned { rows, .. } => {
                             m.ledger_pruned_rows.inc_by(rows);
                             Done::Pruned { rows }
                         }
@@ -677,11 +676,15 @@ fn prune_op(retention: Duration) -> Op<'static> {
     }
 }
 
-/// Prunes one batch in a transaction of its own; returns the rows deleted.
-pub(super) fn prune_batch(store: &mut Store, retention: Duration) -> Result<u64, LedgerError> {
+/// Prunes one batch in a transaction of its own; returns the callbacks deleted, and whether
+/// some table gave a whole batch (more are due).
+pub(super) fn prune_batch(
+    store: &mut Store,
+    retention: Duration,
+) -> Result<(u64, bool), LedgerError> {
     match store.apply(&[prune_op(retention)])?.first() {
-        Some(OpResult::Pruned { rows }) => Ok(*rows),
-        _ => Ok(0),
+        Some(OpResult::Pruned { rows, more }) => Ok((*rows, *more)),
+        _ => Ok((0, false)),
     }
 }
 
