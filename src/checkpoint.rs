@@ -38,6 +38,9 @@ pub struct Judgment<'a> {
     pub failure: Option<RejectReason>,
     /// The mode the failure is judged in.
     pub mode: Mode,
+    /// The service's mode (`click.mode`, or its `click.service_modes` entry), which no later
+    /// check changes: a rule's own mode can only shadow within it.
+    service_mode: Mode,
     /// Now minus `sign_time` (positive: signed in the past), when it could be read.
     pub skew_secs: Option<i64>,
 }
@@ -60,6 +63,7 @@ impl<'a> Judgment<'a> {
             callback: None,
             verified: None,
             mode: runtime.mode_for(None),
+            service_mode: runtime.mode_for(None),
             failure: Some(reason),
             skew_secs: None,
         }
@@ -73,6 +77,7 @@ impl<'a> Judgment<'a> {
             verified: None,
             failure: Some(RejectReason::BodyTooLarge),
             mode: Mode::Enforce,
+            service_mode: Mode::Enforce,
             skew_secs: None,
         }
     }
@@ -80,7 +85,12 @@ impl<'a> Judgment<'a> {
     /// Judges a verdict on a parsed body (its fields and its signature, judged with the
     /// runtime's keys), then its `sign_time` when `click.max_sign_age` asks.
     pub fn of(runtime: &Runtime, verdict: Verdict<'a>) -> Self {
-        let service = verdict.callback.as_ref().map(|c| c.service_id);
+        // Malformed callbacks too are judged in their service's mode, when they name one.
+        let service = verdict
+            .callback
+            .as_ref()
+            .map(|c| c.service_id)
+            .or(verdict.echo.service_id);
         let (verified, failure) = match verdict.outcome {
             Ok(v) => (Some(v), None),
             Err(reason) => (None, Some(reason)),
@@ -90,6 +100,7 @@ impl<'a> Judgment<'a> {
             callback: verdict.callback,
             verified,
             mode: runtime.mode_for(service),
+            service_mode: runtime.mode_for(service),
             failure,
             skew_secs: None,
         };
@@ -100,15 +111,26 @@ impl<'a> Judgment<'a> {
     }
 
     /// A replay guard rule found the callback wrong. Shadow wins, as for `sign_time`: the
-    /// service's mode and the rule's must both enforce to refuse. A failure already found in
-    /// shadow mode is replaced only by one that is enforced.
+    /// service's mode and the rule's must both enforce to refuse. A failure found in shadow
+    /// mode (a stale `sign_time` under `sign_age_mode = "shadow"`, say: what every replay of an
+    /// old callback has) is replaced by an enforced one, never the other way round.
     pub fn guard_failed(&mut self, reason: RejectReason, mode: Mode) {
-        let mode = if self.mode == Mode::Enforce {
-            mode
-        } else {
-            Mode::Shadow
+        self.failed(reason, mode);
+    }
+
+    /// Records a failure in `rule_mode` within the service's mode; the first enforced failure
+    /// stands, and an enforced one replaces a shadowed one.
+    fn failed(&mut self, reason: RejectReason, rule_mode: Mode) {
+        let mode = match self.service_mode {
+            Mode::Enforce => rule_mode,
+            Mode::Shadow => Mode::Shadow,
         };
-        if self.failure.is_none() || mode == Mode::Enforce {
+        let replaces = match (&self.failure, self.mode) {
+            (None, _) => true,
+            (Some(_), Mode::Shadow) => mode == Mode::Enforce,
+            (Some(_), Mode::Enforce) => false,
+        };
+        if replaces {
             self.failure = Some(reason);
             self.mode = mode;
         }
@@ -154,10 +176,7 @@ impl<'a> Judgment<'a> {
             Some(_) => return,
         };
         // Shadow wins: the sign_age_mode and the service's mode must both enforce to refuse.
-        if self.mode == Mode::Enforce {
-            self.mode = age_mode;
-        }
-        self.failure = Some(failure);
+        self.failed(failure, age_mode);
     }
 
     /// Counts the callback, once: `callbacks_total`, `verifications_total`, the skew and the

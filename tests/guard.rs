@@ -296,6 +296,30 @@ async fn a_replay_flipped_to_paid_is_refused_by_an_enforced_rule_2_while_rule_1_
 }
 
 #[tokio::test]
+async fn an_old_complete_replayed_as_paid_is_refused_though_its_stale_sign_time_only_shadows() {
+    let mut up = TestUpstream::start().await;
+    // sign_age_mode shadows by default, and T1 is in 2024: every replay of an old callback
+    // fails max_sign_age in shadow. The guard's enforced refusal must still win.
+    let gw = TestGateway::start_with(ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        &format!("max_sign_age = \"1h\"\n{LEDGER}"),
+    ))
+    .await;
+    let cancelled = callback_body(507, Some("5001"), "1000.00", "-5017", T1);
+    let resp = callback(gw.addr, "/click/complete/", &cancelled).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    up.next().await;
+    let flipped = cancelled.replace("error=-5017", "error=0");
+    let answer = callback(gw.addr, "/click/complete/", &flipped).await.json();
+    assert_eq!(answer["error"], -1, "{answer}");
+    assert!(up.try_next().is_none());
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_failing_store_refuses_callbacks_with_503_or_lets_them_through_unguarded() {
     let mut up = TestUpstream::start().await;
     for (policy, want) in [("refuse", 503), ("allow", 200)] {

@@ -236,6 +236,35 @@ async fn series_stay_bounded_under_random_service_ids() {
 }
 
 #[tokio::test]
+async fn a_malformed_callback_is_judged_in_the_mode_of_the_service_it_names() {
+    let mut up = TestUpstream::start().await;
+    // The README's rollout: everything shadowed, one service enforced.
+    let config = ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        "mode = \"shadow\"\nservice_modes = { \"12345\" = \"enforce\" }",
+    );
+    let gw = TestGateway::start_with(config).await;
+    let unsigned = V1
+        .split('&')
+        .filter(|f| !f.starts_with("sign_string="))
+        .collect::<Vec<_>>()
+        .join("&");
+    assert_ne!(unsigned, V1);
+    let answer = callback(gw.addr, "/click/prepare/", &unsigned).await.json();
+    assert_eq!(answer["error"], -8, "{answer}");
+    assert!(up.try_next().is_none(), "12345 is enforced");
+    // Another service, shadowed with everything else: forwarded.
+    let other = unsigned.replace("service_id=12345", "service_id=70001");
+    let resp = callback(gw.addr, "/click/prepare/", &other).await;
+    assert_eq!(resp.text(), r#"{"error":0,"upstream":true}"#);
+    assert_eq!(up.next().await.body, other.as_bytes());
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn shadow_mode_forwards_what_it_would_reject_and_counts_it() {
     let mut up = TestUpstream::start().await;
     let config = ConfigDir::with_click(

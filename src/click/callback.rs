@@ -47,6 +47,9 @@ pub struct Callback<'a> {
 pub struct Echo<'a> {
     pub click_trans_id: Option<u64>,
     pub merchant_trans_id: Option<&'a str>,
+    /// Never echoed: the service the callback names, when its `service_id` is one number, even
+    /// if other fields are malformed, so that its mode (`click.service_modes`) judges it.
+    pub service_id: Option<u64>,
 }
 
 impl<'a> Echo<'a> {
@@ -61,6 +64,7 @@ impl<'a> Echo<'a> {
         Echo {
             click_trans_id: single("click_trans_id").and_then(parse_id),
             merchant_trans_id: single("merchant_trans_id").filter(|v| !v.is_empty()),
+            service_id: single("service_id").and_then(parse_id),
         }
     }
 }
@@ -216,6 +220,7 @@ impl<'f, 'a> Slots<'f, 'a> {
         Echo {
             click_trans_id: parse_id(self.value(CLICK_TRANS_ID)),
             merchant_trans_id: Some(self.value(MERCHANT_TRANS_ID)).filter(|v| !v.is_empty()),
+            service_id: parse_id(self.value(SERVICE_ID)),
         }
     }
 }

@@ -227,6 +227,7 @@ mod tests {
         let echo = Echo {
             click_trans_id: Some(2103045678),
             merchant_trans_id: Some("order-1001"),
+            service_id: Some(12345),
         };
         assert_eq!(
             error_body(ClickError::SignCheckFailed, &echo),
@@ -243,6 +244,7 @@ mod tests {
         let echo = Echo {
             click_trans_id: Some(u64::MAX),
             merchant_trans_id: Some("a\"b\\c\n№"),
+            service_id: None,
         };
         let body = error_body(ClickError::ActionNotFound, &echo);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
