@@ -117,14 +117,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn strip_found_hop_by_hop(headers: &mut HeaderMap, found: &Found) {
     if found.connection {
         // `Connection: keep-alive` / `close` name options, not fields: nothing to collect.
+        // Split as bytes: a line with one non-ASCII byte elsewhere still names its fields
+        // (`to_str` would fail on the whole line and leave them all in place).
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close")
+            })
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
             .filter(|name| name != header::HOST)
             .collect();
         for name in listed {
@@ -282,6 +285,20 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_connection_line_with_a_non_ascii_byte_still_names_its_fields() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop, \x80odd").unwrap(),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
