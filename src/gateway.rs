@@ -183,6 +183,12 @@ impl Gateway {
             Lane::General => peer.addr.ip(),
         };
         self.for_backend(peer, &mut parts);
+        // A `Connection` line may have named it, and the backend is promised the id.
+        if !parts.headers.contains_key(&request_id::HEADER) {
+            parts
+                .headers
+                .insert(request_id::HEADER.clone(), request_id.clone());
+        }
         let mut resp = match lane {
             Lane::General => self.general(&client, parts, body).await,
             Lane::Callback => {
@@ -216,6 +222,9 @@ impl Gateway {
             }
         }
         headers::for_upstream(&mut parts.headers, &peer.xff, peer.scheme, peer.trusted);
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookie_crumbs(&mut parts.headers);
+        }
     }
 
     /// Everything that is not a callback: buffer the body, then forward.

@@ -110,6 +110,12 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     }
     assert_eq!(resp.header("x-kept"), Some("3"));
     assert_eq!(resp.text(), "hop");
+
+    // A Connection line naming the request id cannot take it from the backend.
+    let req = "GET /hop HTTP/1.1\r\nHost: x\r\nConnection: x-request-id, close\r\nX-Request-Id: trace-7\r\n\r\n";
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(resp.header("x-request-id"), Some("trace-7"));
+    assert_eq!(up.next().await.header("x-request-id"), Some("trace-7"));
     gw.stop().await;
 }
 

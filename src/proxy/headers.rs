@@ -106,6 +106,28 @@ fn scan(headers: &HeaderMap) -> Found {
     f
 }
 
+/// Joins the `cookie` fields of an HTTP/2 request into one, as RFC 9113 §8.2.3 requires before
+/// it is passed to HTTP/1.1: clients split cookies into crumbs for HPACK, and an HTTP/1.1
+/// server given several `Cookie` lines may join them with `,` (gunicorn does), which Django
+/// then misreads.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each crumb was a valid value, and "; " is too: the join cannot fail.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Removes hop-by-hop fields: every field listed in any `Connection` line, then the fixed list.
 /// `Host` is never removed this way: it is end-to-end, and dropping it would make the backend
 /// see the upstream address instead.
@@ -124,9 +146,7 @@ fn strip_found_hop_by_hop(headers: &mut HeaderMap, found: &Found) {
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
-            .filter(|t| {
-                !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close")
-            })
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
             .filter_map(|token| HeaderName::from_bytes(token).ok())
             .filter(|name| name != header::HOST)
             .collect();
@@ -285,6 +305,17 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn http2_cookie_crumbs_become_one_cookie_line() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookie_crumbs(&mut h);
+        let cookies: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookie_crumbs(&mut one);
+        assert_eq!(one.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1"]);
     }
 
     #[test]
