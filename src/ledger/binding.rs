@@ -3,8 +3,9 @@
 //! message changed; and, for a Complete, whether an earlier forwarded Complete of the same
 //! transaction said otherwise.
 
-/// A verified callback's claim on its signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A verified callback's claim on its signature. Its `Debug` leaves out the signature and the
+/// fields (which hold it too): a genuine signature is never printed.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Binding {
     /// Decimal text: a `u64` does not fit every database's signed 64-bit integer.
     pub service_id: String,
@@ -27,6 +28,17 @@ pub struct Binding {
     pub enforce_signature: bool,
     /// For a Complete: its transaction, for rule 2.
     pub complete: Option<CompleteClaim>,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding")
+            .field("service_id", &self.service_id)
+            .field("request_id", &self.request_id)
+            .field("time_us", &self.time_us)
+            .field("complete", &self.complete)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A Complete's outcome for its transaction: Click's `error` field, as sent.
@@ -78,6 +90,27 @@ pub fn differing(first: &str, now: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::differing;
+
+    #[test]
+    fn debug_output_never_shows_the_signature() {
+        let b = super::Binding {
+            service_id: "12345".into(),
+            sign: "4c30b2304e2d17ef17eec7d8710e914c".into(),
+            digest: [7; 32],
+            fields: r#"{"amount":"1000.00"}"#.into(),
+            request_id: "r1".into(),
+            token: "t".into(),
+            time_us: 1,
+            enforce_signature: true,
+            complete: None,
+        };
+        let shown = format!("{b:?}");
+        assert!(shown.contains("r1"), "{shown}");
+        assert!(
+            !shown.contains("4c30") && !shown.contains("amount"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn differing_names_changed_added_and_removed_fields() {

@@ -15,8 +15,9 @@ use crate::click::{Form, FormKind, Verified};
 use crate::config::Mode;
 
 /// One request to a callback path, as the gateway saw and judged it. Never holds a key: the
-/// key that verified it is named by slot and fingerprint ([`Verified`]).
-#[derive(Debug, Clone)]
+/// key that verified it is named by slot and fingerprint ([`Verified`]). Its `Debug` leaves
+/// the body out: it carries the callback's genuine signature.
+#[derive(Clone)]
 pub struct Record {
     /// When the request arrived (its head was read); stored as Unix microseconds, UTC.
     pub time: SystemTime,
@@ -54,6 +55,22 @@ pub struct Record {
     /// The backend's answer, for a forwarded callback.
     pub backend: Option<Backend>,
     pub timings: Timings,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("time", &self.time)
+            .field("request_id", &self.request_id)
+            .field("peer", &self.peer)
+            .field("path", &self.path)
+            .field("body_len", &self.body.len())
+            .field("verdict", &self.verdict)
+            .field("reason", &self.reason)
+            .field("verified", &self.verified)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The gateway's verdict on a callback, as stored in the `verdict` column.
@@ -296,6 +313,20 @@ pub(crate) fn sample(merchant_trans_id: &str, time: SystemTime) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_body_and_its_signature() {
+        let rec = sample("o1", SystemTime::now());
+        let shown = format!("{rec:?}");
+        assert!(
+            shown.contains("req-o1") && shown.contains("body_len"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("sign_string") && !shown.contains("00000000"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn fields_are_decoded_as_sent_and_repeats_are_none() {
