@@ -172,6 +172,14 @@ impl Ledger {
     /// starts the writer thread. Fails when the ledger is not configured or its database
     /// cannot be opened and migrated: what `check` reports as a problem.
     pub fn open(settings: &LedgerSettings, metrics: Arc<Metrics>) -> Result<Ledger, LedgerError> {
+        Ledger::open_as(settings, metrics, writer::Role::Ledger)
+    }
+
+    fn open_as(
+        settings: &LedgerSettings,
+        metrics: Arc<Metrics>,
+        role: writer::Role,
+    ) -> Result<Ledger, LedgerError> {
         let location = Location::from_settings(settings)?;
         let mut store = Store::open_writer(&location)?;
         // One bounded batch now, before any callback: rows that aged out while the gateway was
@@ -187,13 +195,21 @@ impl Ledger {
         }
         let more = pruned.as_ref().is_ok_and(|&(_, more)| more);
         let postgres = store.postgres();
-        let (shared, exited) = writer::Shared::new(settings.queue, settings.retention.0, metrics);
+        let (shared, exited) =
+            writer::Shared::new(settings.queue, settings.retention.0, metrics, role);
         let w = writer::Writer::new(shared.clone(), location.clone(), store, more);
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || w.run())
             .map_err(LedgerError::Spawn)?;
-        tracing::info!(ledger = %location, "ledger: recording callbacks");
+        match role {
+            writer::Role::Ledger => {
+                tracing::info!(ledger = %location, "ledger: recording callbacks")
+            }
+            writer::Role::Guard => {
+                tracing::info!(ledger = %location, "guard store: binding signatures")
+            }
+        }
         Ok(Ledger {
             handle: Arc::new(Handle {
                 shared,
@@ -228,7 +244,7 @@ impl Ledger {
             ..settings.clone()
         };
         // Its own metrics: it holds no ledger rows, and must not move the ledger's gauges.
-        Ledger::open(&guard, Arc::new(Metrics::new())).map(Some)
+        Ledger::open_as(&guard, Arc::new(Metrics::new()), writer::Role::Guard).map(Some)
     }
 
     /// Queues a row for the writer and returns at once: never waits for the disk, never fails.

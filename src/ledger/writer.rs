@@ -57,6 +57,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The writer wakes at least this often when idle, for its housekeeping.
 const TICK: Duration = Duration::from_secs(1);
 
+/// What a store holds, for what its writer says when it fails: a lost ledger row costs a record,
+/// a guard store that cannot answer costs callbacks their guard (`guard.on_store_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Ledger,
+    /// A SQLite ledger's `.guard` file: bindings only.
+    Guard,
+}
+
 /// Why a row was lost: the label of `ledger_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -122,6 +131,7 @@ pub(super) struct Shared {
     /// The database failed and has not worked since.
     failing: AtomicBool,
     exited_tx: watch::Sender<bool>,
+    role: Role,
 }
 
 impl Shared {
@@ -129,6 +139,7 @@ impl Shared {
         capacity: usize,
         retention: Duration,
         metrics: Arc<Metrics>,
+        role: Role,
     ) -> (Arc<Shared>, watch::Receiver<bool>) {
         let dropped = DropReason::ALL.map(|r| {
             metrics
@@ -147,6 +158,7 @@ impl Shared {
             unlogged: Default::default(),
             failing: AtomicBool::new(false),
             exited_tx,
+            role,
         };
         (Arc::new(shared), exited_rx)
     }
@@ -589,10 +601,17 @@ impl Writer {
     fn attempt(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
         for _ in 0..2 {
             if self.store.as_ref().is_some_and(Store::replaced) {
-                tracing::warn!(
-                    ledger = %self.location,
-                    "ledger: the database file was deleted or replaced; opening it anew (rows already committed stay in the old file)"
-                );
+                match self.shared.role {
+                    Role::Ledger => tracing::warn!(
+                        ledger = %self.location,
+                        "ledger: the database file was deleted or replaced; opening it anew (rows already committed stay in the old file)"
+                    ),
+                    // Not a lost record but a forgotten guard: say so loudly.
+                    Role::Guard => tracing::error!(
+                        ledger = %self.location,
+                        "guard store: the database file was deleted or replaced; opening it anew: the signatures bound before are forgotten (a changed replay of a callback seen before would now be bound as new)"
+                    ),
+                }
                 if let Some(old) = self.store.take() {
                     old.retire();
                 }
@@ -634,11 +653,18 @@ impl Writer {
         let now = Instant::now();
         let backoff = match self.health {
             Health::Ok => {
-                tracing::error!(
-                    ledger = %self.location,
-                    error = %e,
-                    "ledger: cannot write the database; callbacks are served as usual, their rows are counted as lost (click_gateway_ledger_dropped_total) until it works again"
-                );
+                match self.shared.role {
+                    Role::Ledger => tracing::error!(
+                        ledger = %self.location,
+                        error = %e,
+                        "ledger: cannot write the database; callbacks are served as usual, their rows are counted as lost (click_gateway_ledger_dropped_total) until it works again"
+                    ),
+                    Role::Guard => tracing::error!(
+                        ledger = %self.location,
+                        error = %e,
+                        "guard store: cannot write the database; verified callbacks get guard.on_store_error (refuse: a 503, Click retries; allow: forwarded unguarded), counted in click_gateway_guard_checks_total{{outcome=\"store_error\"}}, until it works again"
+                    ),
+                }
                 BACKOFF_MIN
             }
             Health::Failing { backoff, .. } => (backoff * 2).min(BACKOFF_MAX),
@@ -653,10 +679,16 @@ impl Writer {
 
     fn recovered(&mut self) {
         if let Health::Failing { .. } = self.health {
-            tracing::info!(
-                ledger = %self.location,
-                "ledger: the database works again; recording resumed"
-            );
+            match self.shared.role {
+                Role::Ledger => tracing::info!(
+                    ledger = %self.location,
+                    "ledger: the database works again; recording resumed"
+                ),
+                Role::Guard => tracing::info!(
+                    ledger = %self.location,
+                    "guard store: the database works again; callbacks are guarded again"
+                ),
+            }
             self.report_drops(true);
         }
         self.health = Health::Ok;
@@ -753,6 +785,7 @@ mod tests {
             capacity,
             Duration::from_secs(3600),
             Arc::new(Metrics::new()),
+            Role::Ledger,
         );
         let w = Writer::new(shared.clone(), location, store, false);
         (shared, w)
