@@ -136,6 +136,11 @@ impl<'a> Judgment<'a> {
         }
     }
 
+    /// The callback's service is in enforce mode (whatever a failure's own mode).
+    pub fn service_enforced(&self) -> bool {
+        self.service_mode == Mode::Enforce
+    }
+
     pub fn decision(&self) -> Decision {
         match (&self.failure, self.mode) {
             (Some(reason), Mode::Enforce) => Decision::Answer(reason.click_error()),

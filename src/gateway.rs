@@ -320,7 +320,19 @@ impl Gateway {
             (Some(store), Some(rules), Ok(form), Some(cb))
                 if matches!(judgment.decision(), Decision::Forward { vouch: Some(_) }) =>
             {
-                Some(guard::check(rules, store, &self.metrics, form, cb, log.request_id).await)
+                let enforced = judgment.service_enforced();
+                Some(
+                    guard::check(
+                        rules,
+                        store,
+                        &self.metrics,
+                        form,
+                        cb,
+                        log.request_id,
+                        enforced,
+                    )
+                    .await,
+                )
             }
             _ => None,
         };
@@ -328,7 +340,7 @@ impl Gateway {
             None | Some(Ruling::Pass) => {}
             Some(Ruling::Fails(reason, mode)) => judgment.guard_failed(reason, mode),
             Some(Ruling::Unguarded(why)) => {
-                tracing::warn!(request_id = log.request_id, "replay guard unavailable ({why}): forwarded unguarded (guard.on_store_error = \"allow\")");
+                tracing::warn!(request_id = log.request_id, "replay guard unavailable ({why}): forwarded unguarded (guard.on_store_error = \"allow\", or no rule enforced for this callback)");
             }
             Some(Ruling::Unavailable(why)) => {
                 self.metrics.refuse("guard_unavailable");

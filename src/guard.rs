@@ -76,7 +76,10 @@ pub enum Ruling {
 }
 
 /// Checks a verified callback against the bindings, waiting for the store's commit (at most
-/// `rules.timeout`).
+/// `rules.timeout`). `service_enforced`: the callback's service is in enforce mode. When the
+/// store fails, `on_store_error = "refuse"` refuses only where a rule could have refused: with
+/// the service or both rules in shadow mode nothing is ever refused, so the callback goes on
+/// unguarded (counted, logged).
 pub async fn check(
     rules: &Rules,
     ledger: &Ledger,
@@ -84,6 +87,7 @@ pub async fn check(
     parsed: &Parsed<'_>,
     cb: &Callback<'_>,
     request_id: &str,
+    service_enforced: bool,
 ) -> Ruling {
     let binding = binding(rules, parsed, cb, request_id);
     let outcome = tokio::time::timeout(rules.timeout, ledger.bind(binding)).await;
@@ -102,9 +106,12 @@ pub async fn check(
                 Ok(Ok(other)) => format!("unexpected answer {other:?}"),
             };
             count("signature", "store_error");
+            let could_refuse = service_enforced
+                && (rules.signature == GuardMode::Enforce
+                    || (rules.transaction == GuardMode::Enforce && cb.action == Action::Complete));
             return match rules.on_store_error {
-                StoreErrorPolicy::Refuse => Ruling::Unavailable(why),
-                StoreErrorPolicy::Allow => Ruling::Unguarded(why),
+                StoreErrorPolicy::Refuse if could_refuse => Ruling::Unavailable(why),
+                _ => Ruling::Unguarded(why),
             };
         }
     };

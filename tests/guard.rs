@@ -376,3 +376,34 @@ async fn a_failing_store_refuses_callbacks_with_503_or_lets_them_through_unguard
         gw.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_failing_store_never_refuses_where_no_rule_enforces() {
+    let mut up = TestUpstream::start().await;
+    // on_store_error = "refuse" (the default), but both rules only shadow: nothing to refuse.
+    let gw = gateway(
+        &up,
+        "mode = \"shadow\"\ntransaction_mode = \"shadow\"\ntimeout = \"500ms\"",
+    )
+    .await;
+    let db = gw
+        .gateway
+        .guard_store
+        .clone()
+        .unwrap()
+        .location()
+        .path()
+        .to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::create_dir(&db).unwrap();
+    let body = callback_body(801, None, "1000.00", "0", T1);
+    let resp = callback(gw.addr, "/click/prepare/", &body).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    assert_eq!(up.next().await.all("x-click-signature-verified"), ["12345"]);
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(guard_count(&m, "signature", "store_error"), 1.0);
+    std::fs::remove_dir(&db).unwrap();
+    gw.stop().await;
+}
