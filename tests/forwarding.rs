@@ -403,7 +403,7 @@ async fn a_response_body_that_stalls_is_cut_at_the_response_timeout() {
 #[tokio::test]
 async fn upstream_connections_are_reused_then_retired_at_the_idle_timeout() {
     let mut up = TestUpstream::start().await;
-    let config = ConfigDir::new(up.addr, KEYS_TOML, "", "pool_idle_timeout = \"2s\"");
+    let config = ConfigDir::new(up.addr, KEYS_TOML, "", "pool_idle_timeout = \"300ms\"");
     let gw = TestGateway::start_with(config).await;
     let mut client = h1_connect(gw.addr).await;
     let get = || get_request("/page");
@@ -419,8 +419,18 @@ async fn upstream_connections_are_reused_then_retired_at_the_idle_timeout() {
         peers.iter().all(|p| *p == peers[0]),
         "keep-alive to the backend: {peers:?}"
     );
-    // The scenario needs time to pass: a connection idle past the timeout is never reused.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // Idle past the timeout, the connection is retired (by the pool's sweeper): wait for it.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let m = scrape(gw.admin_addr).await;
+            if m.get("click_gateway_upstream_open_connections") == Some(&0.0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle backend connection was never retired");
     let resp = client.send_request(get()).await.unwrap();
     http_body_util::BodyExt::collect(resp.into_body())
         .await

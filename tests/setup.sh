@@ -10,7 +10,7 @@
 #     with runuser (util-linux) when the tests run as root,
 #   - a Python virtualenv in target/test-venv with Django and gunicorn (the real backend of
 #     the end-to-end tests), pinned in tests/django/requirements.txt.
-# The Rust toolchain itself (cargo 1.82 or later) must already be there.
+# The Rust toolchain itself (cargo 1.88 or later) must already be there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +26,7 @@ apt_install() {
         sudo="sudo"
     fi
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
 missing=()

@@ -13,8 +13,27 @@ pub struct Gunicorn {
     /// The unix socket, when bound to one.
     pub socket: Option<PathBuf>,
     pub log: PathBuf,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Gunicorn {
+    /// Stops the master with SIGINT, gunicorn's quick shutdown (it stops its workers, then
+    /// itself), and waits for it to exit: a SIGKILL to the master alone would leave its workers
+    /// orphaned, still serving the old port. `kill_on_drop` remains the last resort.
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else { return };
+        // SAFETY: kill(2) on our own child's pid, not yet reaped (`id` is Some).
+        let _ = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        // The master's exit is not an event a synchronous drop can await: poll it, bounded.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                _ => return,
+            }
+        }
+    }
 }
 
 /// Where gunicorn listens.
@@ -113,7 +132,7 @@ impl Gunicorn {
             addr,
             socket: (bind == Bind::Unix).then_some(socket),
             log,
-            _child: child,
+            child,
             _dir: dir,
         }
     }
