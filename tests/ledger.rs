@@ -98,10 +98,8 @@ async fn stall_writer(d: &LedgerDir, ledger: &Ledger, metrics: &Metrics) -> rusq
     let lock = rusqlite::Connection::open(d.db()).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     ledger.record(record("a=1", ago(1), "stalled"));
-    within(async {
-        while metric(metrics, "click_gateway_ledger_queue_depth") != 0.0 {
-            tokio::task::yield_now().await;
-        }
+    common::eventually("the writer takes the row", || {
+        metric(metrics, "click_gateway_ledger_queue_depth") == 0.0
     })
     .await;
     lock
