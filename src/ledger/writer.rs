@@ -201,9 +201,10 @@ impl Shared {
         let depth = st.rows.len();
         self.metrics.ledger_queue_depth.set(depth as i64);
         drop(st);
-        // The writer waits untimed only on an empty queue, and otherwise for the commit window,
-        // which a full batch cuts short: a row wakes it only then, not once per row (each wake
-        // is a futex call here and a context switch there).
+        // The writer sleeps past the commit window only on an empty queue; with rows queued it
+        // wakes at the window's end by itself, and a full batch cuts that short. So a row
+        // wakes it only in those two cases, not once per row (each wake is a futex call here
+        // and a context switch there).
         if depth == 1 || depth == BATCH {
             self.wake.notify_one();
         }
