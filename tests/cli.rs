@@ -5,19 +5,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::binary::bin;
 use common::*;
-
-/// The binary, without keys or overrides from the developer's shell.
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_click-gateway"));
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("CLICK_GATEWAY_") || text.starts_with("CLICK_SERVICE_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

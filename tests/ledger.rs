@@ -31,6 +31,7 @@ use click_gateway::ledger::{
 };
 use click_gateway::metrics::Metrics;
 
+use common::binary::{bin, run_with_stdin};
 use common::ledger::*;
 use common::{KEY_12345, PATIENCE};
 
@@ -519,42 +520,11 @@ async fn recheck_against_the_configured_keys_once_the_key_is_added() {
     assert!(out.contains("against the configured keys"), "{out}");
 }
 
-/// The binary, without keys or overrides from the developer's shell.
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_click-gateway"));
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("CLICK_GATEWAY_") || text.starts_with("CLICK_SERVICE_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd
-}
-
-fn run_bin(cmd: &mut Command, stdin: &str) -> (i32, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (text(out.stdout), text(out.stderr));
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code().unwrap_or(-1), stdout, stderr)
-}
-
 #[tokio::test]
 async fn the_binary_reads_the_candidate_key_from_stdin_and_exits_by_the_verdict() {
     let d = LedgerDir::new();
     let cfg = d.config.path();
-    let (code, _, err) = run_bin(
+    let (code, _, err) = run_with_stdin(
         bin()
             .args(["payments", "--merchant-trans-id", "x", "-c"])
             .arg(&cfg),
@@ -570,7 +540,7 @@ async fn the_binary_reads_the_candidate_key_from_stdin_and_exits_by_the_verdict(
     within(ledger.flush()).await.unwrap();
 
     let recheck = |key: &str| {
-        run_bin(
+        run_with_stdin(
             bin()
                 .args([
                     "recheck",
@@ -597,7 +567,7 @@ async fn the_binary_reads_the_candidate_key_from_stdin_and_exits_by_the_verdict(
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("0 of 3 refused callbacks"), "{out}");
 
-    let (code, out, err) = run_bin(
+    let (code, out, err) = run_with_stdin(
         bin()
             .args([
                 "payments",
@@ -620,7 +590,7 @@ async fn the_binary_reads_the_candidate_key_from_stdin_and_exits_by_the_verdict(
         &["payments", "--click-trans-id", "x1"],
         &["recheck", "--service-id", "-5"],
     ] {
-        let (code, _, err) = run_bin(bin().args(args).arg("-c").arg(&cfg), "");
+        let (code, _, err) = run_with_stdin(bin().args(args).arg("-c").arg(&cfg), "");
         assert_eq!(code, 2, "{args:?}: {err}");
     }
 }
@@ -1261,7 +1231,7 @@ async fn the_ledger_metrics_are_exposed() {
 fn check_shows_the_shipped_configs_ledger_and_never_a_postgres_password() {
     // The shipped example records callbacks with no extra step, next to itself.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
-    let (code, out, err) = run_bin(bin().arg("check").arg("--config").arg(&shipped), "");
+    let (code, out, err) = run_with_stdin(bin().arg("check").arg("--config").arg(&shipped), "");
     assert_eq!(code, 0, "{out}{err}");
     let line = out
         .lines()
@@ -1276,7 +1246,7 @@ fn check_shows_the_shipped_configs_ledger_and_never_a_postgres_password() {
     );
     std::fs::write(&cfg, text).unwrap();
     // Nothing listens there: a problem, naming the store by its redacted URL only.
-    let (code, out, err) = run_bin(bin().arg("check").arg("-c").arg(&cfg), "");
+    let (code, out, err) = run_with_stdin(bin().arg("check").arg("-c").arg(&cfg), "");
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("ledger.database: ledger postgres://ledger@127.0.0.1:1/click: "),

@@ -7,11 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use click_gateway::click::sign::{CallbackBody, SignedFields};
 use click_gateway::click::Secret;
-use common::binary::GatewayProcess;
+use common::binary::{bin, run_with_stdin, GatewayProcess};
 use common::django::{django_saw, Bind, Gunicorn};
 use common::*;
 
@@ -40,28 +39,7 @@ fn signed(service: &str, key: &str, action: &str, trans_id: u64, order: &str) ->
 
 /// Runs a subcommand of the real binary with `stdin`; returns (exit code, stdout, stderr).
 fn run(args: &[&str], config: &Path, stdin: &str) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_click-gateway"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_with_stdin(bin().args(args).arg("--config").arg(config), stdin)
 }
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {

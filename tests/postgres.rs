@@ -17,7 +17,7 @@ use click_gateway::ledger::{
     SCHEMA_VERSION,
 };
 use click_gateway::metrics::Metrics;
-use common::binary::GatewayProcess;
+use common::binary::{bin, GatewayProcess};
 use common::ledger::{record, rejected, verified};
 use common::postgres::{ledger_section, PgCluster, PG_PASSWORD};
 use common::*;
@@ -67,18 +67,6 @@ fn settings(url: &str) -> LedgerSettings {
 
 fn location(url: &str) -> Location {
     Location::from_settings(&settings(url)).unwrap()
-}
-
-/// The binary, without keys or overrides from the developer's shell.
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_click-gateway"));
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("CLICK_GATEWAY_") || text.starts_with("CLICK_SERVICE_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd
 }
 
 /// Runs a command of the binary; its exit code, stdout and stderr, checked for secrets.

@@ -11,6 +11,43 @@ use tokio::sync::mpsc;
 
 use super::{ConfigDir, PATIENCE};
 
+/// The binary as a command, without keys or overrides from the developer's shell.
+pub fn bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_click-gateway"));
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("CLICK_GATEWAY_") || text.starts_with("CLICK_SERVICE_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
+/// Runs `cmd` with `stdin` written to it; its exit code, stdout and stderr (UTF-8, or the test
+/// fails), failing the test if it panicked.
+pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
 pub struct GatewayProcess {
     /// The plain listener (0.0.0.0:0 when there is none).
     pub addr: std::net::SocketAddr,
