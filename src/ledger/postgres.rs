@@ -53,7 +53,9 @@ use tokio_postgres::Row;
 
 use super::binding::{differing, BindOutcome, Binding, Seen};
 use super::record::{micros, unix_micros, ClickFields, Record};
-use super::store::{Filter, Inspection, Op, OpResult, Stored, SCHEMA_VERSION};
+use super::store::{
+    Filter, Inspection, Op, OpResult, Stored, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
+};
 use super::{Done, LedgerError};
 use crate::config::postgres::{PgUrl, RootCerts, TlsMode, SYSTEM_ROOTS};
 
@@ -545,14 +547,17 @@ impl PgStore {
         service_id: Option<&str>,
         since_us: i64,
     ) -> Result<Vec<Stored>, LedgerError> {
-        const REFUSED: &str = "reason IN ('unknown_service', 'key_mismatch') AND verdict IN ('rejected', 'would_reject')";
         match service_id {
             Some(s) => self.select(
-                &format!("service_id = $1 AND time >= $2 AND {REFUSED}"),
+                &format!("service_id = $1 AND time >= $2 AND {REFUSED_FOR_SIGNATURE}"),
                 true,
                 &[&s, &since_us],
             ),
-            None => self.select(&format!("time >= $1 AND {REFUSED}"), true, &[&since_us]),
+            None => self.select(
+                &format!("time >= $1 AND {REFUSED_FOR_SIGNATURE}"),
+                true,
+                &[&since_us],
+            ),
         }
     }
 

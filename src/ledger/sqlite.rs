@@ -19,7 +19,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 
 use super::binding::{differing, BindOutcome, Binding, Seen};
 use super::record::{micros, unix_micros, ClickFields};
-use super::store::{Filter, Inspection, Op, OpResult, Stored, SCHEMA_VERSION};
+use super::store::{
+    Filter, Inspection, Op, OpResult, Stored, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
+};
 use super::LedgerError;
 
 /// `PRAGMA application_id` of a ledger ("ClKG"), so a file that is some other program's
@@ -626,14 +628,17 @@ impl SqliteStore {
         service_id: Option<&str>,
         since_us: i64,
     ) -> Result<Vec<Stored>, LedgerError> {
-        const REFUSED: &str = "reason IN ('unknown_service', 'key_mismatch') AND verdict IN ('rejected', 'would_reject')";
         match service_id {
             Some(s) => self.select(
-                &format!("service_id = ?1 AND time >= ?2 AND {REFUSED}"),
+                &format!("service_id = ?1 AND time >= ?2 AND {REFUSED_FOR_SIGNATURE}"),
                 true,
                 &[&s, &since_us],
             ),
-            None => self.select(&format!("time >= ?1 AND {REFUSED}"), true, &[&since_us]),
+            None => self.select(
+                &format!("time >= ?1 AND {REFUSED_FOR_SIGNATURE}"),
+                true,
+                &[&since_us],
+            ),
         }
     }
 

@@ -103,6 +103,11 @@ pub enum OpResult {
     Bound(BindOutcome),
 }
 
+/// The SQL condition, the same on every store, for a callback refused for its signature: what
+/// `recheck` re-judges (`unknown_service`, `key_mismatch`, in enforce or shadow mode).
+pub(super) const REFUSED_FOR_SIGNATURE: &str =
+    "reason IN ('unknown_service', 'key_mismatch') AND verdict IN ('rejected', 'would_reject')";
+
 /// Which callbacks a timeline shows; every filter given must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
