@@ -726,6 +726,36 @@ pub fn verdict(status: u16, body: &[u8]) -> Verdict {
     Verdict::SignRejected
 }
 
+/// Of two different messages raced under one signature, exactly one may reach the backend:
+/// checks that exactly one answer is the backend's and the other a refusal, and that the one
+/// message the backend got is the one whose answer was its own (and nothing more came).
+pub async fn exactly_one_forwarded(
+    up: &mut TestUpstream,
+    (a, ra): (&str, &RawResponse),
+    (b, rb): (&str, &RawResponse),
+    round: u64,
+) {
+    let verdicts = [verdict(ra.status, &ra.body), verdict(rb.status, &rb.body)];
+    assert_eq!(
+        verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Forwarded)
+            .count(),
+        1,
+        "round {round}: {verdicts:?}"
+    );
+    let winner = if verdicts[0] == Verdict::Forwarded {
+        a
+    } else {
+        b
+    };
+    assert_eq!(up.next().await.body, winner.as_bytes(), "round {round}");
+    assert!(
+        up.try_next().is_none(),
+        "round {round}: both reached the backend"
+    );
+}
+
 /// Sends a callback on a hyper connection and classifies the answer.
 pub async fn send_callback(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
