@@ -183,12 +183,6 @@ impl Gateway {
             Lane::General => peer.addr.ip(),
         };
         self.for_backend(peer, &mut parts);
-        // A `Connection` line may have named it, and the backend is promised the id.
-        if !parts.headers.contains_key(&request_id::HEADER) {
-            parts
-                .headers
-                .insert(request_id::HEADER.clone(), request_id.clone());
-        }
         let mut resp = match lane {
             Lane::General => self.general(&client, parts, body).await,
             Lane::Callback => {

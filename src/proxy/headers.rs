@@ -130,7 +130,8 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
 
 /// Removes hop-by-hop fields: every field listed in any `Connection` line, then the fixed list.
 /// `Host` is never removed this way: it is end-to-end, and dropping it would make the backend
-/// see the upstream address instead.
+/// see the upstream address instead. Nor is `X-Request-Id`, which the gateway has set by then
+/// and promises the backend.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let found = scan(headers);
     strip_found_hop_by_hop(headers, &found);
@@ -148,7 +149,7 @@ fn strip_found_hop_by_hop(headers: &mut HeaderMap, found: &Found) {
             .map(<[u8]>::trim_ascii)
             .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
             .filter_map(|token| HeaderName::from_bytes(token).ok())
-            .filter(|name| name != header::HOST)
+            .filter(|name| name != header::HOST && name != crate::request_id::HEADER)
             .collect();
         for name in listed {
             headers.remove(name);
