@@ -54,6 +54,20 @@ async fn gateway(up: &TestUpstream, guard: &str) -> TestGateway {
     .await
 }
 
+/// Turns the guard's database into a directory, so that nothing can be written or read there;
+/// returns its path (remove the directory to bring the store back).
+fn break_guard_store(gw: &TestGateway) -> std::path::PathBuf {
+    // The guard keeps its bindings in a file of its own beside the ledger's.
+    let store = gw.gateway.guard_store.clone().unwrap();
+    let db = store.location().path().to_owned();
+    assert_eq!(db.file_name().unwrap(), "ledger.guard.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::create_dir(&db).unwrap();
+    db
+}
+
 fn guard_count(m: &std::collections::BTreeMap<String, f64>, rule: &str, outcome: &str) -> f64 {
     m.get(&format!(
         "click_gateway_guard_checks_total{{rule=\"{rule}\",outcome=\"{outcome}\"}}"
@@ -309,15 +323,7 @@ async fn a_failing_store_refuses_callbacks_with_503_or_lets_them_through_unguard
             &format!("on_store_error = \"{policy}\"\ntimeout = \"500ms\""),
         )
         .await;
-        // The guard keeps its bindings in a file of its own beside the ledger's.
-        let store = gw.gateway.guard_store.clone().unwrap();
-        let db = store.location().path().to_owned();
-        assert_eq!(db.file_name().unwrap(), "ledger.guard.db");
-        // The database turns into a directory: nothing can be written or read.
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-        }
-        std::fs::create_dir(&db).unwrap();
+        let db = break_guard_store(&gw);
         let body = callback_body(600 + want as u64, None, "1000.00", "0", T1);
         let resp = callback(gw.addr, "/click/prepare/", &body).await;
         assert_eq!(resp.status, want, "{policy}: {}", resp.text());
@@ -367,18 +373,7 @@ async fn a_failing_store_never_refuses_where_no_rule_enforces() {
         "mode = \"shadow\"\ntransaction_mode = \"shadow\"\ntimeout = \"500ms\"",
     )
     .await;
-    let db = gw
-        .gateway
-        .guard_store
-        .clone()
-        .unwrap()
-        .location()
-        .path()
-        .to_owned();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::create_dir(&db).unwrap();
+    let db = break_guard_store(&gw);
     let body = callback_body(801, None, "1000.00", "0", T1);
     let resp = callback(gw.addr, "/click/prepare/", &body).await;
     assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);

@@ -1217,8 +1217,13 @@ mod tests {
         assert!(tls_config(&off).unwrap().is_none());
         let tls = PgUrl::parse("postgres://gw:pw@127.0.0.1/ledger?sslmode=require").unwrap();
         let config = tls_config(&tls).unwrap().expect("a TLS configuration");
-        // The ring provider, nothing else.
-        assert!(!config.crypto_provider().cipher_suites.is_empty());
+        // The ring provider, nothing else: its suites, in its order.
+        let suites =
+            |p: &CryptoProvider| -> Vec<_> { p.cipher_suites.iter().map(|s| s.suite()).collect() };
+        assert_eq!(
+            suites(config.crypto_provider()),
+            suites(&rustls::crypto::ring::default_provider())
+        );
         // And the pool over it builds.
         let shared = PgShared::start(&tls, 1).unwrap();
         assert_eq!(shared.at(), "postgres://gw@127.0.0.1:5432/ledger");

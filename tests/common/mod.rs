@@ -79,7 +79,7 @@ impl std::io::Write for LogSink {
 }
 
 /// Sends the gateway's tracing output (debug and up) to [`captured_logs`], once per binary.
-fn capture_logs() {
+pub fn capture_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         use tracing_subscriber::prelude::*;
