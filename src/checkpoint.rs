@@ -95,12 +95,13 @@ impl<'a> Judgment<'a> {
             Ok(v) => (Some(v), None),
             Err(reason) => (None, Some(reason)),
         };
+        let mode = runtime.mode_for(service);
         let mut j = Judgment {
             echo: verdict.echo,
             callback: verdict.callback,
             verified,
-            mode: runtime.mode_for(service),
-            service_mode: runtime.mode_for(service),
+            mode,
+            service_mode: mode,
             failure,
             skew_secs: None,
         };
@@ -110,17 +111,11 @@ impl<'a> Judgment<'a> {
         j
     }
 
-    /// A replay guard rule found the callback wrong. Shadow wins, as for `sign_time`: the
-    /// service's mode and the rule's must both enforce to refuse. A failure found in shadow
+    /// A check with a mode of its own (`sign_age_mode`, a replay guard rule) found the callback
+    /// wrong. Shadow wins: the service's mode and the rule's must both enforce to refuse. A failure found in shadow
     /// mode (a stale `sign_time` under `sign_age_mode = "shadow"`, say: what every replay of an
     /// old callback has) is replaced by an enforced one, never the other way round.
-    pub fn guard_failed(&mut self, reason: RejectReason, mode: Mode) {
-        self.failed(reason, mode);
-    }
-
-    /// Records a failure in `rule_mode` within the service's mode; the first enforced failure
-    /// stands, and an enforced one replaces a shadowed one.
-    fn failed(&mut self, reason: RejectReason, rule_mode: Mode) {
+    pub fn rule_failed(&mut self, reason: RejectReason, rule_mode: Mode) {
         let mode = match self.service_mode {
             Mode::Enforce => rule_mode,
             Mode::Shadow => Mode::Shadow,
@@ -181,7 +176,7 @@ impl<'a> Judgment<'a> {
             Some(_) => return,
         };
         // Shadow wins: the sign_age_mode and the service's mode must both enforce to refuse.
-        self.failed(failure, age_mode);
+        self.rule_failed(failure, age_mode);
     }
 
     /// Counts the callback, once: `callbacks_total`, `verifications_total`, the skew and the

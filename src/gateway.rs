@@ -332,7 +332,7 @@ impl Gateway {
         };
         match ruling {
             None | Some(Ruling::Pass) => {}
-            Some(Ruling::Fails(reason, mode)) => judgment.guard_failed(reason, mode),
+            Some(Ruling::Fails(reason, mode)) => judgment.rule_failed(reason, mode),
             Some(Ruling::Unguarded(why)) => {
                 tracing::warn!(request_id = log.request_id, "replay guard unavailable ({why}): forwarded unguarded (guard.on_store_error = \"allow\", or no rule enforced for this callback)");
             }

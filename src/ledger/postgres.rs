@@ -54,7 +54,7 @@ use tokio_postgres::Row;
 use super::binding::{differing, BindOutcome, Binding, Seen};
 use super::record::{micros, unix_micros, ClickFields, Record};
 use super::store::{
-    Filter, Inspection, Op, OpResult, Stored, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
+    Filter, Inspection, Op, OpResult, Stored, COLUMNS, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
 };
 use super::{Done, LedgerError};
 use crate::config::postgres::{PgUrl, RootCerts, TlsMode, SYSTEM_ROOTS};
@@ -191,14 +191,6 @@ const PRUNE: [&str; 3] = [
     "DELETE FROM completes WHERE (service_id, click_trans_id) IN
      (SELECT service_id, click_trans_id FROM completes WHERE time < $1 ORDER BY time LIMIT $2 FOR UPDATE SKIP LOCKED)",
 ];
-
-/// The columns a query reads, `body` last (as in sqlite.rs).
-const COLUMNS: &str = "id, time, request_id, peer, client, path, content_type,
-    click_trans_id, service_id, click_paydoc_id, merchant_trans_id, merchant_prepare_id,
-    amount, action, error, error_note, sign_time,
-    verdict, reason, hint, detail, slot, fp, generation, mode,
-    backend_status, backend_error, backend_error_note, backend_prepare_id, backend_confirm_id,
-    gateway_us, upstream_us, total_us";
 
 /// The thread whose runtime drives every connection of one store; it ends once the store is
 /// dropped (its connections close with it).

@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 use super::binding::{differing, BindOutcome, Binding, Seen};
 use super::record::{micros, unix_micros, ClickFields};
 use super::store::{
-    Filter, Inspection, Op, OpResult, Stored, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
+    Filter, Inspection, Op, OpResult, Stored, COLUMNS, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
 };
 use super::LedgerError;
 
@@ -187,14 +187,6 @@ fn bind(tx: &Connection, b: &Binding) -> rusqlite::Result<BindOutcome> {
         earlier_complete_error,
     })
 }
-
-/// The columns a query reads, `body` last (replaced by an empty blob when not wanted).
-const COLUMNS: &str = "id, time, request_id, peer, client, path, content_type,
-    click_trans_id, service_id, click_paydoc_id, merchant_trans_id, merchant_prepare_id,
-    amount, action, error, error_note, sign_time,
-    verdict, reason, hint, detail, slot, fp, generation, mode,
-    backend_status, backend_error, backend_error_note, backend_prepare_id, backend_confirm_id,
-    gateway_us, upstream_us, total_us";
 
 /// An open SQLite ledger.
 #[derive(Debug)]

@@ -103,6 +103,15 @@ pub enum OpResult {
     Bound(BindOutcome),
 }
 
+/// The columns a query reads, in the order [`Stored`] is read from, `body` last (added by the
+/// query, or an empty value when not wanted): the same on every store.
+pub(super) const COLUMNS: &str = "id, time, request_id, peer, client, path, content_type,
+    click_trans_id, service_id, click_paydoc_id, merchant_trans_id, merchant_prepare_id,
+    amount, action, error, error_note, sign_time,
+    verdict, reason, hint, detail, slot, fp, generation, mode,
+    backend_status, backend_error, backend_error_note, backend_prepare_id, backend_confirm_id,
+    gateway_us, upstream_us, total_us";
+
 /// The SQL condition, the same on every store, for a callback refused for its signature: what
 /// `recheck` re-judges (`unknown_service`, `key_mismatch`, in enforce or shadow mode).
 pub(super) const REFUSED_FOR_SIGNATURE: &str =
