@@ -30,6 +30,21 @@ pub struct Binding {
     pub complete: Option<CompleteClaim>,
 }
 
+impl Binding {
+    /// Rule 1's verdict from the row the store's statement returned for this binding: this
+    /// binding's own (its `token`: first), or an earlier one with the same digest (a retry) or
+    /// another (the fields that differ).
+    pub fn seen(&self, digest: &[u8], fields: &str, token: &str) -> Seen {
+        if token == self.token {
+            Seen::First
+        } else if digest == self.digest {
+            Seen::Same
+        } else {
+            Seen::Changed(differing(fields, &self.fields))
+        }
+    }
+}
+
 impl std::fmt::Debug for Binding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Binding")

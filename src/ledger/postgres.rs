@@ -51,7 +51,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::binding::{differing, BindOutcome, Binding, Seen};
+use super::binding::{BindOutcome, Binding, Seen};
 use super::record::{micros, unix_micros, ClickFields, Record};
 use super::store::{
     Filter, Inspection, Op, OpResult, Stored, COLUMNS, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
@@ -803,13 +803,7 @@ fn seen(row: &Row, b: &Binding) -> Result<Seen, tokio_postgres::Error> {
     let digest: Vec<u8> = row.try_get(0)?;
     let fields: String = row.try_get(1)?;
     let token: String = row.try_get(2)?;
-    Ok(if token == b.token {
-        Seen::First
-    } else if digest == b.digest {
-        Seen::Same
-    } else {
-        Seen::Changed(differing(&fields, &b.fields))
-    })
+    Ok(b.seen(&digest, &fields, &token))
 }
 
 /// One writer round in one transaction. Rows go in multi-row `INSERT`s (their ids come back

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
-use super::binding::{differing, BindOutcome, Binding, Seen};
+use super::binding::{BindOutcome, Binding, Seen};
 use super::record::{micros, unix_micros, ClickFields};
 use super::store::{
     Filter, Inspection, Op, OpResult, Stored, COLUMNS, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
@@ -149,13 +149,7 @@ fn bind(tx: &Connection, b: &Binding) -> rusqlite::Result<BindOutcome> {
         ],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    let signature = if token == b.token {
-        Seen::First
-    } else if digest == b.digest {
-        Seen::Same
-    } else {
-        Seen::Changed(differing(&fields, &b.fields))
-    };
+    let signature = b.seen(&digest, &fields, &token);
     let mut earlier_complete_error = None;
     if let Some(c) = &b.complete {
         if b.enforce_signature && matches!(signature, Seen::Changed(_)) {
