@@ -212,20 +212,29 @@ async fn shipped_guard(dir: &Path, rows: usize) {
     guard.close(Duration::from_secs(10)).await;
 }
 
+/// A connection with the ledger's own pragmas (`sqlite.rs`): WAL, `synchronous = FULL`,
+/// statement journals in memory.
+fn connect(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open");
+    let _: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .expect("WAL");
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")
+        .expect("pragmas");
+    conn
+}
+
 /// One floor: `schema` created in a fresh file, then `insert` run for every row, `batch` rows
 /// a transaction.
 fn floor(dir: &Path, name: &str, rows: usize, batch: usize, schema: &str, insert: &str) {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = dir.join(format!("floor-{n}.sqlite"));
-    let conn = Connection::open(&path).expect("open");
-    let _: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .expect("WAL");
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")
-        .expect("pragmas");
+    let conn = connect(&path);
     conn.execute_batch(schema).expect("schema");
     let bodies: Vec<String> = (0..rows).map(body).collect();
+    // ?1 the time, ?2 the body, ?3 the key: the ones the statement names, found once.
+    let (binds_body, binds_key) = (insert.contains("?2"), insert.contains("?3"));
     let before = cpu();
     for (c, chunk) in bodies.chunks(batch).enumerate() {
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
@@ -235,12 +244,11 @@ fn floor(dir: &Path, name: &str, rows: usize, batch: usize, schema: &str, insert
             let key = i
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
                 .to_le_bytes();
-            // ?1 the time, ?2 the body, ?3 the key: the ones the statement names.
             stmt.raw_bind_parameter(1, i as i64).expect("bind");
-            if insert.contains("?2") {
+            if binds_body {
                 stmt.raw_bind_parameter(2, b.as_bytes()).expect("bind");
             }
-            if insert.contains("?3") {
+            if binds_key {
                 stmt.raw_bind_parameter(3, &key[..]).expect("bind");
             }
             stmt.raw_execute().expect("insert");
@@ -256,9 +264,7 @@ fn floor(dir: &Path, name: &str, rows: usize, batch: usize, schema: &str, insert
 fn floor_shipped_row(dir: &Path, rows: usize) {
     let path = dir.join("floor-shipped.sqlite");
     drop(SqliteStore::open_writer(&path).expect("a new ledger"));
-    let conn = Connection::open(&path).expect("open");
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")
-        .expect("pragmas");
+    let conn = connect(&path);
     let columns = "time, request_id, peer, client, path, content_type, body, click_trans_id, \
         service_id, click_paydoc_id, merchant_trans_id, merchant_prepare_id, amount, action, \
         error, error_note, sign_time, verdict, reason, hint, detail, slot, fp, generation, mode, \
