@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use crate::body::BodyError;
 use crate::click::{self, ClickError, Echo};
-use crate::proxy::body::BodyError;
 use crate::proxy::{ProxyBody, ProxyError};
 
 /// Why the gateway answers a request itself instead of the backend (transport reasons only;
@@ -26,6 +26,9 @@ pub enum Refusal {
     /// The replay guard's store did not answer and `guard.on_store_error = "refuse"`.
     #[error("the replay guard's store is unavailable")]
     GuardUnavailable,
+    /// The client's address has `server.http2_max_streams_per_address` streams in flight.
+    #[error("the client's address has its whole allowance of HTTP/2 streams in flight")]
+    AddressStreams,
 }
 
 impl Refusal {
@@ -33,9 +36,9 @@ impl Refusal {
         match self {
             Refusal::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Body(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
-            Refusal::Body(BodyError::Busy(_)) | Refusal::GuardUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Refusal::Body(BodyError::Busy(_) | BodyError::AddressShare)
+            | Refusal::GuardUnavailable
+            | Refusal::AddressStreams => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Body(BodyError::Aborted(_)) => StatusCode::BAD_REQUEST,
             Refusal::Upstream(e) => e.status(),
         }

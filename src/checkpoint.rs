@@ -22,10 +22,10 @@ use crate::click::{
 };
 use crate::clock;
 use crate::config::Mode;
-use crate::gateway::Peer;
 use crate::ledger::{self, Record, Timings};
 use crate::metrics::{CallbackLabels, Metrics, SlotLabels};
 use crate::runtime::Runtime;
+use crate::server::client::Peer;
 
 /// What the checkpoint decided about one callback, and everything its log line needs.
 pub struct Judgment<'a> {
@@ -340,7 +340,17 @@ impl LogContext<'_> {
     /// signature may be genuine (a callback of a service whose key is missing is signed with
     /// the real key), and a genuine one with its fields is material for guessing the key
     /// offline. The ledger keeps the body for whoever may read it.
-    pub fn line(&self, d: &Judgment<'_>, upstream: Option<Upstream>, total: Duration) {
+    ///
+    /// `own_line`: whether a refusal gets its line at its own level, or was counted for the
+    /// summary of its sender's refusals ([`crate::refusals`]) and is logged at debug only
+    /// (nothing but a level check when debug is off).
+    pub fn line(
+        &self,
+        d: &Judgment<'_>,
+        upstream: Option<Upstream>,
+        total: Duration,
+        own_line: bool,
+    ) {
         let cb = d.callback.as_ref();
         let reason = d.failure.as_ref();
         let merchant = d.echo.merchant_trans_id.map(printable);
@@ -386,10 +396,12 @@ impl LogContext<'_> {
                 )
             };
         }
-        match fields.0 {
-            "verified" => emit!(info, "callback verified and forwarded"),
-            "rejected" => emit!(warn, "callback rejected"),
-            _ => emit!(warn, "callback would be rejected (shadow mode): forwarded"),
+        match (fields.0, own_line) {
+            ("verified", _) => emit!(info, "callback verified and forwarded"),
+            ("rejected", true) => emit!(warn, "callback rejected"),
+            ("rejected", false) => emit!(debug, "callback rejected"),
+            (_, true) => emit!(warn, "callback would be rejected (shadow mode): forwarded"),
+            (_, false) => emit!(debug, "callback would be rejected (shadow mode): forwarded"),
         }
     }
 }

@@ -12,7 +12,6 @@
 //!
 //! Every answer the gateway writes itself comes from [`crate::answer`].
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,18 +22,20 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 
 use crate::answer::{self, Refusal};
+use crate::body::{read_bounded, BodyError};
 use crate::checkpoint::{self, Arrival, Decision, Judgment, LogContext, Upstream as Answered};
 use crate::click::{ClickError, Echo, RejectReason, MAX_CALLBACK_BODY};
-use crate::config::cidr::{any_contains, Cidr};
+use crate::config::cidr::Cidr;
 use crate::config::Loaded;
 use crate::guard::{self, Ruling};
-use crate::lane::{Budgets, ConnectionShare, Lane, Reservation};
+use crate::lane::{Lane, Reservation};
 use crate::ledger::{AnswerTap, Backend, Ledger, LedgerError, Timings};
 use crate::metrics::Metrics;
-use crate::proxy::body::{read_bounded, BodyError};
-use crate::proxy::{headers, Forwarder, ProxyBody, Scheme, Upstream};
+use crate::proxy::{headers, Forwarder, ProxyBody, Upstream};
+use crate::refusals::Refusals;
 use crate::request_id;
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::server::client::{Client, Peer};
 
 /// Everything a connection needs to serve requests: one per worker thread (see
 /// [`Gateway::for_worker`]), sharing keys, metrics and limits.
@@ -47,7 +48,9 @@ pub struct Gateway {
     /// Largest non-callback request body (`server.max_body`).
     pub max_body: usize,
     /// The body memory of the two lanes, shared by every worker.
-    pub budgets: Budgets,
+    pub budgets: crate::lane::Budgets,
+    /// What refusals may cost the log and the ledger, per client address.
+    pub refusals: Arc<Refusals>,
     /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
     pub metrics: Arc<Metrics>,
@@ -59,46 +62,6 @@ pub struct Gateway {
     /// False until listeners serve, and again once draining starts (`/ready`). Shared by the
     /// per-worker copies of the gateway.
     pub ready: Arc<AtomicBool>,
-}
-
-/// Who is on the other end of a connection, and how they reached us; computed once per
-/// connection.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub scheme: Scheme,
-    /// The peer is in `server.trusted_proxies`.
-    pub trusted: bool,
-    /// The peer's address as an `X-Forwarded-For` value.
-    pub xff: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr, scheme: Scheme, trusted_proxies: &[Cidr]) -> Peer {
-        Peer {
-            addr,
-            scheme,
-            trusted: any_contains(trusted_proxies, addr.ip()),
-            xff: headers::peer_value(addr.ip()),
-        }
-    }
-}
-
-/// One client connection as its requests see it: the peer, and the connection's share of the
-/// body budgets (used by HTTP/2 streams, see [`crate::lane`]).
-#[derive(Debug)]
-pub struct Client {
-    pub peer: Peer,
-    pub share: ConnectionShare,
-}
-
-impl Client {
-    pub fn new(peer: Peer) -> Arc<Client> {
-        Arc::new(Client {
-            peer,
-            share: ConnectionShare::default(),
-        })
-    }
 }
 
 impl Gateway {
@@ -131,7 +94,8 @@ impl Gateway {
             forwarder: Forwarder::new(upstream, metrics.clone()),
             body_read_timeout: srv.body_read_timeout.0,
             max_body: srv.max_body.as_usize(),
-            budgets: Budgets::new(srv),
+            budgets: crate::lane::Budgets::new(srv),
+            refusals: Refusals::new(loaded.settings.ledger.refused_per_second, &metrics),
             trusted_proxies: srv.trusted_proxies.clone(),
             metrics,
             ledger,
@@ -150,6 +114,7 @@ impl Gateway {
             body_read_timeout: self.body_read_timeout,
             max_body: self.max_body,
             budgets: self.budgets.clone(),
+            refusals: self.refusals.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             metrics: self.metrics.clone(),
             ledger: self.ledger.clone(),
@@ -227,15 +192,19 @@ impl Gateway {
         let peer = &client.peer;
         let declared = content_length(&parts.headers);
         if declared.is_some_and(|n| n > self.max_body as u64) {
-            return self.refuse_body(peer, &parts, BodyError::TooLarge(self.max_body));
+            return self.refuse_body(
+                peer,
+                peer.addr.ip(),
+                &parts,
+                BodyError::TooLarge(self.max_body),
+            );
         }
-        let need = declared.unwrap_or(self.max_body as u64);
         let (_reservation, body) = match self
-            .buffer(Lane::General, client, &parts, body, need, self.max_body)
+            .buffer(Lane::General, client, &parts, body, self.max_body)
             .await
         {
             Ok(read) => read,
-            Err(e) => return self.refuse_body(peer, &parts, e),
+            Err(e) => return self.refuse_body(peer, peer.addr.ip(), &parts, e),
         };
         self.metrics
             .proxy_route
@@ -269,27 +238,18 @@ impl Gateway {
         if let Err(RejectReason::BodyTooLarge) = head {
             return self.refuse_too_large(log, arrival);
         }
-        // No more than a callback can be, so a request refused for another reason (a GET
-        // declaring gigabytes) holds little of the callbacks' memory while its body is read.
-        let need = declared.map_or(MAX_CALLBACK_BODY as u64, |n| {
-            n.min(MAX_CALLBACK_BODY as u64)
-        });
         let (_reservation, body) = match self
-            .buffer(
-                Lane::Callback,
-                client,
-                &parts,
-                body,
-                need,
-                MAX_CALLBACK_BODY,
-            )
+            .buffer(Lane::Callback, client, &parts, body, MAX_CALLBACK_BODY)
             .await
         {
             Ok(read) => read,
             Err(BodyError::TooLarge(_)) => return self.refuse_too_large(log, arrival),
             // Transport failures are not Click errors: Click sees no answer and retries.
             Err(e) => {
-                if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
+                let note = self
+                    .refusals
+                    .note(log.client, e.label(), self.ledger.is_some());
+                if let (Some(ledger), Some(arrival), true) = (&self.ledger, arrival, note.record) {
                     ledger.record(log.refused(
                         arrival,
                         e.label(),
@@ -297,7 +257,7 @@ impl Gateway {
                         started.elapsed(),
                     ));
                 }
-                return self.refuse_body(log.peer, &parts, e);
+                return self.refused_body(log.peer, &parts, e, note.log);
             }
         };
 
@@ -354,8 +314,17 @@ impl Gateway {
         judgment.count(&self.metrics, runtime, gateway_time);
         let vouch = match judgment.decision() {
             Decision::Answer(error) => {
-                log.line(&judgment, None, gateway_time);
-                if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
+                // A refusal: its line and its row within the sender's budgets (verified
+                // callbacks refused by the guard included: a replay flood is a flood too).
+                let reason = judgment
+                    .failure
+                    .as_ref()
+                    .map_or("none", RejectReason::label);
+                let note = self
+                    .refusals
+                    .note(log.client, reason, self.ledger.is_some());
+                log.line(&judgment, None, gateway_time, note.log);
+                if let (Some(ledger), Some(arrival), true) = (&self.ledger, arrival, note.record) {
                     let timings = Timings {
                         gateway: gateway_time,
                         upstream: None,
@@ -396,7 +365,12 @@ impl Gateway {
                 None,
             ),
         };
-        log.line(&judgment, Some(upstream), total);
+        // A shadowed failure is forwarded (and recorded), but its line is a refusal's.
+        let logged = match &judgment.failure {
+            None => true,
+            Some(reason) => self.refusals.note(log.client, reason.label(), false).log,
+        };
+        log.line(&judgment, Some(upstream), total, logged);
         let record = match (&self.ledger, arrival) {
             (Some(ledger), Some(arrival)) => {
                 let timings = Timings {
@@ -432,16 +406,15 @@ impl Gateway {
         }
     }
 
-    /// Reserves `need` bytes of the lane's memory, then reads the body (at most `limit`), all
-    /// within `body_read_timeout` of now. The reservation lasts as long as the caller keeps it
-    /// (until the request is answered).
+    /// Reads the body (at most `limit`) within `body_read_timeout` of now, taking the lane's
+    /// memory as its bytes arrive. The memory is held as long as the caller keeps the
+    /// reservation (until the request is answered).
     async fn buffer(
         &self,
         lane: Lane,
         client: &Client,
         parts: &Parts,
         body: Incoming,
-        need: u64,
         limit: usize,
     ) -> Result<(Option<Reservation>, Bytes), BodyError> {
         if body.is_end_stream() {
@@ -451,19 +424,58 @@ impl Gateway {
         let deadline = tokio::time::Instant::now() + timeout;
         // An HTTP/2 connection multiplexes streams: each connection gets its own share.
         let share = (parts.version == Version::HTTP_2).then_some(&client.share);
-        let reservation = self
+        // While its body arrives, the request waits for its client: under pressure, its
+        // connection may be closed for room.
+        let _reading = client.activity.reading();
+        let mut meter = self
             .budgets
-            .reserve(lane, share, need, deadline, timeout)
-            .await?;
-        let bytes = read_bounded(body, limit, deadline, timeout).await?;
-        Ok((Some(reservation), bytes))
+            .meter(lane, share, client.address(), deadline, timeout);
+        let bytes = read_bounded(body, limit, deadline, timeout, &mut meter).await?;
+        Ok((Some(meter.into_reservation()), bytes))
     }
 
-    /// A body that could not be buffered: counted, logged, answered plainly.
-    fn refuse_body(&self, peer: &Peer, parts: &Parts, e: BodyError) -> Response<ProxyBody> {
+    /// A body that could not be buffered: counted, logged (within `client`'s budget),
+    /// answered plainly.
+    fn refuse_body(
+        &self,
+        peer: &Peer,
+        client: std::net::IpAddr,
+        parts: &Parts,
+        e: BodyError,
+    ) -> Response<ProxyBody> {
+        let log = self.refusals.note(client, e.label(), false).log;
+        self.refused_body(peer, parts, e, log)
+    }
+
+    /// [`Gateway::refuse_body`] once the budget has spoken (`log`: a line of its own).
+    fn refused_body(
+        &self,
+        peer: &Peer,
+        parts: &Parts,
+        e: BodyError,
+        log: bool,
+    ) -> Response<ProxyBody> {
         self.metrics.refuse(e.label());
-        tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
+        if log {
+            tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
+        } else {
+            tracing::debug!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
+        }
         answer::refusal(&Refusal::Body(e))
+    }
+
+    /// An HTTP/2 stream over its address's allowance (`server.http2_max_streams_per_address`):
+    /// a plain 503, counted, logged within the address's budget.
+    pub fn refuse_streams(&self, peer: &Peer) -> Response<ProxyBody> {
+        self.metrics.refuse("address_streams");
+        if self
+            .refusals
+            .note(peer.addr.ip(), "address_streams", false)
+            .log
+        {
+            tracing::warn!(peer = %peer.addr, "HTTP/2 stream refused with 503: the address has server.http2_max_streams_per_address streams in flight");
+        }
+        answer::refusal(&Refusal::AddressStreams)
     }
 
     /// A callback too large to read: `-8`, and the connection closed (its body was not read).
@@ -474,8 +486,11 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let judgment = Judgment::too_large();
         judgment.count(&self.metrics, log.runtime, Duration::ZERO);
-        log.line(&judgment, None, Duration::ZERO);
-        if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
+        let note = self
+            .refusals
+            .note(log.client, "body_too_large", self.ledger.is_some());
+        log.line(&judgment, None, Duration::ZERO, note.log);
+        if let (Some(ledger), Some(arrival), true) = (&self.ledger, arrival, note.record) {
             ledger.record(log.record(&judgment, arrival, Bytes::new(), Timings::default()));
         }
         answer::click_error_closing(ClickError::BadRequest, &Echo::default())

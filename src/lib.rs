@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod body;
 pub mod checkpoint;
 pub mod click;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod refusals;
 pub mod reload;
 pub mod request_id;
 pub mod runtime;

@@ -455,7 +455,8 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
         if let Some(addr) = srv.listen {
-            let tcp = server::bind(addr).await.map_err(|e| e.to_string())?;
+            let tcp =
+                server::bind_with_backlog(addr, srv.listen_backlog).map_err(|e| e.to_string())?;
             addresses.push(format!(
                 "http://{}",
                 tcp.local_addr().map_err(|e| e.to_string())?
@@ -466,7 +467,8 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         if let (Some(addr), Some(tls)) = (srv.tls_listen, &loaded.tls) {
             let resolver = CertResolver::new(tls.certified.clone());
             let acceptor = server::tls::acceptor(resolver.clone()).map_err(|e| e.to_string())?;
-            let tcp = server::bind(addr).await.map_err(|e| e.to_string())?;
+            let tcp =
+                server::bind_with_backlog(addr, srv.listen_backlog).map_err(|e| e.to_string())?;
             addresses.push(format!(
                 "https://{}",
                 tcp.local_addr().map_err(|e| e.to_string())?

@@ -244,6 +244,17 @@ pub struct Metrics {
     pub sign_time_skew_seconds: Histogram,
     pub open_connections: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Connections closed at once when accepted: `address_cap` (the address holds
+    /// `server.max_connections_per_address`), `global_cap` (nothing could be closed for room).
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// 1 while open connections are at 90 % of the cap (until below 80 %).
+    pub under_pressure: Gauge,
+    /// Refusals not logged one by one but summarised (a line per address and interval).
+    pub refusals_unlogged: Counter,
+    /// Ledger rows of refused callbacks not recorded: `rate` (the address's refusals are over
+    /// `ledger.refused_per_second`), `size` (the ledger is at `ledger.max_size` or its disk
+    /// below `ledger.min_free`).
+    pub ledger_unrecorded: Family<ReasonLabels, Counter>,
     /// `connections_closed_total{reason="send_timeout"}`, resolved once.
     pub send_timeouts: Counter,
     pub upstream_open_connections: Gauge,
@@ -362,6 +373,10 @@ impl Metrics {
             sign_time_skew_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 18)),
             open_connections: Gauge::default(),
             connections_closed: Family::default(),
+            connections_refused: Family::default(),
+            under_pressure: Gauge::default(),
+            refusals_unlogged: Counter::default(),
+            ledger_unrecorded: Family::default(),
             send_timeouts: Counter::default(),
             upstream_open_connections: Gauge::default(),
             tls_handshake_failures: Family::default(),
@@ -427,8 +442,28 @@ impl Metrics {
         );
         registry.register(
             "connections_closed",
-            "Client connections closed by the gateway's deadlines (first_request_timeout, idle, send_timeout)",
+            "Client connections closed by the gateway, by reason (first_request_timeout, idle, send_timeout; pressure_idle, pressure_waiting: closed to make room at server.max_connections)",
             m.connections_closed.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed as soon as they were accepted, by reason (address_cap: the address already holds server.max_connections_per_address; global_cap: at server.max_connections with no idle or waiting connection to close for room)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "under_pressure",
+            "1 while open connections are at 90% of server.max_connections (until they fall below 80%): deadlines cut to server.pressure_timeout",
+            m.under_pressure.clone(),
+        );
+        registry.register(
+            "refusals_unlogged",
+            "Refusals (rejected callbacks, refused connections and requests) summarised in a line per address and interval instead of a line each",
+            m.refusals_unlogged.clone(),
+        );
+        registry.register(
+            "ledger_unrecorded",
+            "Refused callbacks not recorded in the ledger, by reason (rate: over ledger.refused_per_second for their address; size: the ledger at ledger.max_size or its disk below ledger.min_free)",
+            m.ledger_unrecorded.clone(),
         );
         registry.register(
             "upstream_open_connections",

@@ -240,7 +240,7 @@ async fn underscored_headers_never_reach_the_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn beyond_max_connections_clients_wait_and_are_served() {
+async fn at_max_connections_idle_connections_make_room_and_busy_ones_never_do() {
     let mut up = TestUpstream::start().await;
     let gw = TestGateway::start_with(ConfigDir::new(
         up.addr,
@@ -249,7 +249,7 @@ async fn beyond_max_connections_clients_wait_and_are_served() {
         "",
     ))
     .await;
-    // Three keep-alive connections take every slot.
+    // Three keep-alive connections take every place, idle after one callback each.
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut c = h1_connect(gw.addr).await;
@@ -259,23 +259,61 @@ async fn beyond_max_connections_clients_wait_and_are_served() {
     }
     let m = scrape(gw.admin_addr).await;
     assert_eq!(m.get("click_gateway_open_connections"), Some(&3.0));
-    // More clients queue behind them.
-    let waiting: Vec<_> = (0..10)
+    // New clients are served at once: the idle ones are closed to make room (they never wait
+    // in the kernel's queue behind the connections they cannot see).
+    for _ in 0..10 {
+        let resp = raw(
+            gw.addr,
+            b"GET /new HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(up.next().await.uri, "/new");
+    }
+    for mut c in held {
+        let closed = tokio::time::timeout(PATIENCE, c.ready()).await.unwrap();
+        assert!(closed.is_err(), "an idle connection was kept at the cap");
+    }
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        m.get("click_gateway_connections_closed_total{reason=\"pressure_idle\"}"),
+        Some(&3.0)
+    );
+    // Three requests in flight: nothing can give way, and a fourth client is closed at once.
+    let addr = gw.addr;
+    let slow: Vec<_> = (0..3)
         .map(|_| {
             tokio::spawn(raw(
-                gw.addr,
-                b"GET /queued HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                addr,
+                b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             ))
         })
         .collect();
-    drop(held);
-    for w in waiting {
-        let resp = tokio::time::timeout(PATIENCE, w)
-            .await
-            .expect("a queued client was never served")
-            .unwrap();
-        assert_eq!(resp.status, 200);
+    for _ in 0..3 {
+        assert_eq!(up.next().await.uri, "/slow");
     }
+    // Reset at once: the connect itself may already see it.
+    if let Ok(mut refused) = TcpStream::connect(gw.addr).await {
+        let _ = refused
+            .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        assert!(until_closed(&mut refused).await.is_empty(), "no answer");
+    }
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        m.get("click_gateway_connections_refused_total{reason=\"global_cap\"}"),
+        Some(&1.0)
+    );
+    for _ in 0..3 {
+        up.release();
+    }
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, 200);
+    }
+    assert!(
+        up.try_next().is_none(),
+        "the refused request never reached the backend"
+    );
     gw.stop().await;
 }
 
@@ -297,8 +335,16 @@ async fn body_buffer_memory_is_shared_and_bounded() {
         post(addr, "/slow", "application/octet-stream", &[1u8; 65_536]).await
     });
     assert_eq!(up.next().await.uri, "/slow");
-    // No memory for another body: 503 once body_read_timeout has passed waiting for it.
-    let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
+    // No memory for another body (from another address: the first one's share is used up
+    // too): 503 once body_read_timeout has passed waiting for it.
+    let resp = post_from(
+        "127.0.0.2",
+        gw.addr,
+        "/upload",
+        "application/octet-stream",
+        &[7u8; 1000],
+    )
+    .await;
     assert_eq!(resp.status, 503);
     let m = scrape(gw.admin_addr).await;
     assert_eq!(
@@ -320,30 +366,29 @@ async fn body_buffer_memory_is_shared_and_bounded() {
 }
 
 #[tokio::test]
-async fn a_refused_callback_declaring_a_huge_body_holds_one_callback_body_of_memory() {
+async fn a_callback_declaring_a_huge_body_holds_only_the_bytes_it_sent() {
     let mut up = TestUpstream::start().await;
     let gw = TestGateway::start_with(ConfigDir::new(
         up.addr,
         KEYS_TOML,
-        "max_body = \"64KiB\"\nbody_buffer_memory = \"64KiB\"\ncallback_body_memory = \"64KiB\"\nbody_read_timeout = \"2s\"",
+        "max_body = \"64KiB\"\nbody_buffer_memory = \"64KiB\"\ncallback_body_memory = \"64KiB\"\nbody_read_timeout = \"1h\"",
         "",
     ))
     .await;
-    // A GET to a callback path (refused once read) that declares 10 GB and sends nothing:
-    // it waits for its body, holding a reservation.
+    // A GET to a callback path (refused once read: a POST declaring so much is refused from
+    // its head) that declares 10 GB and sends 3,000 bytes of it.
     let mut stalled = TcpStream::connect(gw.addr).await.unwrap();
     stalled
         .write_all(b"GET /click/prepare/ HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10000000000\r\n\r\n")
         .await
         .unwrap();
-    // Once its reservation is taken, at most one callback body's worth of the callbacks'
-    // memory is gone, and nothing of the general budget...
+    stalled.write_all(&[b'a'; 3000]).await.unwrap();
+    // It holds the 3 KiB it sent, not what it declared, and nothing of the general budget...
     let callbacks = &gw.gateway.budgets.callback;
-    eventually("the callback reserves its body's memory", || {
-        callbacks.available_kib() != 64
+    eventually("the callback's bytes take their memory", || {
+        callbacks.available_kib() == 64 - 3
     })
     .await;
-    assert_eq!(callbacks.available_kib(), 64 - 16);
     assert_eq!(gw.gateway.budgets.general.available_kib(), 64);
     // ...and other bodies are still buffered and forwarded, callbacks included.
     let resp = post(gw.addr, "/upload", "application/octet-stream", &[7u8; 1000]).await;
@@ -352,6 +397,10 @@ async fn a_refused_callback_declaring_a_huge_body_holds_one_callback_body_of_mem
     let cb = callback(gw.addr, "/click/prepare/", V1).await;
     assert_eq!(verdict(cb.status, &cb.body), Verdict::Forwarded);
     drop(stalled);
+    eventually("the memory is given back", || {
+        callbacks.available_kib() == 64
+    })
+    .await;
     gw.stop().await;
 }
 

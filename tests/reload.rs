@@ -36,7 +36,13 @@ impl Setup {
     async fn new(initial: &[&str]) -> Setup {
         let up = TestUpstream::start().await;
         let config = ConfigDir::new(up.addr, &keys(initial), "", "");
-        let gw = GatewayProcess::start(&config).await;
+        // Every callback's line: the refusals beyond their sender's share of the log (all of
+        // these come from one address) are logged at debug.
+        let gw = GatewayProcess::start_with_env(
+            &config,
+            &[("RUST_LOG", "info,click_gateway::checkpoint=debug")],
+        )
+        .await;
         Setup { up, config, gw }
     }
 

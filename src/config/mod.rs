@@ -123,6 +123,16 @@ pub struct LedgerSettings {
     /// Rows waiting for the writer at most; beyond, a row is dropped (and counted) rather than
     /// delaying a callback.
     pub queue: usize,
+    /// Refused callbacks recorded per second from one client address (a burst of ten seconds'
+    /// worth is recorded whole); the rest are counted, not recorded. Verified and forwarded
+    /// callbacks are always recorded. 0: no refused callback is recorded.
+    pub refused_per_second: u32,
+    /// When the ledger's rows take this much, refused callbacks are no longer recorded and
+    /// the oldest refused rows are pruned first: a flood of forged callbacks cannot grow the
+    /// ledger without bound, and verified rows always find room.
+    pub max_size: ByteSize,
+    /// The same, when the ledger's filesystem has less than this free.
+    pub min_free: ByteSize,
 }
 
 /// By hand: `database` may be a URL with a password in it, and settings are printed in
@@ -133,6 +143,9 @@ impl fmt::Debug for LedgerSettings {
             .field("database", &self.shown())
             .field("retention", &self.retention)
             .field("queue", &self.queue)
+            .field("refused_per_second", &self.refused_per_second)
+            .field("max_size", &self.max_size)
+            .field("min_free", &self.min_free)
             .finish()
     }
 }
@@ -143,6 +156,9 @@ impl Default for LedgerSettings {
             database: None,
             retention: Span::secs(90 * 86_400),
             queue: 4096,
+            refused_per_second: 50,
+            max_size: ByteSize::gib(4),
+            min_free: ByteSize::gib(1),
         }
     }
 }
@@ -243,8 +259,26 @@ pub struct ServerSettings {
     pub drain_timeout: Span,
     /// Worker threads serving connections; default: one per CPU.
     pub workers: Option<usize>,
-    /// Open client connections at most; beyond, new ones wait in the kernel's accept queue.
+    /// The `listen(2)` backlog: connections the kernel completes and queues before the gateway
+    /// accepts them (Linux caps it at `net.core.somaxconn`). HAProxy's rule: as many as
+    /// `max_connections`, so a burst of new clients waits in the queue instead of having its
+    /// SYNs dropped (a dropped SYN costs the client a 1 s retransmission, then 3 s).
+    pub listen_backlog: u32,
+    /// Open client connections at most. A connection accepted at the cap makes room by closing
+    /// an idle one (the oldest first), else one still waiting for its request (see
+    /// [`crate::server::pressure`]); with nothing to close it is closed itself, at once.
     pub max_connections: usize,
+    /// Open connections one client address may hold (IPv6: one /64); beyond, a new one is
+    /// closed at once. Peers in `trusted_proxies` are exempt: the edge has its own limits,
+    /// and every client behind it shares its address.
+    pub max_connections_per_address: usize,
+    /// HTTP/2 streams one client address may have in flight across its connections; beyond,
+    /// a new stream is answered 503 at once. Trusted proxies are exempt.
+    pub http2_max_streams_per_address: usize,
+    /// Under pressure (open connections at 90 % of `max_connections`, until they fall below
+    /// 80 %), the time a connection may wait for a request head or sit idle shrinks to this
+    /// (Envoy's overload manager, `reduce_timeouts`).
+    pub pressure_timeout: Span,
     /// Largest request head (request line and headers) accepted; larger gets 431.
     pub max_header_bytes: ByteSize,
     /// Most header fields in a request; more gets 431.
@@ -288,7 +322,11 @@ impl Default for ServerSettings {
             idle_timeout: Span::secs(60),
             drain_timeout: Span::secs(30),
             workers: None,
+            listen_backlog: 4096,
             max_connections: 4096,
+            max_connections_per_address: 256,
+            http2_max_streams_per_address: 256,
+            pressure_timeout: Span::secs(2),
             max_header_bytes: ByteSize::kib(16),
             max_headers: 100,
             max_body: ByteSize::mib(1),
@@ -929,6 +967,18 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     if srv.max_connections == 0 {
         bad("server.max_connections", "must be at least 1");
     }
+    if srv.max_connections_per_address == 0 {
+        bad("server.max_connections_per_address", "must be at least 1");
+    }
+    if srv.http2_max_streams_per_address == 0 {
+        bad("server.http2_max_streams_per_address", "must be at least 1");
+    }
+    if srv.listen_backlog == 0 {
+        bad("server.listen_backlog", "must be at least 1");
+    }
+    if srv.pressure_timeout.0.is_zero() {
+        bad("server.pressure_timeout", "must be at least 1ms");
+    }
     // hyper refuses (panics on) read buffers under 8 KiB.
     if srv.max_header_bytes < ByteSize::kib(8) {
         bad("server.max_header_bytes", "must be at least 8KiB");
@@ -999,6 +1049,15 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
             "is empty: name a SQLite file or a postgres:// URL, or remove the setting to run without a ledger",
         );
     }
+    if s.ledger.max_size < ByteSize::mib(1) {
+        bad("ledger.max_size", "must be at least 1MiB");
+    }
+    if s.ledger.refused_per_second > 100_000 {
+        bad(
+            "ledger.refused_per_second",
+            "is implausibly large (at most 100000): the bound is what keeps a flood out of the ledger",
+        );
+    }
     if s.ledger.queue == 0 || s.ledger.queue > MAX_LEDGER_QUEUE {
         bad("ledger.queue", "must be between 1 and 1048576");
     }
@@ -1043,6 +1102,15 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     const MAX_PERMITS: usize = 1 << 24;
     for (key, n) in [
         ("server.max_connections", s.server.max_connections),
+        (
+            "server.max_connections_per_address",
+            s.server.max_connections_per_address,
+        ),
+        (
+            "server.http2_max_streams_per_address",
+            s.server.http2_max_streams_per_address,
+        ),
+        ("server.listen_backlog", s.server.listen_backlog as usize),
         ("server.max_tls_handshakes", s.server.max_tls_handshakes),
         ("server.workers", s.server.workers.unwrap_or(1)),
         ("upstream.max_connections", s.upstream.max_connections),
@@ -1058,6 +1126,7 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     for (key, span) in [
         ("server.drain_timeout", s.server.drain_timeout),
         ("server.idle_timeout", s.server.idle_timeout),
+        ("server.pressure_timeout", s.server.pressure_timeout),
         ("server.send_timeout", s.server.send_timeout),
         ("server.header_read_timeout", s.server.header_read_timeout),
         ("server.body_read_timeout", s.server.body_read_timeout),
@@ -1087,6 +1156,7 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
         ),
         ("server.body_read_timeout", s.server.body_read_timeout),
         ("server.idle_timeout", s.server.idle_timeout),
+        ("server.pressure_timeout", s.server.pressure_timeout),
         ("server.send_timeout", s.server.send_timeout),
         ("upstream.connect_timeout", s.upstream.connect_timeout),
         ("upstream.response_timeout", s.upstream.response_timeout),

@@ -17,6 +17,10 @@ impl ByteSize {
         ByteSize(n * 1024 * 1024)
     }
 
+    pub const fn gib(n: u64) -> ByteSize {
+        ByteSize(n * 1024 * 1024 * 1024)
+    }
+
     pub fn parse(text: &str) -> Result<ByteSize, String> {
         let split = text
             .find(|c: char| !c.is_ascii_digit())

@@ -195,8 +195,12 @@ impl Ledger {
         }
         let more = pruned.as_ref().is_ok_and(|&(_, more)| more);
         let postgres = store.postgres();
+        let bounds = writer::SizeBounds {
+            max_size: settings.max_size.0,
+            min_free: settings.min_free.0,
+        };
         let (shared, exited) =
-            writer::Shared::new(settings.queue, settings.retention.0, metrics, role);
+            writer::Shared::new(settings.queue, settings.retention.0, bounds, metrics, role);
         let w = writer::Writer::new(shared.clone(), location.clone(), store, more);
         std::thread::Builder::new()
             .name("ledger-writer".into())

@@ -505,6 +505,22 @@ impl PgStore {
             .map(|v| v.unwrap_or(0))
     }
 
+    /// The callbacks table with its indexes and TOAST, as PostgreSQL counts it.
+    pub fn used_bytes(&self) -> Result<u64, LedgerError> {
+        let s = &self.shared;
+        s.block(COMMAND_TIMEOUT, async move {
+            let mut conn = s.connection().await?;
+            let row = conn
+                .client()?
+                .query_one("SELECT pg_total_relation_size('callbacks')", &[])
+                .await
+                .map_err(|e| s.err(&e))?;
+            conn.ok();
+            let bytes: i64 = row.try_get(0).map_err(|e| s.err(&e))?;
+            Ok(u64::try_from(bytes).unwrap_or(0))
+        })
+    }
+
     /// Runs `ops` in one transaction, within [`WRITE_TIMEOUT`].
     pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
         let s = &self.shared;
@@ -852,6 +868,13 @@ async fn apply(conn: &mut Object, ops: &[Op<'_>]) -> Result<Vec<OpResult>, tokio
                 results[i] = Some(OpResult::Rows(rows.len()));
             }
             Op::Bind(_) => {}
+            Op::PruneRefused { limit } => {
+                let stmt = tx.prepare_cached(super::store::PRUNE_REFUSED).await?;
+                let limit = i64::from(*limit);
+                let rows = tx.execute(&stmt, &[&limit]).await?;
+                let more = i64::try_from(rows).is_ok_and(|d| d >= limit);
+                results[i] = Some(OpResult::Pruned { rows, more });
+            }
         }
     }
     if !run.is_empty() {

@@ -497,6 +497,25 @@ impl SqliteStore {
             .map_err(|source| self.query_err(source))
     }
 
+    /// Pages in use (all of them but the free list) times the page size.
+    pub fn used_bytes(&self) -> Result<u64, LedgerError> {
+        let pragma = |name| -> Result<i64, LedgerError> {
+            self.conn
+                .pragma_query_value(None, name, |r| r.get(0))
+                .map_err(|source| self.query_err(source))
+        };
+        let pages = pragma("page_count")? - pragma("freelist_count")?;
+        Ok(u64::try_from(pages.max(0) * pragma("page_size")?).unwrap_or(0))
+    }
+
+    /// Free bytes on the file's filesystem for an unprivileged writer (`statvfs`'s
+    /// `f_bavail`); `None` when it cannot be read.
+    pub fn free_bytes(&self) -> Option<u64> {
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+        let vfs = rustix::fs::statvfs(dir.unwrap_or(std::path::Path::new("."))).ok()?;
+        Some(vfs.f_bavail.saturating_mul(vfs.f_frsize))
+    }
+
     fn query_err(&self, source: rusqlite::Error) -> LedgerError {
         LedgerError::Query {
             path: self.path.clone(),
@@ -573,6 +592,15 @@ impl SqliteStore {
                     }
                 }
                 Op::Bind(b) => OpResult::Bound(bind(tx, b)?),
+                Op::PruneRefused { limit } => {
+                    let rows = tx
+                        .prepare_cached(super::store::PRUNE_REFUSED)
+                        .and_then(|mut s| s.execute(params![limit]))?;
+                    OpResult::Pruned {
+                        rows: rows as u64,
+                        more: u32::try_from(rows).is_ok_and(|n| n >= *limit),
+                    }
+                }
             });
         }
         Ok(results)

@@ -83,6 +83,9 @@ pub enum Op<'a> {
     Prune { before_us: i64, limit: u32 },
     /// The guard's statement (see [`super::binding`]).
     Bind(&'a Binding),
+    /// Delete at most `limit` of the oldest rows of refused callbacks (rejected, or refused
+    /// before they were judged): what gives way when the ledger reaches its size bound.
+    PruneRefused { limit: u32 },
 }
 
 /// What an [`Op`] did, in the same order as the ops.
@@ -111,6 +114,11 @@ pub(super) const COLUMNS: &str = "id, time, request_id, peer, client, path, cont
     verdict, reason, hint, detail, slot, fp, generation, mode,
     backend_status, backend_error, backend_error_note, backend_prepare_id, backend_confirm_id,
     gateway_us, upstream_us, total_us";
+
+/// The SQL of [`Op::PruneRefused`] on every store (`?1`/`$1`: the limit): the oldest rows of
+/// callbacks the gateway refused, whatever their reason.
+pub(super) const PRUNE_REFUSED: &str = "DELETE FROM callbacks WHERE id IN
+     (SELECT id FROM callbacks WHERE verdict IN ('rejected', 'refused') ORDER BY id LIMIT $1)";
 
 /// The SQL condition, the same on every store, for a callback refused for its signature: what
 /// `recheck` re-judges (`unknown_service`, `key_mismatch`, in enforce or shadow mode).
@@ -289,6 +297,24 @@ impl Store {
     /// PostgreSQL pool replaces its failed connections by itself.
     pub fn reopen_after_failure(&self) -> bool {
         matches!(self, Store::Sqlite(_))
+    }
+
+    /// Bytes the ledger's rows take (pages in use, not the file's size: a pruned page is
+    /// reused before the file grows).
+    pub fn used_bytes(&self) -> Result<u64, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.used_bytes(),
+            Store::Postgres(s) => s.used_bytes(),
+        }
+    }
+
+    /// Bytes free for the ledger on its filesystem; `None` for PostgreSQL, whose disk is the
+    /// database server's business.
+    pub fn free_bytes(&self) -> Option<u64> {
+        match self {
+            Store::Sqlite(s) => s.free_bytes(),
+            Store::Postgres(_) => None,
+        }
     }
 
     /// The PostgreSQL pool, for the guard's binds, which do not go through the writer.

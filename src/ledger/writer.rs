@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{oneshot, watch};
 
-use super::record::{unix_micros, ClickFields, Record};
+use super::record::{unix_micros, ClickFields, Record, Verdict};
 use super::store::{Location, Op, OpResult, Store};
 use super::{Done, Job, LedgerError};
 use crate::click::MAX_CALLBACK_BODY;
@@ -56,6 +56,15 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The writer wakes at least this often when idle, for its housekeeping.
 const TICK: Duration = Duration::from_secs(1);
+/// How often the writer measures the ledger against `ledger.max_size` and `ledger.min_free`.
+const SIZE_EVERY: Duration = Duration::from_secs(1);
+
+/// `ledger.max_size` and `ledger.min_free`: beyond them, refused callbacks give way.
+#[derive(Debug, Clone, Copy)]
+pub struct SizeBounds {
+    pub max_size: u64,
+    pub min_free: u64,
+}
 
 /// What a store holds, for what its writer says when it fails: a lost ledger row costs a record,
 /// a guard store that cannot answer costs callbacks their guard (`guard.on_store_error`).
@@ -130,6 +139,11 @@ pub(super) struct Shared {
     unlogged: [AtomicU64; 3],
     /// The database failed and has not worked since.
     failing: AtomicBool,
+    /// The ledger is at its size bound: refused callbacks are not recorded.
+    refused_full: AtomicBool,
+    bounds: SizeBounds,
+    /// `ledger_unrecorded_total{reason="size"}`.
+    unrecorded_size: Counter,
     exited_tx: watch::Sender<bool>,
     role: Role,
 }
@@ -138,9 +152,14 @@ impl Shared {
     pub(super) fn new(
         capacity: usize,
         retention: Duration,
+        bounds: SizeBounds,
         metrics: Arc<Metrics>,
         role: Role,
     ) -> (Arc<Shared>, watch::Receiver<bool>) {
+        let unrecorded_size = metrics
+            .ledger_unrecorded
+            .get_or_create(&crate::metrics::ReasonLabels { reason: "size" })
+            .clone();
         let dropped = DropReason::ALL.map(|r| {
             metrics
                 .ledger_dropped
@@ -157,6 +176,9 @@ impl Shared {
             dropped,
             unlogged: Default::default(),
             failing: AtomicBool::new(false),
+            refused_full: AtomicBool::new(false),
+            bounds,
+            unrecorded_size,
             exited_tx,
             role,
         };
@@ -176,8 +198,15 @@ impl Shared {
         }
     }
 
-    /// Queues a row; never waits beyond the push itself.
+    /// Queues a row; never waits beyond the push itself. A refused callback's row is not
+    /// queued while the ledger is at its size bound (counted instead).
     pub(super) fn record(&self, mut rec: Record) {
+        if matches!(rec.verdict, Verdict::Rejected | Verdict::Refused)
+            && self.refused_full.load(Ordering::Relaxed)
+        {
+            self.unrecorded_size.inc();
+            return;
+        }
         // A callback body is at most this long; the ledger never holds more of anything else
         // that reaches a callback path (a reference-counted slice: no copy).
         if rec.body.len() > MAX_CALLBACK_BODY {
@@ -275,6 +304,8 @@ pub(super) struct Writer {
     last_error: Option<String>,
     /// When the last round of rows was committed (see [`COMMIT_WINDOW`]).
     last_commit: Instant,
+    /// When the size bounds are checked next.
+    next_size_check: Instant,
 }
 
 /// Marks the writer exited however its thread ends, so nothing waits for it in vain: pending
@@ -319,6 +350,7 @@ impl Writer {
             last_log: None,
             last_error: None,
             last_commit: now.checked_sub(COMMIT_WINDOW).unwrap_or(now),
+            next_size_check: now,
         }
     }
 
@@ -439,7 +471,9 @@ impl Writer {
     }
 
     fn housekeeping_due(&self, now: Instant) -> bool {
-        let prune = matches!(self.health, Health::Ok) && now >= self.next_prune;
+        let prune = matches!(self.health, Health::Ok)
+            && (now >= self.next_prune
+                || (now >= self.next_size_check && self.shared.role == Role::Ledger));
         let log = self
             .shared
             .unlogged
@@ -449,10 +483,18 @@ impl Writer {
         prune || log
     }
 
-    /// Logs lost rows (at most once a minute) and prunes a batch of old rows when due.
+    /// Logs lost rows (at most once a minute), prunes a batch of old rows when due, and keeps
+    /// the ledger within its size bounds.
     fn housekeeping(&mut self) {
         let now = Instant::now();
         self.report_drops(false);
+        if matches!(self.health, Health::Ok)
+            && self.shared.role == Role::Ledger
+            && now >= self.next_size_check
+        {
+            self.next_size_check = now + SIZE_EVERY;
+            self.keep_within_bounds();
+        }
         if matches!(self.health, Health::Ok) && now >= self.next_prune {
             match self.attempt(&[prune_op(self.shared.retention)]) {
                 Ok(results) => {
@@ -468,6 +510,55 @@ impl Writer {
                     self.failed(&e);
                     self.next_prune = now + PRUNE_EVERY;
                 }
+            }
+        }
+    }
+
+    /// Measures the ledger against `ledger.max_size` and `ledger.min_free`; at either bound,
+    /// refused callbacks stop being recorded and the oldest refused rows are pruned, a batch
+    /// per look (verified rows are always recorded: they find the pages pruning frees). Below
+    /// 90 % of `max_size` with `min_free` free again, refused callbacks are recorded again.
+    fn keep_within_bounds(&mut self) {
+        let Some(store) = &self.store else { return };
+        let bounds = self.shared.bounds;
+        let used = match store.used_bytes() {
+            Ok(used) => used,
+            Err(e) => {
+                tracing::debug!(ledger = %self.location, error = %e, "ledger: cannot measure its size");
+                return;
+            }
+        };
+        let free = store.free_bytes();
+        let low_space = free.is_some_and(|f| f < bounds.min_free);
+        let was_full = self.shared.refused_full.load(Ordering::Relaxed);
+        let full =
+            low_space || used >= bounds.max_size || (was_full && used >= bounds.max_size / 10 * 9);
+        if full != was_full {
+            self.shared.refused_full.store(full, Ordering::Relaxed);
+            if full {
+                tracing::warn!(
+                    ledger = %self.location,
+                    used,
+                    free,
+                    max_size = bounds.max_size,
+                    min_free = bounds.min_free,
+                    "ledger: at its size bound (ledger.max_size, or less than ledger.min_free free on its disk): refused callbacks are no longer recorded (click_gateway_ledger_unrecorded_total{{reason=\"size\"}}) and the oldest refused rows are pruned; verified callbacks are recorded as always. Free disk space or raise the bound"
+                );
+            } else {
+                tracing::info!(ledger = %self.location, used, "ledger: back within its size bounds; refused callbacks are recorded again");
+            }
+        }
+        if full {
+            match self.attempt(&[Op::PruneRefused { limit: PRUNE_BATCH }]) {
+                Ok(results) => {
+                    if let Some(OpResult::Pruned { rows, more }) = results.first() {
+                        self.shared.metrics.ledger_pruned_rows.inc_by(*rows);
+                        if *more {
+                            self.next_size_check = Instant::now();
+                        }
+                    }
+                }
+                Err(e) => self.failed(&e),
             }
         }
     }
@@ -785,6 +876,10 @@ mod tests {
         let (shared, _) = Shared::new(
             capacity,
             Duration::from_secs(3600),
+            SizeBounds {
+                max_size: u64::MAX,
+                min_free: 0,
+            },
             Arc::new(Metrics::new()),
             Role::Ledger,
         );
@@ -830,6 +925,8 @@ mod tests {
     fn lost_rows_are_logged_at_most_once_a_minute_with_the_count_since() {
         let dir = tempfile::tempdir().unwrap();
         let (shared, mut w) = writer(dir.path(), 1);
+        // Only the log report is under test here.
+        w.next_size_check = Instant::now() + Duration::from_secs(3600);
         let lines = Lines::default();
         let sink = lines.clone();
         let subscriber = tracing_subscriber::fmt()

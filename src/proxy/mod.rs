@@ -1,9 +1,8 @@
 //! Forwarding to the backend: the one place that talks to it ([`forward`]), over a bounded pool
 //! of connections ([`pool`]), with the request headers made fit for it ([`headers`]) and each
-//! response body watched for stalls ([`stall`]). Request bodies are read whole first
-//! ([`body`]).
+//! response body watched for stalls ([`stall`]). Request bodies are read whole before they
+//! get here ([`crate::body`]).
 
-pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod pool;

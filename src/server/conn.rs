@@ -26,8 +26,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,23 +39,36 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
+use super::activity::{Activity, Deadlines, InFlight, StreamClock, NOT_WAITING};
+use super::admission::StreamHold;
+use super::client::Client;
 use super::send_deadline::SendDeadline;
-use crate::gateway::{Client, Gateway};
+use crate::gateway::Gateway;
 use crate::metrics::ReasonLabels;
 use crate::proxy::ProxyBody;
 
-/// Timers of one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
-    /// `header_read_timeout`: the first request's head from accept, an HTTP/1 connection's
-    /// next one from the end of the previous response.
-    pub first_request: Duration,
-    /// `idle_timeout`, for HTTP/2 connections.
-    pub idle: Duration,
-    /// `server.send_timeout`: the client must accept response bytes at least this often.
-    pub send: Duration,
+/// How long an idle HTTP/2 connection chosen to make room has to finish after its GOAWAY.
+const EVICT_GRACE: Duration = Duration::from_secs(1);
+
+/// A connection's deadlines, and the pressure that shortens them.
+pub struct Timers {
+    pub deadlines: Deadlines,
+    pub pressure_timeout: Duration,
+    /// Whether the gateway is under pressure ([`super::pressure`]).
+    pub pressure: watch::Receiver<bool>,
+}
+
+impl Timers {
+    /// The deadlines in force now.
+    fn now(&self) -> Deadlines {
+        if *self.pressure.borrow() {
+            self.deadlines.pressed(self.pressure_timeout)
+        } else {
+            self.deadlines
+        }
+    }
 }
 
 /// How much of an HTTP/2 response body is handed to hyper at a time: hyper asks for the next
@@ -64,135 +77,13 @@ pub struct Deadlines {
 /// per `send_timeout` is never cut).
 const H2_SLICE: usize = 16 * 1024;
 
-/// What the watchdog needs to know about a connection's requests.
-#[derive(Debug)]
-struct Activity {
-    started: Instant,
-    requests: AtomicU64,
-    in_flight: AtomicUsize,
-    /// Milliseconds from `started` to the end of the last response.
-    last_done_ms: AtomicU64,
-    /// The connection speaks HTTP/2 (known from its first request).
-    h2: AtomicBool,
-    /// Wakes the watchdog when an HTTP/2 body starts streaming (its send deadline is watched
-    /// from then on).
-    changed: Notify,
-    /// HTTP/2 response bodies that have streamed at least one piece.
-    streams: Mutex<Vec<Weak<StreamClock>>>,
-}
-
-/// When an HTTP/2 response body last handed a piece to hyper without being asked for the next
-/// one yet: `NOT_WAITING` while hyper is asking.
-#[derive(Debug)]
-struct StreamClock(AtomicU64);
-
-const NOT_WAITING: u64 = u64::MAX;
-
-impl Activity {
-    fn new() -> Arc<Activity> {
-        Arc::new(Activity {
-            started: Instant::now(),
-            requests: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            last_done_ms: AtomicU64::new(0),
-            h2: AtomicBool::new(false),
-            changed: Notify::new(),
-            streams: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn begin(self: &Arc<Self>, h2: bool) -> InFlight {
-        if h2 {
-            self.h2.store(true, Ordering::Relaxed);
-        }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    fn ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
-    }
-
-    /// When the watchdog should look again. With requests in flight nothing is due but an
-    /// HTTP/2 stream's send deadline; it looks again one header timeout later, to find the
-    /// connection idle (or still busy) then.
-    fn next_deadline(&self, d: Deadlines) -> Instant {
-        if self.requests.load(Ordering::Relaxed) == 0 {
-            return self.started + d.first_request;
-        }
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            let busy = Instant::now() + d.first_request.min(d.idle);
-            return self.stream_deadline(d).map_or(busy, |s| s.min(busy));
-        }
-        self.idle_deadline(d)
-    }
-
-    /// When the connection, idle since its last response, is due to close.
-    fn idle_deadline(&self, d: Deadlines) -> Instant {
-        let done = Duration::from_millis(self.last_done_ms.load(Ordering::Relaxed));
-        let idle = if self.h2.load(Ordering::Relaxed) {
-            d.idle
-        } else {
-            d.first_request
-        };
-        self.started + done + idle
-    }
-
-    /// With HTTP/2 bodies streaming: the send deadline of the one that has waited longest, or,
-    /// when none waits, one `send` from now (a body that starts waiting later has a later
-    /// deadline, so that look finds it in time).
-    fn stream_deadline(&self, d: Deadlines) -> Option<Instant> {
-        let mut streams = self
-            .streams
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        streams.retain(|s| s.strong_count() > 0);
-        if streams.is_empty() {
-            return None;
-        }
-        let oldest = streams
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(NOT_WAITING);
-        Some(match oldest {
-            NOT_WAITING => Instant::now() + d.send,
-            since => self.started + Duration::from_millis(since) + d.send,
-        })
-    }
-
-    /// Whether an HTTP/2 body has waited `send` or longer for the client.
-    fn stream_stuck(&self, d: Deadlines) -> bool {
-        let now = self.ms();
-        let send = u64::try_from(d.send.as_millis()).unwrap_or(u64::MAX);
-        let streams = self
-            .streams
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        streams.iter().filter_map(Weak::upgrade).any(|s| {
-            let since = s.0.load(Ordering::Relaxed);
-            since != NOT_WAITING && now.saturating_sub(since) >= send
-        })
-    }
-}
-
-/// Marks a request in flight until dropped (with the response body).
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.last_done_ms.store(self.0.ms(), Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A response body that keeps its request in flight until it is fully sent or dropped, and on
 /// HTTP/2 hands out its data in [`H2_SLICE`] pieces on a [`StreamClock`].
 pub struct TrackedBody {
     inner: ProxyBody,
     in_flight: InFlight,
+    /// An HTTP/2 stream's place in its address's allowance.
+    _stream: Option<StreamHold>,
     /// HTTP/2 only: the clock, once the body has streamed a piece.
     clock: Option<Arc<StreamClock>>,
     h2: bool,
@@ -201,10 +92,16 @@ pub struct TrackedBody {
 }
 
 impl TrackedBody {
-    fn new(inner: ProxyBody, in_flight: InFlight, h2: bool) -> TrackedBody {
+    fn new(
+        inner: ProxyBody,
+        in_flight: InFlight,
+        stream: Option<StreamHold>,
+        h2: bool,
+    ) -> TrackedBody {
         TrackedBody {
             inner,
             in_flight,
+            _stream: stream,
             clock: None,
             h2,
             rest: Bytes::new(),
@@ -302,38 +199,52 @@ pub struct Protocols {
     pub auto: auto::Builder<TokioExecutor>,
     pub http1_tls: hyper::server::conn::http1::Builder,
     pub http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// `server.http2_max_streams_per_address`.
+    pub streams_per_address: u32,
 }
 
-/// Serves one connection until it ends, it breaks a deadline, or the drain asks it to finish.
+/// Serves one connection until it ends, it breaks a deadline, it is chosen to make room, or
+/// the drain asks it to finish.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<I>(
     protocols: &Protocols,
     proto: Proto,
     io: I,
     client: Arc<Client>,
     gateway: Arc<Gateway>,
-    deadlines: Deadlines,
+    timers: Timers,
+    activity: Arc<Activity>,
     drain: watch::Receiver<bool>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
     let tracker = activity.clone();
     let metrics = gateway.metrics.clone();
     let log_addr = client.peer.addr;
-    let io = SendDeadline::new(io, deadlines.send, metrics.send_timeouts.clone());
+    let io = SendDeadline::new(io, timers.deadlines.send, metrics.send_timeouts.clone());
+    let address = client.address().cloned();
+    let stream_limit = protocols.streams_per_address;
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gateway.clone();
         let client = client.clone();
         let h2 = req.version() == Version::HTTP_2;
         let in_flight = tracker.begin(h2);
+        // One address's HTTP/2 streams, across its connections, are capped.
+        let stream = match (&address, h2) {
+            (Some(address), true) => address.stream(stream_limit).map(Some).ok_or(()),
+            _ => Ok(None),
+        };
         async move {
-            let resp = gw.handle(client, req).await;
-            Ok::<_, Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight, h2)))
+            let (resp, hold) = match stream {
+                Ok(hold) => (gw.handle(client, req).await, hold),
+                Err(()) => (gw.refuse_streams(&client.peer), None),
+            };
+            Ok::<_, Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight, hold, h2)))
         }
     });
     let watch = Watch {
         activity,
-        deadlines,
+        timers,
         drain,
         metrics,
         log_addr,
@@ -360,7 +271,7 @@ pub async fn serve<I>(
 /// The watchdog of one connection (see the module docs).
 struct Watch {
     activity: Arc<Activity>,
-    deadlines: Deadlines,
+    timers: Timers,
     drain: watch::Receiver<bool>,
     metrics: Arc<crate::metrics::Metrics>,
     log_addr: std::net::SocketAddr,
@@ -375,7 +286,7 @@ impl Watch {
     {
         let Watch {
             activity,
-            deadlines,
+            mut timers,
             mut drain,
             metrics,
             log_addr,
@@ -388,7 +299,7 @@ impl Watch {
         // Once the gateway has asked an idle connection to close: when to stop waiting for it.
         let mut close_by: Option<Instant> = None;
         // The connection's one timer, reset to each deadline.
-        let timer = tokio::time::sleep_until(activity.next_deadline(deadlines).into());
+        let timer = tokio::time::sleep_until(activity.next_deadline(timers.now()).into());
         tokio::pin!(timer);
         loop {
             tokio::select! {
@@ -402,17 +313,38 @@ impl Watch {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                // Chosen to make room at the cap (counted by the chooser): an idle HTTP/2
+                // connection gets a GOAWAY and a moment; anything else, idle or still waiting
+                // for its client, is dropped now.
+                () = activity.evicted(), if close_by.is_none() => {
+                    let idle = activity.in_flight.load(Ordering::Relaxed) == 0
+                        && activity.requests.load(Ordering::Relaxed) > 0;
+                    if !(idle && activity.h2.load(Ordering::Relaxed)) {
+                        tracing::debug!(peer = %log_addr, "closed to make room at server.max_connections");
+                        return;
+                    }
+                    closing = true;
+                    let by = Instant::now() + EVICT_GRACE;
+                    close_by = Some(by);
+                    timer.as_mut().reset(by.into());
+                    conn.as_mut().graceful_shutdown();
+                }
+                // Pressure came or went: the deadlines changed.
+                Ok(()) = timers.pressure.changed(), if !closing => {
+                    timer.as_mut().reset(activity.next_deadline(timers.now()).into());
+                }
                 // An HTTP/2 body started streaming: its send deadline may be the next one.
                 () = activity.changed.notified(), if !closing => {
-                    let next = activity.next_deadline(deadlines);
+                    let next = activity.next_deadline(timers.now());
                     if next < timer.deadline().into_std() {
                         timer.as_mut().reset(next.into());
                     }
                 }
                 () = &mut timer, if !closing || close_by.is_some() => {
+                    let deadlines = timers.now();
                     let now = Instant::now();
                     if close_by.is_some_and(|by| by <= now) {
-                        tracing::debug!(peer = %log_addr, "did not finish within {:?} of being asked to close: dropping", deadlines.send);
+                        tracing::debug!(peer = %log_addr, "did not finish in time after being asked to close: dropping");
                         metrics.send_timeouts.inc();
                         return;
                     }

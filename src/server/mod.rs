@@ -4,27 +4,35 @@
 //! [`run`] takes bound listeners and a shutdown future, after tokio's mini-redis: tests start
 //! the real server on `127.0.0.1:0` in-process and stop it by resolving the future.
 
+pub mod activity;
+pub mod admission;
+pub mod client;
 pub mod conn;
+pub mod pressure;
 pub mod send_deadline;
 pub mod tls;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::ServerSettings;
-use crate::gateway::{Client, Gateway, Peer};
+use crate::gateway::Gateway;
+use crate::metrics::ReasonLabels;
 use crate::proxy::Scheme;
-use conn::{Deadlines, Proto, Protocols};
-use prometheus_client::metrics::gauge::Gauge;
+use activity::Deadlines;
+use admission::{Admission, Limits};
+use client::{Client, Peer};
+use conn::{Proto, Protocols};
+use pressure::{Pressure, Slot};
 pub use tls::TlsListener;
 
 /// Failures of the server layer: they stop the gateway from starting.
@@ -36,11 +44,30 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Binds a TCP listener.
+/// nginx's backlog on Linux, for listeners whose settings say none (the admin listener).
+pub const DEFAULT_BACKLOG: u32 = 511;
+
+/// Binds a TCP listener with nginx's backlog (see [`bind_with_backlog`]).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    bind_with_backlog(addr, DEFAULT_BACKLOG)
+}
+
+/// Binds a TCP listener whose kernel queue holds `backlog` connections not yet accepted
+/// (`server.listen_backlog`; Linux caps it at `net.core.somaxconn`). The standard library and
+/// tokio's `bind` say 128: a burst of new clients beyond that has its SYNs dropped, and each
+/// dropped client waits a second for its retransmission, then three.
+pub fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServerError> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // As std and tokio do: a restart may bind while the old sockets are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    bind().map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// A bound socket, and TLS when it is the HTTPS listener.
@@ -70,7 +97,10 @@ pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub pressure_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub http2_max_streams_per_address: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub send_timeout: Duration,
@@ -86,7 +116,10 @@ impl From<&ServerSettings> for ConnSettings {
             header_read_timeout: s.header_read_timeout.0,
             idle_timeout: s.idle_timeout.0,
             drain_timeout: s.drain_timeout.0,
+            pressure_timeout: s.pressure_timeout.0,
             max_connections: s.max_connections,
+            max_connections_per_address: s.max_connections_per_address,
+            http2_max_streams_per_address: s.http2_max_streams_per_address,
             max_header_bytes: s.max_header_bytes.as_usize(),
             max_headers: s.max_headers,
             send_timeout: s.send_timeout.0,
@@ -95,70 +128,17 @@ impl From<&ServerSettings> for ConnSettings {
     }
 }
 
-/// Open connections and the cap on them, shared by the accept loops.
-#[derive(Debug)]
-pub struct Connections {
-    open: AtomicUsize,
-    /// Open connections of each worker, for [`Connections::ahead`]; [`NOT_ACCEPTING`] for a
-    /// worker whose accept loops have not started (or never will).
-    per_worker: Box<[AtomicUsize]>,
-    permits: Arc<Semaphore>,
-}
-
-/// The count of a worker that takes no connections, which no other worker is ever "ahead" of.
-const NOT_ACCEPTING: usize = usize::MAX;
-
-/// How long a worker that holds more than its share of connections leaves a new one to the
-/// others before taking it anyway (see [`Connections::ahead`]).
-const BALANCE_WAIT: Duration = Duration::from_millis(1);
-
-impl Connections {
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Whether `worker` holds two or more connections more than another worker.
-    ///
-    /// All workers wait on the same listening socket, and whichever wakes first accepts
-    /// everything queued: a burst of new connections (a load balancer's, or a client pool's
-    /// start) would otherwise land on one worker while the other idles (58 of 65 connections of
-    /// a `wrk` run on one of two workers, before this). A worker that is ahead leaves new
-    /// connections to the others, which are woken by the same arrival, for at most
-    /// [`BALANCE_WAIT`]; it takes them itself after that, so a busy or stuck worker delays a
-    /// connection by a millisecond and loses none. nginx's answer is the same in spirit
-    /// (`accept_mutex`, `EPOLLEXCLUSIVE`); `SO_REUSEPORT` sockets per worker would also
-    /// balance, but would let a second instance started by mistake share the port silently
-    /// instead of failing to bind.
-    fn ahead(&self, worker: usize) -> bool {
-        let Some(mine) = self.per_worker.get(worker) else {
-            return false;
-        };
-        let mine = mine.load(Ordering::Relaxed);
-        self.per_worker
-            .iter()
-            .enumerate()
-            .any(|(i, other)| i != worker && other.load(Ordering::Relaxed).saturating_add(1) < mine)
-    }
-}
-
-/// Held by a connection task for its whole life. `run` knows every connection has ended when
-/// all the `alive` senders are gone.
-struct ConnGuard {
-    connections: Arc<Connections>,
-    worker: usize,
-    gauge: Gauge,
-    _alive: mpsc::Sender<()>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.connections.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(mine) = self.connections.per_worker.get(self.worker) {
-            mine.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.gauge.dec();
-    }
+/// What every accept loop shares: the protocols, the admission table, the connection cap and
+/// its pressure, the deadlines, and the signals of the drain.
+struct Shared {
+    gateway: Arc<Gateway>,
+    protocols: Protocols,
+    admission: Arc<Admission>,
+    pressure: Arc<Pressure>,
+    deadlines: Deadlines,
+    pressure_timeout: Duration,
+    /// Held by every connection task; `run` knows they have all ended when the last is gone.
+    alive: mpsc::Sender<()>,
 }
 
 /// Serves every listener until `shutdown` resolves, then stops accepting and gives open
@@ -167,10 +147,10 @@ impl Drop for ConnGuard {
 ///
 /// Connections are served by `workers` threads, each with a single-threaded tokio runtime
 /// and its own pool of backend connections, all accepting on the same sockets (nginx's
-/// worker model) and kept to even shares of the connections (see [`Connections::ahead`]).
+/// worker model) and kept to even shares of the connections (see [`Pressure::ahead`]).
 /// A request, its backend connection and its timers then live on one thread: no work
 /// stealing, no cross-thread wake-ups on the hot path. The caller's runtime keeps
-/// only this coordinator, signals, the admin listener and reloads.
+/// only this coordinator, signals, the admin listener, reloads and the refusal summaries.
 pub async fn run(
     listeners: Vec<Listener>,
     gateway: Arc<Gateway>,
@@ -188,23 +168,31 @@ pub async fn run(
             }
         })
         .collect();
-    let builder = Arc::new(protocols(&settings));
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let workers_n = settings.workers.max(1);
-    let connections = Arc::new(Connections {
-        open: AtomicUsize::new(0),
-        per_worker: (0..workers_n)
-            .map(|_| AtomicUsize::new(NOT_ACCEPTING))
-            .collect(),
-        permits: Arc::new(Semaphore::new(settings.max_connections)),
+    let shared = Arc::new(Shared {
+        gateway: gateway.clone(),
+        protocols: protocols(&settings),
+        admission: Admission::new(
+            Limits {
+                connections: u32::try_from(settings.max_connections_per_address)
+                    .unwrap_or(u32::MAX),
+                streams: u32::try_from(settings.http2_max_streams_per_address).unwrap_or(u32::MAX),
+            },
+            gateway.trusted_proxies.clone(),
+        ),
+        pressure: Pressure::new(settings.max_connections, workers_n, &gateway.metrics),
+        deadlines: Deadlines {
+            first_request: settings.header_read_timeout,
+            idle: settings.idle_timeout,
+            send: settings.send_timeout,
+        },
+        pressure_timeout: settings.pressure_timeout,
+        alive,
     });
+    let reports = tokio::spawn(gateway.refusals.clone().run_reports());
     let (drain_tx, drain_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let deadlines = Deadlines {
-        first_request: settings.header_read_timeout,
-        idle: settings.idle_timeout,
-        send: settings.send_timeout,
-    };
     let mut workers = Vec::new();
     for n in 0..workers_n {
         let socks: Vec<_> = sockets
@@ -221,11 +209,7 @@ pub async fn run(
         let worker = Worker {
             index: n,
             sockets: socks,
-            gateway: gateway.clone(),
-            builder: builder.clone(),
-            connections: connections.clone(),
-            alive: alive.clone(),
-            deadlines,
+            shared: shared.clone(),
             drain: drain_rx.clone(),
             stop: stop_rx.clone(),
             accepting: accepting_tx,
@@ -239,6 +223,8 @@ pub async fn run(
         }
     }
     drop(sockets);
+    let pressure = shared.pressure.clone();
+    drop(shared);
     gateway.ready.store(true, Ordering::Relaxed);
     shutdown.await;
     gateway.ready.store(false, Ordering::Relaxed);
@@ -250,12 +236,10 @@ pub async fn run(
         threads.push(thread);
     }
     tracing::info!(
-        connections = connections.open(),
+        connections = pressure.open(),
         deadline = ?settings.drain_timeout,
         "draining"
     );
-    // Only the connections' own senders remain once ours is gone.
-    drop(alive);
     tokio::select! {
         _ = all_closed.recv() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(settings.drain_timeout) => {
@@ -270,17 +254,15 @@ pub async fn run(
         }
     })
     .await;
+    reports.abort();
+    gateway.refusals.report();
 }
 
 /// One worker thread's share of the serving.
 struct Worker {
     index: usize,
     sockets: Vec<(std::net::TcpListener, Option<TlsListener>)>,
-    gateway: Arc<Gateway>,
-    builder: Arc<conn::Protocols>,
-    connections: Arc<Connections>,
-    alive: mpsc::Sender<()>,
-    deadlines: Deadlines,
+    shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
     accepting: tokio::sync::oneshot::Sender<()>,
@@ -301,37 +283,34 @@ impl Worker {
         let Worker {
             index,
             sockets,
-            gateway,
-            builder,
-            connections,
-            alive,
-            deadlines,
+            shared,
             drain,
             mut stop,
             accepting,
         } = self;
         runtime.block_on(async move {
-            let gateway = Arc::new(gateway.for_worker());
+            let gateway = Arc::new(shared.gateway.for_worker());
             let mut loops = Vec::new();
             for (std, tls) in sockets {
                 match TcpListener::from_std(std) {
-                    Ok(tcp) => loops.push(tokio::spawn(accept_loop(
-                        index,
-                        Listener { tcp, tls },
-                        gateway.clone(),
-                        builder.clone(),
-                        (connections.clone(), alive.clone()),
-                        deadlines,
-                        drain.clone(),
-                    ))),
+                    Ok(tcp) => loops.push(tokio::spawn(
+                        AcceptLoop {
+                            worker: index,
+                            listener: Listener { tcp, tls },
+                            gateway: gateway.clone(),
+                            shared: shared.clone(),
+                            drain: drain.clone(),
+                        }
+                        .run(),
+                    )),
                     Err(e) => tracing::error!("worker cannot use a listener: {e}"),
                 }
             }
-            drop(alive);
+            let pressure = shared.pressure.clone();
+            // Only the connections' own senders keep `run` waiting from now on.
+            drop(shared);
             if !loops.is_empty() {
-                if let Some(mine) = connections.per_worker.get(index) {
-                    mine.store(0, Ordering::Relaxed);
-                }
+                pressure.accepting(index);
             }
             for l in loops {
                 let _ = l.await;
@@ -346,89 +325,142 @@ impl Worker {
     }
 }
 
-async fn accept_loop(
+/// One listener's accept loop on one worker (mini-redis's `Listener`): it takes every queued
+/// connection each time it wakes (nginx's `multi_accept`), admits or closes each at once, and
+/// spawns a task per admitted connection.
+struct AcceptLoop {
     worker: usize,
     listener: Listener,
+    /// This worker's copy.
     gateway: Arc<Gateway>,
-    builder: Arc<conn::Protocols>,
-    (connections, alive): (Arc<Connections>, mpsc::Sender<()>),
-    deadlines: Deadlines,
-    mut drain: watch::Receiver<bool>,
-) {
-    loop {
-        // At the connection cap, stop accepting: new clients wait in the kernel's queue.
-        let permit = tokio::select! {
-            biased;
-            _ = drain.changed() => return,
-            permit = connections.permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        if connections.ahead(worker) {
-            tokio::select! {
-                biased;
-                _ = drain.changed() => return,
-                () = tokio::time::sleep(BALANCE_WAIT) => {}
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+}
+
+impl AcceptLoop {
+    async fn run(mut self) {
+        loop {
+            if self.shared.pressure.ahead(self.worker) {
+                // Another worker, woken by the same arrival, may take it (see `ahead`).
+                tokio::task::yield_now().await;
             }
+            let (stream, addr) = tokio::select! {
+                biased;
+                _ = self.drain.changed() => return,
+                accepted = self.listener.tcp.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: log, give the process a moment, keep serving.
+                        tracing::error!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            self.admit(stream, addr);
         }
-        let (stream, addr) = tokio::select! {
-            biased;
-            _ = drain.changed() => return,
-            accepted = listener.tcp.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: log, give the process a moment, keep serving.
-                    tracing::error!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+    }
+
+    /// Admits a connection against its address's cap and the global one, and serves it; or
+    /// closes it at once (with a reset: nothing of it lingers), counted.
+    fn admit(&self, stream: TcpStream, addr: SocketAddr) {
+        let shared = &self.shared;
+        let metrics = &self.gateway.metrics;
+        let refuse = |stream: TcpStream, reason: &'static str| {
+            let _ = stream.set_zero_linger();
+            metrics
+                .connections_refused
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+            let note = self.gateway.refusals.note(addr.ip(), reason, false);
+            if note.log {
+                tracing::warn!(peer = %addr, reason, "connection refused: {}", match reason {
+                    "address_cap" => "its address holds server.max_connections_per_address already",
+                    _ => "at server.max_connections, with no idle or waiting connection to close for room",
+                });
+            }
+        };
+        let ticket = match shared.admission.admit(addr.ip()) {
+            Ok(ticket) => ticket,
+            Err(admission::Refusal::Connections) => return refuse(stream, "address_cap"),
+        };
+        let Some(slot) = shared.pressure.admit(self.worker) else {
+            return refuse(stream, "global_cap");
         };
         let _ = stream.set_nodelay(true);
-        connections.open.fetch_add(1, Ordering::Relaxed);
-        if let Some(mine) = connections.per_worker.get(worker) {
-            mine.fetch_add(1, Ordering::Relaxed);
-        }
-        gateway.metrics.open_connections.inc();
-        let guard = ConnGuard {
-            connections: connections.clone(),
-            worker,
-            gauge: gateway.metrics.open_connections.clone(),
-            _alive: alive.clone(),
-            _permit: permit,
+        let scheme = match self.listener.tls {
+            None => Scheme::Http,
+            Some(_) => Scheme::Https,
         };
-        let (gw, builder, tls, drain) = (
-            gateway.clone(),
-            builder.clone(),
-            listener.tls.clone(),
-            drain.clone(),
-        );
-        tokio::spawn(async move {
-            let _guard = guard;
-            match tls {
-                None => {
-                    let client = Client::new(Peer::new(addr, Scheme::Http, &gw.trusted_proxies));
-                    let io = TokioIo::new(stream);
-                    conn::serve(&builder, Proto::Sniff, io, client, gw, deadlines, drain).await;
-                }
-                Some(tls) => match tls.handshake(stream, &gw.metrics).await {
-                    Ok(stream) => {
-                        let client =
-                            Client::new(Peer::new(addr, Scheme::Https, &gw.trusted_proxies));
-                        // ALPN said which protocol (RFC 9113 §3.2: h2 over TLS is negotiated).
-                        let proto = match stream.get_ref().1.alpn_protocol() {
-                            Some(b"h2") => Proto::Http2,
-                            _ => Proto::Http1,
-                        };
-                        let io = TokioIo::new(stream);
-                        conn::serve(&builder, proto, io, client, gw, deadlines, drain).await;
-                    }
-                    // Counted by the handshake itself, before the socket closed.
-                    Err(e) => tracing::debug!(peer = %addr, "{e}"),
-                },
+        let peer = Peer::new(addr, scheme, &self.gateway.trusted_proxies);
+        let client = Client::new(peer, ticket, slot.activity.clone());
+        let connection = Connection {
+            gateway: self.gateway.clone(),
+            shared: shared.clone(),
+            tls: self.listener.tls.clone(),
+            drain: self.drain.clone(),
+            _alive: shared.alive.clone(),
+            slot,
+        };
+        tokio::spawn(connection.serve(stream, client));
+    }
+}
+
+/// One admitted connection (mini-redis's `Handler`): what its task needs, and what it holds
+/// until it ends (its place under the cap, and a sender that keeps the drain waiting).
+struct Connection {
+    gateway: Arc<Gateway>,
+    shared: Arc<Shared>,
+    tls: Option<TlsListener>,
+    drain: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+    slot: Slot,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, client: Arc<Client>) {
+        let Some(tls) = &self.tls else {
+            return self.http(Proto::Sniff, TokioIo::new(stream), client).await;
+        };
+        let handshake = tokio::select! {
+            result = tls.handshake(stream, &self.gateway.metrics) => result,
+            // Chosen to make room at the cap while its handshake was still arriving.
+            () = self.slot.activity.evicted() => return,
+        };
+        match handshake {
+            Ok(stream) => {
+                // ALPN said which protocol (RFC 9113 §3.2: h2 over TLS is negotiated).
+                let proto = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Proto::Http2,
+                    _ => Proto::Http1,
+                };
+                self.http(proto, TokioIo::new(stream), client).await;
             }
-        });
+            // Counted by the handshake itself, before the socket closed.
+            Err(e) => tracing::debug!(peer = %client.peer.addr, "{e}"),
+        }
+    }
+
+    async fn http<I>(&self, proto: Proto, io: I, client: Arc<Client>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let timers = conn::Timers {
+            deadlines: self.shared.deadlines,
+            pressure_timeout: self.shared.pressure_timeout,
+            pressure: self.shared.pressure.watch(),
+        };
+        conn::serve(
+            &self.shared.protocols,
+            proto,
+            io,
+            client,
+            self.gateway.clone(),
+            timers,
+            self.slot.activity.clone(),
+            self.drain.clone(),
+        )
+        .await;
     }
 }
 
@@ -482,40 +514,6 @@ fn protocols(s: &ConnSettings) -> Protocols {
         auto,
         http1_tls,
         http2,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn connections(counts: &[usize]) -> Connections {
-        Connections {
-            open: AtomicUsize::new(0),
-            per_worker: counts.iter().map(|&n| AtomicUsize::new(n)).collect(),
-            permits: Arc::new(Semaphore::new(1)),
-        }
-    }
-
-    #[test]
-    fn a_worker_is_ahead_only_when_it_holds_two_more_than_another() {
-        let c = connections(&[5, 3]);
-        assert!(c.ahead(0));
-        assert!(!c.ahead(1));
-        let c = connections(&[4, 3, 9]);
-        assert!(!c.ahead(0), "one over is an even split of an odd count");
-        assert!(c.ahead(2));
-        assert!(
-            !connections(&[7]).ahead(0),
-            "a single worker takes everything"
-        );
-        assert!(
-            !connections(&[0, 0]).ahead(5),
-            "an unknown worker is never held back"
-        );
-        assert!(
-            !connections(&[9, NOT_ACCEPTING]).ahead(0),
-            "a worker that never started accepting is not waited for"
-        );
+        streams_per_address: u32::try_from(s.http2_max_streams_per_address).unwrap_or(u32::MAX),
     }
 }

@@ -429,14 +429,14 @@ impl TestGateway {
         let loaded =
             config::load(&config.path(), &Environment::default()).expect("test config loads");
         let srv = &loaded.settings.server;
-        let listener = server::bind(srv.listen.unwrap()).await.unwrap();
+        let listener = server::bind_with_backlog(srv.listen.unwrap(), srv.listen_backlog).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut listeners = vec![server::Listener::plain(listener)];
         let mut tls_addr = None;
         if let (Some(at), Some(tls)) = (srv.tls_listen, &loaded.tls) {
             let resolver = server::tls::CertResolver::new(tls.certified.clone());
             let acceptor = server::tls::acceptor(resolver).unwrap();
-            let tcp = server::bind(at).await.unwrap();
+            let tcp = server::bind_with_backlog(at, srv.listen_backlog).unwrap();
             tls_addr = Some(tcp.local_addr().unwrap());
             let tls = server::TlsListener::new(
                 acceptor,
@@ -526,10 +526,23 @@ impl RawResponse {
     }
 }
 
+/// A TCP connection to `addr` from `ip`: every 127.0.0.0/8 address is this machine, so each
+/// stands in for another client machine.
+pub async fn connect_from(ip: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip.parse().unwrap(), 0))?;
+    socket.connect(addr).await
+}
+
 /// Writes `request` verbatim on a fresh connection and reads one response (the request should
 /// carry `Connection: close`, or the server must close after answering).
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    raw_from("127.0.0.1", addr, request).await
+}
+
+/// [`raw`], from another address (see [`connect_from`]).
+pub async fn raw_from(ip: &str, addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = connect_from(ip, addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
@@ -541,18 +554,35 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
 
 /// A POST with the given body and content type, `Connection: close`.
 pub async fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> RawResponse {
+    post_from("127.0.0.1", addr, path, content_type, body).await
+}
+
+/// [`post`], from another address (see [`connect_from`]).
+pub async fn post_from(
+    ip: &str,
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> RawResponse {
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: shop.example\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
     req.extend_from_slice(body);
-    raw(addr, &req).await
+    raw_from(ip, addr, &req).await
 }
 
 /// A urlencoded callback POST.
 pub async fn callback(addr: SocketAddr, path: &str, body: &str) -> RawResponse {
-    post(
+    callback_from("127.0.0.1", addr, path, body).await
+}
+
+/// [`callback`], from another address (see [`connect_from`]).
+pub async fn callback_from(ip: &str, addr: SocketAddr, path: &str, body: &str) -> RawResponse {
+    post_from(
+        ip,
         addr,
         path,
         "application/x-www-form-urlencoded",
