@@ -306,6 +306,9 @@ pub(super) struct Writer {
     last_commit: Instant,
     /// When the size bounds are checked next.
     next_size_check: Instant,
+    /// At the size bound, the last prune found no refused row left: no more scans for them
+    /// until the bound is left (nothing refused is recorded meanwhile).
+    refused_pruned_out: bool,
 }
 
 /// Marks the writer exited however its thread ends, so nothing waits for it in vain: pending
@@ -351,6 +354,7 @@ impl Writer {
             last_error: None,
             last_commit: now.checked_sub(COMMIT_WINDOW).unwrap_or(now),
             next_size_check: now,
+            refused_pruned_out: false,
         }
     }
 
@@ -493,7 +497,9 @@ impl Writer {
             && now >= self.next_size_check
         {
             self.next_size_check = now + SIZE_EVERY;
-            self.keep_within_bounds();
+            if self.measure() && !self.refused_pruned_out {
+                self.prune_refused();
+            }
         }
         if matches!(self.health, Health::Ok) && now >= self.next_prune {
             match self.attempt(&[prune_op(self.shared.retention)]) {
@@ -514,27 +520,31 @@ impl Writer {
         }
     }
 
-    /// Measures the ledger against `ledger.max_size` and `ledger.min_free`; at either bound,
-    /// refused callbacks stop being recorded and the oldest refused rows are pruned, a batch
-    /// per look (verified rows are always recorded: they find the pages pruning frees). Below
-    /// 90 % of `max_size` with `min_free` free again, refused callbacks are recorded again.
-    fn keep_within_bounds(&mut self) {
-        let Some(store) = &self.store else { return };
+    /// Measures the ledger against `ledger.max_size` and `ledger.min_free` (after every commit
+    /// of rows, and every [`SIZE_EVERY`]); returns whether it is at its bound. At either bound,
+    /// refused callbacks stop being recorded and the oldest refused rows are pruned, a batch per
+    /// look (verified rows are always recorded: they find the pages pruning frees). Below 90 %
+    /// of `max_size` with `min_free` free again, refused callbacks are recorded again.
+    fn measure(&mut self) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
         let bounds = self.shared.bounds;
+        let was_full = self.shared.refused_full.load(Ordering::Relaxed);
         let used = match store.used_bytes() {
             Ok(used) => used,
             Err(e) => {
                 tracing::debug!(ledger = %self.location, error = %e, "ledger: cannot measure its size");
-                return;
+                return was_full;
             }
         };
         let free = store.free_bytes();
-        let low_space = free.is_some_and(|f| f < bounds.min_free);
-        let was_full = self.shared.refused_full.load(Ordering::Relaxed);
-        let full =
-            low_space || used >= bounds.max_size || (was_full && used >= bounds.max_size / 10 * 9);
+        let full = free.is_some_and(|f| f < bounds.min_free)
+            || used >= bounds.max_size
+            || (was_full && used >= bounds.max_size / 10 * 9);
         if full != was_full {
             self.shared.refused_full.store(full, Ordering::Relaxed);
+            self.refused_pruned_out = false;
             if full {
                 tracing::warn!(
                     ledger = %self.location,
@@ -548,18 +558,23 @@ impl Writer {
                 tracing::info!(ledger = %self.location, used, "ledger: back within its size bounds; refused callbacks are recorded again");
             }
         }
-        if full {
-            match self.attempt(&[Op::PruneRefused { limit: PRUNE_BATCH }]) {
-                Ok(results) => {
-                    if let Some(OpResult::Pruned { rows, more }) = results.first() {
-                        self.shared.metrics.ledger_pruned_rows.inc_by(*rows);
-                        if *more {
-                            self.next_size_check = Instant::now();
-                        }
+        full
+    }
+
+    /// Deletes a batch of the oldest refused rows (see [`Writer::measure`]).
+    fn prune_refused(&mut self) {
+        match self.attempt(&[Op::PruneRefused { limit: PRUNE_BATCH }]) {
+            Ok(results) => {
+                if let Some(OpResult::Pruned { rows, more }) = results.first() {
+                    self.shared.metrics.ledger_pruned_rows.inc_by(*rows);
+                    if *more {
+                        self.next_size_check = Instant::now();
+                    } else {
+                        self.refused_pruned_out = true;
                     }
                 }
-                Err(e) => self.failed(&e),
             }
+            Err(e) => self.failed(&e),
         }
     }
 
@@ -636,6 +651,9 @@ impl Writer {
         }
         match outcome {
             Ok(results) => {
+                if !rows.is_empty() && self.shared.role == Role::Ledger {
+                    self.measure();
+                }
                 let m = &self.shared.metrics;
                 m.ledger_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
