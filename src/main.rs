@@ -16,6 +16,7 @@ use tracing_subscriber::prelude::*;
 use click_gateway::click::{Action, FormKind, Secret};
 use click_gateway::commands::report::Format;
 use click_gateway::commands::{self, sign::SignRequest};
+use click_gateway::config::keys::KeyProblem;
 use click_gateway::config::{self, Environment, Span};
 use click_gateway::reload::Reloader;
 use click_gateway::server::tls::CertResolver;
@@ -109,7 +110,7 @@ struct RecheckArgs {
     since: Span,
     /// Judge against this one key (as if configured for each callback's service) instead of
     /// the configured keys: read from FILE, or standard input for `-`; one trailing newline
-    /// dropped. Never on the command line.
+    /// dropped, a key with other whitespace around it refused. Never on the command line.
     #[arg(long)]
     secret_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
@@ -187,7 +188,8 @@ struct SignArgs {
     /// Read the secret key from this environment variable.
     #[arg(long, conflicts_with = "secret_file")]
     secret_env: Option<String>,
-    /// Read the secret key from this file (`-` for standard input; one trailing newline dropped).
+    /// Read the secret key from this file (`-` for standard input; one trailing newline
+    /// dropped, a key with other whitespace around it refused).
     #[arg(long)]
     secret_file: Option<PathBuf>,
     /// Without --secret-env/--secret-file: sign with the service's slot-0 key from this config.
@@ -254,9 +256,9 @@ fn load_keys(path: &std::path::Path) -> Result<config::Loaded, String> {
 
 fn sign(a: SignArgs) -> Outcome {
     let secret = if let Some(var) = &a.secret_env {
-        Secret::new(
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?,
-        )
+        let key =
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        checked_secret(&key, &format!("in environment variable {var}"))?
     } else if let Some(file) = &a.secret_file {
         read_secret_file(file)?
     } else {
@@ -296,17 +298,34 @@ fn sign(a: SignArgs) -> Outcome {
 }
 
 /// A key from a file, or standard input for `-`, with one trailing newline (`\n` or `\r\n`)
-/// dropped: what `echo KEY > file` adds.
+/// dropped: what `echo KEY > file` adds. Anything else around the key is refused as the key
+/// files refuse it: taken byte for byte, a pasted trailing space would only show up as a
+/// different fingerprint and "0 verify", as if Click had sent the wrong key.
 fn read_secret_file(file: &std::path::Path) -> Result<Secret, String> {
     let mut text = String::new();
-    if file.as_os_str() == "-" {
+    let stdin = file.as_os_str() == "-";
+    if stdin {
         io::stdin().read_to_string(&mut text)
     } else {
         std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
     }
     .map_err(|e| format!("cannot read the secret from {}: {e}", file.display()))?;
     let key = text.strip_suffix('\n').unwrap_or(&text);
-    Ok(Secret::new(key.strip_suffix('\r').unwrap_or(key)))
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    let place = if stdin {
+        "on standard input".to_owned()
+    } else {
+        format!("in {}", file.display())
+    };
+    checked_secret(key, &place)
+}
+
+/// `key` as a [`Secret`], or what is wrong with it (`place`: `in FILE`), by the key files' rule.
+fn checked_secret(key: &str, place: &str) -> Result<Secret, String> {
+    match KeyProblem::of(key) {
+        None => Ok(Secret::new(key)),
+        Some(p) => Err(format!("the key {place} {}: {}", p.what(), p.fix())),
+    }
 }
 
 fn payments(a: PaymentsArgs) -> Outcome {

@@ -2,10 +2,11 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::binary::bin;
+use common::binary::{bin, run_with_stdin};
 use common::*;
 
 fn repo() -> PathBuf {
@@ -30,6 +31,37 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// As [`write`], with the file's mode set to `mode` (whatever the umask made it).
+fn write_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    let p = write(dir, name, text);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// `sign --action prepare` of vector V1's fields, the key from wherever `key_args` say.
+fn sign_v1(key_args: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "sign",
+        "--action",
+        "prepare",
+        "--service-id",
+        "12345",
+        "--click-trans-id",
+        "2103045678",
+        "--click-paydoc-id",
+        "3302114455",
+        "--merchant-trans-id",
+        "order-1001",
+        "--amount",
+        "1000.00",
+        "--sign-time",
+        "2024-05-01 12:30:45",
+    ])
+    .args(key_args);
+    cmd
 }
 
 #[test]
@@ -68,10 +100,10 @@ fn check_reports_every_problem_and_never_a_key() {
     let (code, out, err) = run(bin().arg("check").arg("-c").arg(&cfg));
     assert_eq!(code, 1, "{out}{err}");
     for want in [
-        "services.12345.secret_keys[0]: the key has leading or trailing whitespace",
+        "services.12345.secret_keys[0]: the key has surrounding whitespace",
         "services.12345.secret_keys[1]: the key is empty",
         "services.x1: service id must be decimal digits",
-        "line 1 (CLICK_SERVICE_70001_SECRET_KEY): the key has leading or trailing whitespace",
+        "line 1 (CLICK_SERVICE_70001_SECRET_KEY): the key ends with a space: keys are used byte for byte, so remove it",
         "4 problem(s)",
     ] {
         assert!(err.contains(want), "missing {want:?} in\n{err}");
@@ -300,4 +332,90 @@ async fn serve_answers_curl_and_stops_on_sigterm() {
         !all.contains("4c30b2304e2d17ef17eec7d8710e914c"),
         "a full signature reached the log:\n{all}"
     );
+}
+
+/// A key pasted from an email with a space after it, or wrapped onto two lines, is refused by
+/// `sign` and `recheck` in the words `check` uses for the same key in keys.toml, instead of
+/// being used byte for byte (a different fingerprint, "0 of 3 verify", and Click blamed).
+#[test]
+fn a_pasted_key_with_whitespace_is_refused_by_the_commands_as_by_the_key_files() {
+    let d = tempfile::tempdir().unwrap();
+    let pasted = write_mode(d.path(), "pasted.key", &format!("{KEY_12345} \n"), 0o600);
+    let (code, out, err) = run(&mut sign_v1(&["--secret-file", pasted.to_str().unwrap()]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out, "", "nothing is signed with a key that is refused");
+    assert_eq!(
+        err,
+        format!(
+            "click-gateway: the key in {} ends with a space: keys are used byte for byte, so remove it\n",
+            pasted.display()
+        )
+    );
+    assert_no_secrets(&err);
+
+    // The same key in keys.toml: the same words, from the same check.
+    write(
+        d.path(),
+        "keys.toml",
+        &format!("[services.12345]\nsecret_keys = [\"{KEY_12345} \"]\n"),
+    );
+    let cfg = write(
+        d.path(),
+        "gateway.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[click]\nkeys_file = \"keys.toml\"\n[ledger]\ndatabase = \"ledger.db\"\n",
+    );
+    let (code, _, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("services.12345.secret_keys[0]: the key ends with a space: keys are used byte for byte, so remove it"),
+        "{err}"
+    );
+    assert_no_secrets(&err);
+
+    // recheck, the key wrapped by a mail client, on standard input.
+    let (code, out, err) = run_with_stdin(
+        bin()
+            .args([
+                "recheck",
+                "--service-id",
+                "12345",
+                "--secret-file",
+                "-",
+                "-c",
+            ])
+            .arg(&cfg),
+        "TEST_SECRET\n_aB3dE5\n",
+    );
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err,
+        "click-gateway: the key on standard input has a line break inside it: a key is one line (a mail client may have wrapped it): join the lines\n"
+    );
+    let empty = write_mode(d.path(), "empty.key", "\n", 0o600);
+    let (code, _, err) = run(bin()
+        .args(["recheck", "--secret-file"])
+        .arg(&empty)
+        .arg("-c")
+        .arg(&cfg));
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!(
+            "click-gateway: the key in {} is empty: put the key there\n",
+            empty.display()
+        )
+    );
+    let (code, _, err) =
+        run(sign_v1(&["--secret-env", "PASTED"]).env("PASTED", format!("\t{KEY_12345}")));
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "click-gateway: the key in environment variable PASTED starts with a tab: keys are used byte for byte, so remove it\n"
+    );
+
+    // What `echo KEY > file` or a Windows editor leaves (one line end) is still fine.
+    let saved = write_mode(d.path(), "saved.key", &format!("{KEY_12345}\r\n"), 0o600);
+    let (code, body, err) = run(&mut sign_v1(&["--secret-file", saved.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body.trim_end(), V1);
 }
