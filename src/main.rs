@@ -13,6 +13,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
+use click_gateway::click::keys::KeyPlaces;
 use click_gateway::click::{Action, FormKind, Secret};
 use click_gateway::commands::report::Format;
 use click_gateway::commands::{self, sign::SignRequest};
@@ -271,8 +272,12 @@ fn sign(a: SignArgs) -> Outcome {
             .and_then(|s| s.keys.first())
             .map(|k| k.secret.clone())
             .ok_or_else(|| {
+                let places = KeyPlaces {
+                    service_id: Some(id),
+                    files: Some(loaded.key_files(&a.config)),
+                };
                 format!(
-                    "no key is configured for service {id} in {}",
+                    "no key is configured for service {id} in {}: put it {places}",
                     a.config.display()
                 )
             })?
@@ -387,8 +392,9 @@ fn verify(path: PathBuf, body: Option<PathBuf>, content_type: &str) -> Outcome {
         }
     }
     let mut out = io::stdout().lock();
-    let ok =
-        commands::verify::run(&bytes, &kind, &loaded.keys, &mut out).map_err(|e| e.to_string())?;
+    let files = loaded.key_files(&path);
+    let ok = commands::verify::run(&bytes, &kind, &loaded.keys, files, &mut out)
+        .map_err(|e| e.to_string())?;
     out.flush().map_err(|e| e.to_string())?;
     Ok(success(ok))
 }

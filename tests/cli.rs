@@ -231,8 +231,15 @@ fn sign_prints_the_vector_body_and_verify_explains_failures() {
     );
     let (code, out, _) = run(bin().arg("verify").arg("-c").arg(&config).arg(&unknown));
     assert_eq!(code, 1);
+    // Where the key goes, with the files this configuration names, and the command that
+    // tries a key first (the shipped config keeps a ledger).
+    let keys_file = repo().join("config/keys.example.toml");
     assert!(
-        out.contains("no key is configured for service 82154"),
+        out.contains(&format!(
+            "why: no key is configured for service 82154: put it in click.keys_file ({}) as [services.82154] secret_keys or in click.env_file (not set) as CLICK_SERVICE_82154_SECRET_KEY and reload (SIGHUP), or in the gateway's environment as CLICK_SERVICE_82154_SECRET_KEY and restart; to try a key on the refused callbacks first: click-gateway recheck --config {} --service-id 82154 --secret-file <file>\n",
+            keys_file.display(),
+            config.display()
+        )),
         "{out}"
     );
     assert!(!out.contains(KEY_12345), "{out}");
@@ -321,12 +328,22 @@ async fn serve_answers_curl_and_stops_on_sigterm() {
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["error"], -1);
     assert_eq!(answer["error_note"], "SIGN CHECK FAILED!");
+    let unknown = V1.replace("service_id=12345", "service_id=82154");
+    let out = curl(unknown, "/click/prepare/").await.unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["error"], -1);
 
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait_exit().await, Some(0));
     let all = gw.log_text();
     assert!(all.contains("callback verified and forwarded"), "{all}");
     assert!(all.contains("reason=\"key_mismatch\""), "{all}");
+    // The log line of a missing key says where it goes (by setting: the request path has no
+    // paths at hand) and how to try one.
+    assert!(
+        all.contains("why=no key is configured for service 82154: put it in click.keys_file as [services.82154] secret_keys or in click.env_file as CLICK_SERVICE_82154_SECRET_KEY and reload (SIGHUP), or in the gateway's environment as CLICK_SERVICE_82154_SECRET_KEY and restart; to try a key on the refused callbacks first: click-gateway recheck --service-id 82154 --secret-file <file>"),
+        "{all}"
+    );
     assert!(!all.contains(KEY_12345), "a secret reached the log:\n{all}");
     assert!(
         !all.contains("4c30b2304e2d17ef17eec7d8710e914c"),
@@ -418,4 +435,29 @@ fn a_pasted_key_with_whitespace_is_refused_by_the_commands_as_by_the_key_files()
     let (code, body, err) = run(&mut sign_v1(&["--secret-file", saved.to_str().unwrap()]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(body.trim_end(), V1);
+}
+
+/// `check` names the files a new service's key goes in, and the command to try one.
+#[test]
+fn check_says_where_a_new_services_key_goes() {
+    let d = tempfile::tempdir().unwrap();
+    write_mode(d.path(), "keys.toml", KEYS_TOML, 0o600);
+    let env_file = write_mode(d.path(), ".env", "DEBUG=0\n", 0o600);
+    let cfg = write(
+        d.path(),
+        "gateway.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[click]\nkeys_file = \"keys.toml\"\nenv_file = \".env\"\n",
+    );
+    let (code, out, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    // No ledger: nothing recorded to recheck, so no recheck suggested.
+    assert!(
+        out.contains(&format!(
+            "  a new service's key: put it in click.keys_file ({}) as [services.<id>] secret_keys or in click.env_file ({}) as CLICK_SERVICE_<id>_SECRET_KEY and reload (SIGHUP), or in the gateway's environment as CLICK_SERVICE_<id>_SECRET_KEY and restart\n",
+            d.path().join("keys.toml").display(),
+            env_file.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(err, "", "0600 files, no warning");
 }

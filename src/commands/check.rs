@@ -8,12 +8,16 @@
 //! gateways share it, so `check` connects and creates or migrates the schema, as `serve` would
 //! on start, and says so (the operator's `check`, before a rollout, is a better time for that
 //! than whichever gateway starts first).
+//!
+//! It also says where a new service's key goes, with the files this configuration names,
+//! since that is the next question after "which services have a key?".
 
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::report::span_text;
+use crate::click::keys::KeyPlaces;
 use crate::config::{self, Environment, Loaded};
 use crate::ledger::{Inspection, Location, Store, SCHEMA_VERSION};
 
@@ -234,5 +238,10 @@ fn summary(path: &Path, loaded: &Loaded, ledger: &str, out: &mut dyn Write) -> i
             )?;
         }
     }
+    let places = KeyPlaces {
+        service_id: None,
+        files: Some(loaded.key_files(path)),
+    };
+    writeln!(out, "  a new service's key: put it {places}")?;
     Ok(())
 }

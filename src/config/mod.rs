@@ -656,6 +656,20 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+impl Loaded {
+    /// Where keys come from in this configuration (`config`: the file it was loaded from),
+    /// for messages that say where a missing key goes.
+    pub fn key_files<'a>(&'a self, config: &'a Path) -> crate::click::keys::KeyFiles<'a> {
+        let click = &self.settings.click;
+        crate::click::keys::KeyFiles {
+            config,
+            keys_file: click.keys_file.as_deref(),
+            env_file: click.env_file.as_deref(),
+            ledger: self.settings.ledger.database.is_some(),
+        }
+    }
+}
+
 /// Reads `path`, applies the environment overrides, validates, then reads every key source.
 pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
     let origin = path.display().to_string();
