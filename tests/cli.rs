@@ -461,3 +461,78 @@ fn check_says_where_a_new_services_key_goes() {
     );
     assert_eq!(err, "", "0600 files, no warning");
 }
+
+/// `check` warns, with the chmod to run, when users other than the owner and the gateway can
+/// read a file that holds secrets: every user (the umask's 0644), or a group that is not the
+/// gateway's. A file its group reads is quiet when the group is the one `check` runs with
+/// (systemd runs it as the unit's user), and the advice keeps that group's read bit.
+#[test]
+fn check_warns_when_other_users_can_read_the_secret_files() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempfile::tempdir().unwrap();
+    let keys = write_mode(d.path(), "keys.toml", KEYS_TOML, 0o644);
+    let env = write_mode(
+        d.path(),
+        ".env",
+        "CLICK_SERVICE_82154_SECRET_KEY=key-B-new\n",
+        0o640,
+    );
+    let trust = write_mode(
+        d.path(),
+        "trust.secrets",
+        "gateway-backend-secret-0123456789abcdef\n",
+        0o604,
+    );
+    let cfg = write(
+        d.path(),
+        "gateway.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[click]\nkeys_file = \"keys.toml\"\nenv_file = \".env\"\n[trust]\nsecret_file = \"trust.secrets\"\n",
+    );
+    // The .env of another group (root can give it one: a group `check` does not run with).
+    let nogroup = 65534;
+    let foreign = std::os::unix::fs::chown(&env, None, Some(nogroup)).is_ok();
+    let (code, out, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 0, "{out}{err}");
+    for (setting, path, mode, what) in [
+        ("click.keys_file", &keys, "0644", "the Click secret keys"),
+        (
+            "trust.secret_file",
+            &trust,
+            "0604",
+            "the secrets that attest callbacks to the backend",
+        ),
+    ] {
+        let want = format!(
+            "warning: {setting}: {p} has mode {mode}: other users can read {what} (chmod 640 {p})\n",
+            p = path.display()
+        );
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    }
+    if foreign {
+        let group = std::fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(':').nth(2) == Some("65534"))
+            .map_or("65534".to_owned(), |l| {
+                l.split(':').next().unwrap().to_owned()
+            });
+        let want = format!(
+            "warning: click.env_file: {p} has mode 0640: the members of group {group} can read the Click secret keys (chmod 600 {p})\n",
+            p = env.display()
+        );
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    } else {
+        assert!(!err.contains("click.env_file"), "{err}");
+    }
+    assert_no_secrets(&err);
+
+    // Readable by the owner and the group check runs with only: quiet.
+    let own = std::fs::metadata(&keys).unwrap().gid();
+    for p in [&keys, &env, &trust] {
+        std::os::unix::fs::chown(p, None, Some(own)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let (code, _, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 0);
+    assert_eq!(err, "", "0640 files of check's own group, no warning");
+}
