@@ -536,3 +536,61 @@ fn check_warns_when_other_users_can_read_the_secret_files() {
     assert_eq!(code, 0);
     assert_eq!(err, "", "0640 files of check's own group, no warning");
 }
+
+/// The mistakes of a first configuration, each answered with what to write instead: an unknown
+/// name in keys.toml, a duration without its unit, a misspelt setting.
+#[test]
+fn configuration_mistakes_say_how_to_fix_them() {
+    let d = tempfile::tempdir().unwrap();
+    write_mode(
+        d.path(),
+        "keys.toml",
+        "[service.12345]\nsecret_keys = [\"sekrit-1\"]\n[services.70001]\nsecret_key = [\"sekrit-2\"]\nsecret_keys = [\"sekrit-3\"]\n",
+        0o600,
+    );
+    let cfg = write(
+        d.path(),
+        "gateway.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\nconnect_timeout = 2\n[click]\nkeys_file = \"keys.toml\"\n",
+    );
+    let (code, _, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("upstream.connect_timeout: 2 is a bare number: write a duration with its unit, in quotes: \"2s\" (units: ms, s, m, h, d)"),
+        "{err}"
+    );
+    // The file is read section by section: fix the duration to see the keys file's problems.
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\nidle_timout = \"5s\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\nconnect_timeout = \"2s\"\n[click]\nkeys_file = \"keys.toml\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("server.idle_timout: unknown setting `idle_timout`, expected one of `listen`, `tls_listen`,"),
+        "{err}"
+    );
+    assert!(!err.contains("``"), "{err}");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[click]\nkeys_file = \"keys.toml\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(bin().arg("check").arg("-c").arg(&cfg));
+    assert_eq!(code, 1, "{err}");
+    let keys = d.path().join("keys.toml");
+    for want in [
+        format!(
+            "error: {}: unknown top-level setting \"service\" (the file holds only [services.<id>] tables)\n",
+            keys.display()
+        ),
+        format!(
+            "error: {}: services.70001: unknown setting \"secret_key\" (the only setting is secret_keys)\n",
+            keys.display()
+        ),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    }
+    assert!(!err.contains("sekrit"), "{err}");
+}

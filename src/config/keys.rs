@@ -198,7 +198,9 @@ fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<P
             problems.push(Problem::new(
                 &origin,
                 None,
-                "unknown top-level setting (the file holds only [services.<id>] tables)".into(),
+                format!(
+                    "unknown top-level setting {name:?} (the file holds only [services.<id>] tables)"
+                ),
             ));
             continue;
         }
@@ -225,10 +227,10 @@ fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<P
                 ));
                 continue;
             };
-            if svc.keys().any(|k| k != "secret_keys") {
+            for name in svc.keys().filter(|k| *k != "secret_keys") {
                 problems.push(problem(
                     here.clone(),
-                    "unknown setting (the only setting is secret_keys)".into(),
+                    format!("unknown setting {name:?} (the only setting is secret_keys)"),
                 ));
             }
             let Some(list) = svc.get("secret_keys") else {
@@ -497,7 +499,7 @@ mod tests {
         let d = Dir::new("bad");
         let f = d.file(
             "k.toml",
-            "[services.12345]\nsecret_keys = [\"\", \" sekrit-pad \", 7, \"ok\", \"ok\"]\n[services.abc]\nsecret_keys = [\"sekrit-abc\"]\n[services.9]\nsecret_key = \"sekrit-typo\"\n[services.77]\nsecret_keys=[\"z\"]\n[services.077]\nsecret_keys=[\"z\"]\n",
+            "secret_keys = [\"sekrit-top\"]\n[services.12345]\nsecret_keys = [\"\", \" sekrit-pad \", 7, \"ok\", \"ok\"]\n[services.abc]\nsecret_keys = [\"sekrit-abc\"]\n[services.9]\nsecret_key = \"sekrit-typo\"\n[services.77]\nsecret_keys=[\"z\"]\n[services.077]\nsecret_keys=[\"z\"]\n",
         );
         let (keys, problems) = load(Some(&f), None, &env(&[]));
         let text = messages(&problems);
@@ -507,7 +509,8 @@ mod tests {
             "services.12345.secret_keys[2]: must be a string",
             "services.12345.secret_keys[4]: repeats slot 3",
             "services.abc: service id must be decimal digits",
-            "services.9: unknown setting",
+            "services.9: unknown setting \"secret_key\" (the only setting is secret_keys)",
+            "unknown top-level setting \"secret_keys\" (the file holds only [services.<id>] tables)",
             "services.9: has no secret_keys",
             "services.77: same service as services.077",
         ] {
