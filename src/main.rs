@@ -480,7 +480,9 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
         if let Some(addr) = srv.listen {
-            let tcp = server::bind(addr).await.map_err(|e| e.to_string())?;
+            let tcp = server::bind("server.listen", addr)
+                .await
+                .map_err(|e| e.to_string())?;
             addresses.push(format!(
                 "http://{}",
                 tcp.local_addr().map_err(|e| e.to_string())?
@@ -491,7 +493,9 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         if let (Some(addr), Some(tls)) = (srv.tls_listen, &loaded.tls) {
             let resolver = CertResolver::new(tls.certified.clone());
             let acceptor = server::tls::acceptor(resolver.clone()).map_err(|e| e.to_string())?;
-            let tcp = server::bind(addr).await.map_err(|e| e.to_string())?;
+            let tcp = server::bind("server.tls_listen", addr)
+                .await
+                .map_err(|e| e.to_string())?;
             addresses.push(format!(
                 "https://{}",
                 tcp.local_addr().map_err(|e| e.to_string())?
@@ -505,6 +509,20 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
             tracing::info!("certificate: {}", tls.describe());
             certificates = Some(resolver);
         }
+        // Every listener before the ledger: a port in use is the likelier mistake, and is
+        // found without opening (or creating) the ledger and the guard's store.
+        let admin_tcp = if loaded.settings.admin.enabled {
+            let tcp = server::bind("admin.listen", loaded.settings.admin.listen)
+                .await
+                .map_err(|e| e.to_string())?;
+            addresses.push(format!(
+                "admin=http://{}",
+                tcp.local_addr().map_err(|e| e.to_string())?
+            ));
+            Some(tcp)
+        } else {
+            None
+        };
         let gateway = Arc::new(Gateway::new(&loaded).map_err(|e| e.to_string())?);
         let stores: Vec<_> = [gateway.ledger.clone(), gateway.guard_store.clone()]
             .into_iter()
@@ -521,14 +539,7 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         // The admin listener outlives the drain, so /ready can say 503 while it runs.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let mut admin = None;
-        if loaded.settings.admin.enabled {
-            let tcp = server::bind(loaded.settings.admin.listen)
-                .await
-                .map_err(|e| e.to_string())?;
-            addresses.push(format!(
-                "admin=http://{}",
-                tcp.local_addr().map_err(|e| e.to_string())?
-            ));
+        if let Some(tcp) = admin_tcp {
             admin = Some(tokio::spawn(click_gateway::admin::run(
                 tcp,
                 gateway.clone(),

@@ -594,3 +594,43 @@ fn configuration_mistakes_say_how_to_fix_them() {
     }
     assert!(!err.contains("sekrit"), "{err}");
 }
+
+/// A listener's port already taken stops `serve` with the setting that names it, before the
+/// ledger is opened (nor created).
+#[test]
+fn a_port_in_use_names_its_setting_before_the_ledger_is_opened() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (server, admin, setting) in [
+        (
+            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".to_owned(),
+            "server.listen",
+        ),
+        (
+            "127.0.0.1:0".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "admin.listen",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        write_mode(d.path(), "keys.toml", KEYS_TOML, 0o600);
+        let cfg = write(
+            d.path(),
+            "gateway.toml",
+            &format!("[server]\nlisten = \"{server}\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[admin]\nlisten = \"{admin}\"\n[click]\nkeys_file = \"keys.toml\"\n[ledger]\ndatabase = \"ledger.db\"\n"),
+        );
+        let (code, _, err) = run(bin().args(["serve", "--config"]).arg(&cfg));
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "click-gateway: {setting}: cannot listen on 127.0.0.1:{port}: "
+            )) && err.contains("(another process listens there: `ss -ltnp` shows which)"),
+            "{err}"
+        );
+        assert!(
+            !d.path().join("ledger.db").exists(),
+            "{setting}: the ledger was created before the listeners were bound"
+        );
+    }
+}

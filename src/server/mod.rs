@@ -30,17 +30,35 @@ pub use tls::TlsListener;
 /// Failures of the server layer: they stop the gateway from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    /// `setting` names the listener (`server.listen`, `server.tls_listen`, `admin.listen`):
+    /// an address in use is fixed there, or by stopping what holds it.
+    #[error("{setting}: cannot listen on {addr}: {source}{}", in_use_hint(source))]
+    Bind {
+        setting: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
 
-/// Binds a TCP listener.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+/// Binds a TCP listener; `setting` is the one that names `addr`, for the error.
+pub async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, source })
+        .map_err(|source| ServerError::Bind {
+            setting,
+            addr,
+            source,
+        })
+}
+
+fn in_use_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        " (another process listens there: `ss -ltnp` shows which)"
+    } else {
+        ""
+    }
 }
 
 /// A bound socket, and TLS when it is the HTTPS listener.
