@@ -97,6 +97,10 @@ struct PaymentsArgs {
     since: Span,
     #[arg(long, value_enum, default_value = "text")]
     format: FormatArg,
+    /// Every column in the text table (the key, generation, backend ids, request id); the
+    /// default fits about 120 columns.
+    #[arg(long)]
+    wide: bool,
 }
 
 #[derive(Args)]
@@ -339,6 +343,7 @@ fn payments(a: PaymentsArgs) -> Outcome {
         click_trans_id: a.click_trans_id,
         service_id: a.service_id,
         since: a.since,
+        wide: a.wide,
     };
     let mut out = io::stdout().lock();
     commands::payments::run(
