@@ -13,9 +13,11 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
+use click_gateway::click::keys::KeyPlaces;
 use click_gateway::click::{Action, FormKind, Secret};
 use click_gateway::commands::report::Format;
 use click_gateway::commands::{self, sign::SignRequest};
+use click_gateway::config::keys::KeyProblem;
 use click_gateway::config::{self, Environment, Span};
 use click_gateway::reload::Reloader;
 use click_gateway::server::tls::CertResolver;
@@ -95,6 +97,10 @@ struct PaymentsArgs {
     since: Span,
     #[arg(long, value_enum, default_value = "text")]
     format: FormatArg,
+    /// Every column in the text table (the key, generation, backend ids, request id); the
+    /// default fits about 120 columns.
+    #[arg(long)]
+    wide: bool,
 }
 
 #[derive(Args)]
@@ -109,7 +115,7 @@ struct RecheckArgs {
     since: Span,
     /// Judge against this one key (as if configured for each callback's service) instead of
     /// the configured keys: read from FILE, or standard input for `-`; one trailing newline
-    /// dropped. Never on the command line.
+    /// dropped, a key with other whitespace around it refused. Never on the command line.
     #[arg(long)]
     secret_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
@@ -187,7 +193,8 @@ struct SignArgs {
     /// Read the secret key from this environment variable.
     #[arg(long, conflicts_with = "secret_file")]
     secret_env: Option<String>,
-    /// Read the secret key from this file (`-` for standard input; one trailing newline dropped).
+    /// Read the secret key from this file (`-` for standard input; one trailing newline
+    /// dropped, a key with other whitespace around it refused).
     #[arg(long)]
     secret_file: Option<PathBuf>,
     /// Without --secret-env/--secret-file: sign with the service's slot-0 key from this config.
@@ -254,9 +261,9 @@ fn load_keys(path: &std::path::Path) -> Result<config::Loaded, String> {
 
 fn sign(a: SignArgs) -> Outcome {
     let secret = if let Some(var) = &a.secret_env {
-        Secret::new(
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?,
-        )
+        let key =
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        checked_secret(&key, &format!("in environment variable {var}"))?
     } else if let Some(file) = &a.secret_file {
         read_secret_file(file)?
     } else {
@@ -269,8 +276,12 @@ fn sign(a: SignArgs) -> Outcome {
             .and_then(|s| s.keys.first())
             .map(|k| k.secret.clone())
             .ok_or_else(|| {
+                let places = KeyPlaces {
+                    service_id: Some(id),
+                    files: Some(loaded.key_files(&a.config)),
+                };
                 format!(
-                    "no key is configured for service {id} in {}",
+                    "no key is configured for service {id} in {}: put it {places}",
                     a.config.display()
                 )
             })?
@@ -296,17 +307,34 @@ fn sign(a: SignArgs) -> Outcome {
 }
 
 /// A key from a file, or standard input for `-`, with one trailing newline (`\n` or `\r\n`)
-/// dropped: what `echo KEY > file` adds.
+/// dropped: what `echo KEY > file` adds. Anything else around the key is refused as the key
+/// files refuse it: taken byte for byte, a pasted trailing space would only show up as a
+/// different fingerprint and "0 verify", as if Click had sent the wrong key.
 fn read_secret_file(file: &std::path::Path) -> Result<Secret, String> {
     let mut text = String::new();
-    if file.as_os_str() == "-" {
+    let stdin = file.as_os_str() == "-";
+    if stdin {
         io::stdin().read_to_string(&mut text)
     } else {
         std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
     }
     .map_err(|e| format!("cannot read the secret from {}: {e}", file.display()))?;
     let key = text.strip_suffix('\n').unwrap_or(&text);
-    Ok(Secret::new(key.strip_suffix('\r').unwrap_or(key)))
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    let place = if stdin {
+        "on standard input".to_owned()
+    } else {
+        format!("in {}", file.display())
+    };
+    checked_secret(key, &place)
+}
+
+/// `key` as a [`Secret`], or what is wrong with it (`place`: `in FILE`), by the key files' rule.
+fn checked_secret(key: &str, place: &str) -> Result<Secret, String> {
+    match KeyProblem::of(key) {
+        None => Ok(Secret::new(key)),
+        Some(p) => Err(format!("the key {place} {}: {}", p.what(), p.fix())),
+    }
 }
 
 fn payments(a: PaymentsArgs) -> Outcome {
@@ -315,6 +343,7 @@ fn payments(a: PaymentsArgs) -> Outcome {
         click_trans_id: a.click_trans_id,
         service_id: a.service_id,
         since: a.since,
+        wide: a.wide,
     };
     let mut out = io::stdout().lock();
     commands::payments::run(
@@ -368,8 +397,9 @@ fn verify(path: PathBuf, body: Option<PathBuf>, content_type: &str) -> Outcome {
         }
     }
     let mut out = io::stdout().lock();
-    let ok =
-        commands::verify::run(&bytes, &kind, &loaded.keys, &mut out).map_err(|e| e.to_string())?;
+    let files = loaded.key_files(&path);
+    let ok = commands::verify::run(&bytes, &kind, &loaded.keys, files, &mut out)
+        .map_err(|e| e.to_string())?;
     out.flush().map_err(|e| e.to_string())?;
     Ok(success(ok))
 }
@@ -455,8 +485,8 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
         if let Some(addr) = srv.listen {
-            let tcp =
-                server::bind_with_backlog(addr, srv.listen_backlog).map_err(|e| e.to_string())?;
+            let tcp = server::bind("server.listen", addr, srv.listen_backlog)
+                .map_err(|e| e.to_string())?;
             addresses.push(format!(
                 "http://{}",
                 tcp.local_addr().map_err(|e| e.to_string())?
@@ -467,8 +497,8 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         if let (Some(addr), Some(tls)) = (srv.tls_listen, &loaded.tls) {
             let resolver = CertResolver::new(tls.certified.clone());
             let acceptor = server::tls::acceptor(resolver.clone()).map_err(|e| e.to_string())?;
-            let tcp =
-                server::bind_with_backlog(addr, srv.listen_backlog).map_err(|e| e.to_string())?;
+            let tcp = server::bind("server.tls_listen", addr, srv.listen_backlog)
+                .map_err(|e| e.to_string())?;
             addresses.push(format!(
                 "https://{}",
                 tcp.local_addr().map_err(|e| e.to_string())?
@@ -482,6 +512,23 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
             tracing::info!("certificate: {}", tls.describe());
             certificates = Some(resolver);
         }
+        // Every listener before the ledger: a port in use is the likelier mistake, and is
+        // found without opening (or creating) the ledger and the guard's store.
+        let admin_tcp = if loaded.settings.admin.enabled {
+            let tcp = server::bind(
+                "admin.listen",
+                loaded.settings.admin.listen,
+                server::DEFAULT_BACKLOG,
+            )
+            .map_err(|e| e.to_string())?;
+            addresses.push(format!(
+                "admin=http://{}",
+                tcp.local_addr().map_err(|e| e.to_string())?
+            ));
+            Some(tcp)
+        } else {
+            None
+        };
         let gateway = Arc::new(Gateway::new(&loaded).map_err(|e| e.to_string())?);
         let stores: Vec<_> = [gateway.ledger.clone(), gateway.guard_store.clone()]
             .into_iter()
@@ -498,14 +545,7 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         // The admin listener outlives the drain, so /ready can say 503 while it runs.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let mut admin = None;
-        if loaded.settings.admin.enabled {
-            let tcp = server::bind(loaded.settings.admin.listen)
-                .await
-                .map_err(|e| e.to_string())?;
-            addresses.push(format!(
-                "admin=http://{}",
-                tcp.local_addr().map_err(|e| e.to_string())?
-            ));
+        if let Some(tcp) = admin_tcp {
             admin = Some(tokio::spawn(click_gateway::admin::run(
                 tcp,
                 gateway.clone(),

@@ -177,6 +177,7 @@ async fn payments_shows_the_timeline_of_an_order() {
         click_trans_id: None,
         service_id: None,
         since: Span::secs(24 * 3600),
+        wide: false,
     };
     let now = unix_micros(at(BASE + 3600));
     let filter = payments::filter(&query, now).unwrap();
@@ -186,6 +187,24 @@ async fn payments_shows_the_timeline_of_an_order() {
         payments::write(&store, &query, &filter, Format::Text, &mut out).unwrap(),
         3
     );
+    // The default table: what support needs, the order (which the title names) not repeated.
+    assert_eq!(
+        text(out),
+        "merchant_trans_id order-1001: 3 callbacks since 2024-04-30T08:30:45Z, oldest first
+TIME (UTC)            ACTION    CLICK_TRANS_ID  AMOUNT   ERROR  VERDICT   REASON        BACKEND
+2024-05-01T07:30:45Z  prepare   2103045678      1000.00  0      verified  -             200 error=0
+2024-05-01T07:31:02Z  complete  2103045678      1000     0      rejected  key_mismatch  -
+    why: the key(s) of service 12345 do not match (slot 0 fp d3b738e5); it would verify if amount were hashed as \"1000.00\" instead of \"1000\" as sent: the signer re-formats the amount
+2024-05-01T07:31:05Z  complete  2103045678      1000.00  0      verified  -             200 error=0
+"
+    );
+    // --wide: every column.
+    let wide = PaymentsQuery {
+        wide: true,
+        ..query.clone()
+    };
+    let mut out = Vec::new();
+    payments::write(&store, &wide, &filter, Format::Text, &mut out).unwrap();
     assert_eq!(
         text(out),
         "merchant_trans_id order-1001: 3 callbacks since 2024-04-30T08:30:45Z, oldest first
@@ -218,6 +237,7 @@ TIME (UTC)            ACTION    SERVICE  CLICK_TRANS_ID  MERCHANT_TRANS_ID  AMOU
             "error": "0",
             "error_note": "Success",
             "sign_time": "2024-05-01 12:30:45",
+            "retry": false,
             "verdict": "verified",
             "reason": null,
             "hint": null,
@@ -260,6 +280,7 @@ TIME (UTC)            ACTION    SERVICE  CLICK_TRANS_ID  MERCHANT_TRANS_ID  AMOU
         click_trans_id: c.map(Into::into),
         service_id: s.map(Into::into),
         since: Span::secs(since),
+        wide: false,
     };
     assert_eq!(
         count(by(None, Some("2103045678"), None, 3600), BASE + 60),
@@ -316,6 +337,7 @@ async fn payments_reads_the_ledger_the_config_names_and_says_when_there_is_none(
         click_trans_id: None,
         service_id: None,
         since: Span::secs(24 * 3600),
+        wide: false,
     };
     let err = payments::run(
         &d.config.path(),
@@ -997,6 +1019,7 @@ async fn a_restart_keeps_the_rows_and_a_stop_drains_the_queue() {
         click_trans_id: None,
         service_id: None,
         since: Span::secs(3600),
+        wide: false,
     };
     let mut out = Vec::new();
     let n = payments::run(
@@ -1104,6 +1127,7 @@ async fn the_commands_read_while_the_writer_writes() {
         click_trans_id: None,
         service_id: None,
         since: Span::secs(3600),
+        wide: false,
     };
     let mut seen = 0;
     while !writer.is_finished() {
@@ -1255,5 +1279,160 @@ fn check_shows_the_shipped_configs_ledger_and_never_a_postgres_password() {
     assert!(
         !format!("{out}{err}").contains("pw-Secret-1"),
         "the URL's password was printed: {err}"
+    );
+}
+
+/// Click sends a callback again, byte for byte, until it gets an answer it accepts: the
+/// timeline marks each resend a retry (in the table, and `retry` in JSON), and the default
+/// table of the support question (one order) fits a terminal; `--wide` has every column.
+#[tokio::test]
+async fn payments_marks_resent_callbacks_as_retries_and_fits_a_terminal() {
+    use click_gateway::click::Diagnosis;
+    let d = LedgerDir::new();
+    let (ledger, _) = d.open();
+    let prepare = signed(KEY_82154, "82154", 2103045678, "order-1001", None);
+    let complete = signed(KEY_82154, "82154", 2103045678, "order-1001", Some("5001"));
+    // The log line's own words, as the data path stores them.
+    let why = Diagnosis::UnknownService {
+        service_id: 82154,
+        other: None,
+    }
+    .to_string();
+    ledger.record(rejected(
+        record(&prepare, ago(300), "r-1"),
+        "unknown_service",
+        &why,
+    ));
+    ledger.record(rejected(
+        record(&prepare, ago(240), "r-2"),
+        "unknown_service",
+        &why,
+    ));
+    let mut fixed = verified(
+        record(&prepare, ago(180), "r-3"),
+        82154,
+        KEY_82154,
+        0,
+        200,
+        Some(answer("0", "Success", Some("5001"), None)),
+    );
+    fixed.generation = 2;
+    ledger.record(fixed);
+    let mut done = verified(
+        record(&complete, ago(120), "r-4"),
+        82154,
+        KEY_82154,
+        0,
+        200,
+        Some(answer("0", "Success", Some("5001"), Some("7001"))),
+    );
+    done.generation = 2;
+    done.path = "/click/complete/".into();
+    ledger.record(done);
+    within(ledger.flush()).await.unwrap();
+    let cfg = d.config.path();
+    let payments = |extra: &[&str]| {
+        let (code, out, err) = run_with_stdin(
+            bin()
+                .args([
+                    "payments",
+                    "--merchant-trans-id",
+                    "order-1001",
+                    "--since",
+                    "1h",
+                ])
+                .args(extra)
+                .arg("-c")
+                .arg(&cfg),
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    // The rows, without the title and the `why:` lines below them.
+    let rows = |out: &str| -> Vec<String> {
+        out.lines()
+            .skip(1)
+            .filter(|l| !l.starts_with("    why: "))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let out = payments(&[]);
+    let table = rows(&out);
+    assert_eq!(table.len(), 5, "{out}");
+    assert_eq!(
+        table[0],
+        "TIME (UTC)            ACTION           CLICK_TRANS_ID  AMOUNT   ERROR  VERDICT   REASON           BACKEND"
+    );
+    let actions: Vec<&str> = table[1..].iter().map(|r| &r[22..39]).collect();
+    assert_eq!(
+        actions,
+        [
+            "prepare          ",
+            "prepare (retry)  ",
+            "prepare (retry)  ",
+            "complete         "
+        ],
+        "{out}"
+    );
+    for line in &table {
+        assert!(
+            line.chars().count() <= 120,
+            "{} columns: {line}",
+            line.len()
+        );
+    }
+    assert_eq!(
+        out.matches(&format!("    why: {why}\n")).count(),
+        2,
+        "{out}"
+    );
+
+    let out = payments(&["--wide"]);
+    let table = rows(&out);
+    for column in [
+        "SERVICE",
+        "MERCHANT_TRANS_ID",
+        "KEY",
+        "GEN",
+        "PREPARE_ID",
+        "CONFIRM_ID",
+        "REQUEST_ID",
+    ] {
+        assert!(table[0].contains(column), "{column} missing: {}", table[0]);
+    }
+    assert!(
+        table[2].contains(" prepare (retry) ") && table[2].ends_with(" r-2"),
+        "{out}"
+    );
+    assert!(
+        table[3].contains(" prepare (retry) ") && table[3].ends_with(" r-3"),
+        "{out}"
+    );
+    assert!(
+        table[3].contains(&format!(" {}/0 ", fp(KEY_82154))),
+        "{out}"
+    );
+
+    let out = payments(&["--format", "json"]);
+    let retry: Vec<(String, bool)> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["request_id"].as_str().unwrap().to_owned(),
+                v["retry"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        retry,
+        [
+            ("r-1".to_owned(), false),
+            ("r-2".to_owned(), true),
+            ("r-3".to_owned(), true),
+            ("r-4".to_owned(), false)
+        ]
     );
 }

@@ -153,7 +153,12 @@ fn diagnosis_unknown_service() {
             other: None
         }
     );
-    assert_eq!(d.to_string(), "no key is configured for service 12345");
+    // What the request path logs: the settings by name (the paths are not at hand there),
+    // and the command that tries a key once one is.
+    assert_eq!(
+        d.to_string(),
+        "no key is configured for service 12345: put it in click.keys_file as [services.12345] secret_keys or in click.env_file as CLICK_SERVICE_12345_SECRET_KEY and reload (SIGHUP), or in the gateway's environment as CLICK_SERVICE_12345_SECRET_KEY and restart; to try a key on the refused callbacks first: click-gateway recheck --service-id 12345 --secret-file <file>"
+    );
 }
 
 #[test]
@@ -164,6 +169,12 @@ fn diagnosis_key_filed_under_another_service() {
     assert!(
         matches!(d, Diagnosis::UnknownService { other: Some(m), .. } if m.service_id == 70001),
         "{d:?}"
+    );
+    assert!(
+        d.to_string().contains(
+            "that key is probably filed under the wrong service id; otherwise put the key of service 12345 in click.keys_file as [services.12345] secret_keys or in click.env_file"
+        ),
+        "{d}"
     );
     // 12345 has a wrong key, 70001 has 12345's key: swapped keys.
     let d = diagnosis(

@@ -13,7 +13,7 @@
 use std::fmt;
 
 use super::callback::{Action, Callback};
-use super::keys::{Fingerprint, KeySet};
+use super::keys::{Fingerprint, KeyFiles, KeyPlaces, KeySet};
 use super::sign::{sign, Signature, SignedFields};
 
 /// Upper bound on keys of other services tried per failed callback.
@@ -91,21 +91,49 @@ impl Diagnosis {
     }
 }
 
+impl Diagnosis {
+    /// The explanation, naming the files a missing key goes in: the commands have the
+    /// configuration at hand; `Display`, which the request path logs, names the settings.
+    pub fn explain<'a>(&'a self, files: Option<KeyFiles<'a>>) -> Explained<'a> {
+        Explained {
+            diagnosis: self,
+            files,
+        }
+    }
+}
+
+/// A [`Diagnosis`] in words, see [`Diagnosis::explain`].
+pub struct Explained<'a> {
+    diagnosis: &'a Diagnosis,
+    files: Option<KeyFiles<'a>>,
+}
+
 impl fmt::Display for Diagnosis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        self.explain(None).fmt(f)
+    }
+}
+
+impl fmt::Display for Explained<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.diagnosis {
             Diagnosis::MalformedDigest => f.write_str("sign_string is not 32 hex characters"),
             Diagnosis::UnknownService { service_id, other } => {
+                let places = KeyPlaces {
+                    service_id: Some(*service_id),
+                    files: self.files,
+                };
                 write!(f, "no key is configured for service {service_id}")?;
-                if let Some(m) = other {
-                    write!(
+                match other {
+                    None => write!(f, ": put it {places}"),
+                    Some(m) => write!(
                         f,
                         "; the body verifies with the key of service {} (slot {}, fp {}): \
-                         that key is probably filed under the wrong service id",
+                         that key is probably filed under the wrong service id; otherwise put \
+                         the key of service {service_id} {places}",
                         m.service_id, m.slot, m.fingerprint
-                    )?;
+                    ),
                 }
-                Ok(())
             }
             Diagnosis::KeyMismatch {
                 service_id,

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
@@ -84,6 +84,75 @@ impl fmt::Display for KeySource {
             KeySource::EnvFile { path, line } => write!(f, "env_file {}:{line}", path.display()),
             KeySource::ProcessEnv(name) => write!(f, "environment variable {name}"),
         }
+    }
+}
+
+/// Where the key of a service goes, said wherever a callback is refused for want of one, so
+/// the message is the fix and not only the diagnosis: "in click.keys_file ... as
+/// [services.82154] secret_keys or in click.env_file ... , then reload", and the `recheck`
+/// that tries a key first. Callers put the verb in front ("put it ").
+///
+/// The request path writes it straight into its log line, so it names the settings and
+/// allocates nothing; the commands have the configuration at hand and give [`KeyFiles`], so
+/// it names the files too.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPlaces<'a> {
+    /// The service; `None` says `<id>`.
+    pub service_id: Option<u64>,
+    pub files: Option<KeyFiles<'a>>,
+}
+
+/// What the configuration sets, for [`KeyPlaces`].
+#[derive(Debug, Clone, Copy)]
+pub struct KeyFiles<'a> {
+    /// `gateway.toml`, for `recheck --config`.
+    pub config: &'a Path,
+    /// `click.keys_file` and `click.env_file` as resolved; `None` when not set.
+    pub keys_file: Option<&'a Path>,
+    pub env_file: Option<&'a Path>,
+    /// Whether a ledger records refused callbacks: without one `recheck` has nothing to judge
+    /// again, and is not suggested.
+    pub ledger: bool,
+}
+
+impl fmt::Display for KeyPlaces<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Id(Option<u64>);
+        impl fmt::Display for Id {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self.0 {
+                    Some(id) => write!(f, "{id}"),
+                    None => f.write_str("<id>"),
+                }
+            }
+        }
+        let id = Id(self.service_id);
+        // Nothing for the request path (no files at hand), the path, or "not set".
+        fn file(f: &mut fmt::Formatter<'_>, path: Option<Option<&Path>>) -> fmt::Result {
+            match path {
+                None => Ok(()),
+                Some(Some(path)) => write!(f, " ({})", path.display()),
+                Some(None) => f.write_str(" (not set)"),
+            }
+        }
+        let files = self.files.as_ref();
+        f.write_str("in click.keys_file")?;
+        file(f, files.map(|k| k.keys_file))?;
+        write!(f, " as [services.{id}] secret_keys or in click.env_file")?;
+        file(f, files.map(|k| k.env_file))?;
+        write!(
+            f,
+            " as CLICK_SERVICE_{id}_SECRET_KEY and reload (SIGHUP), or in the gateway's \
+             environment as CLICK_SERVICE_{id}_SECRET_KEY and restart"
+        )?;
+        if self.files.is_none_or(|k| k.ledger) {
+            f.write_str("; to try a key on the refused callbacks first: click-gateway recheck")?;
+            if let Some(k) = &self.files {
+                write!(f, " --config {}", k.config.display())?;
+            }
+            write!(f, " --service-id {id} --secret-file <file>")?;
+        }
+        Ok(())
     }
 }
 

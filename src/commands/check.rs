@@ -8,12 +8,19 @@
 //! gateways share it, so `check` connects and creates or migrates the schema, as `serve` would
 //! on start, and says so (the operator's `check`, before a rollout, is a better time for that
 //! than whichever gateway starts first).
+//!
+//! Besides what would keep the gateway from starting, it warns about what would not: a file
+//! holding secrets (the keys, the trust secrets, the ledger's signed callbacks) that other
+//! users can read, with the `chmod` that fixes it. And it says where a new service's key goes,
+//! with the files this configuration names, since that is the next question after "which
+//! services have a key?".
 
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::report::span_text;
+use crate::click::keys::KeyPlaces;
 use crate::config::{self, Environment, Loaded};
 use crate::ledger::{Inspection, Location, Store, SCHEMA_VERSION};
 
@@ -39,7 +46,8 @@ pub fn run(
                 }
             };
             summary(path, &loaded, &ledger.0, out)?;
-            for w in loaded.warnings.iter().chain(&ledger.1) {
+            let secrets = secret_file_warnings(&loaded);
+            for w in loaded.warnings.iter().chain(&ledger.1).chain(&secrets) {
                 writeln!(err, "warning: {w}")?;
             }
             Ok(true)
@@ -90,7 +98,7 @@ fn ledger_line(
             version,
             rows,
             writable,
-            mode,
+            mode: _,
         }) => {
             writable.map_err(|e| {
                 format!(
@@ -103,13 +111,9 @@ fn ledger_line(
             } else {
                 format!("schema v{version}")
             };
-            let mut warnings = Vec::new();
-            if mode & 0o077 != 0 {
-                warnings.push(format!(
-                    "ledger.database: {} has mode {mode:04o}: other users can read signed callbacks (chmod 600)",
-                    path.display()
-                ));
-            }
+            let warnings = readable_by_others("ledger.database", path, "signed callbacks")
+                .into_iter()
+                .collect();
             Ok((
                 format!(
                     "{} ({schema}, {rows} rows, writable); {tail}",
@@ -141,6 +145,85 @@ fn ledger_line(
         }
         Err(e) => Err(format!("ledger.database: {e}")),
     }
+}
+
+/// The group the packaged gateway reads its keys through: `config/deb/postinst` makes
+/// keys.toml `root:click-gateway`, mode 0640.
+const PACKAGE_GROUP: &str = "click-gateway";
+
+/// The warning for a file that users other than its owner and the gateway can read, with the
+/// `chmod` that stops them; `what` says what they could read. A file written under the usual
+/// umask is `0644`, and `check` is where an operator looks.
+///
+/// Other users' read bit always counts. The group's counts unless the group is the gateway's
+/// own: the package's [`PACKAGE_GROUP`], or the group `check` runs with (systemd runs the
+/// unit's `ExecStartPre` check as its `User=`/`Group=`); for those the advice keeps the
+/// group's read bit (`chmod 640`), since following it must not lock the gateway out.
+fn readable_by_others(setting: &str, path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let group = group_name(meta.gid());
+    let gateways = group.as_deref() == Some(PACKAGE_GROUP) || effective_gid() == Some(meta.gid());
+    let who = if mode & 0o004 != 0 {
+        "other users".to_owned()
+    } else if mode & 0o040 != 0 && !gateways {
+        format!(
+            "the members of group {}",
+            group.unwrap_or_else(|| meta.gid().to_string())
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{setting}: {path} has mode {mode:04o}: {who} can read {what} (chmod {} {path})",
+        if gateways { "640" } else { "600" },
+        path = path.display()
+    ))
+}
+
+/// The name /etc/group gives `gid`, if it lists it (`name:password:gid:members`).
+fn group_name(gid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse() == Ok(gid)).then(|| name.to_owned())
+    })
+}
+
+/// The effective group id of this process (the second `Gid:` field of /proc/self/status).
+fn effective_gid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Gid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// [`readable_by_others`] for the files that hold secrets: the Click keys and the trust
+/// secrets (`load` has just read each, so a missing one is not this check's to report).
+fn secret_file_warnings(loaded: &Loaded) -> Vec<String> {
+    let s = &loaded.settings;
+    let trust = s.trust.as_ref().map(|t| t.secret_file.as_path());
+    [
+        (
+            "click.keys_file",
+            s.click.keys_file.as_deref(),
+            "the Click secret keys",
+        ),
+        (
+            "click.env_file",
+            s.click.env_file.as_deref(),
+            "the Click secret keys",
+        ),
+        (
+            "trust.secret_file",
+            trust,
+            "the secrets that attest callbacks to the backend",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(setting, path, what)| readable_by_others(setting, path?, what))
+    .collect()
 }
 
 /// A PostgreSQL password written in a `gateway.toml` that every user can read (the packaged
@@ -234,5 +317,10 @@ fn summary(path: &Path, loaded: &Loaded, ledger: &str, out: &mut dyn Write) -> i
             )?;
         }
     }
+    let places = KeyPlaces {
+        service_id: None,
+        files: Some(loaded.key_files(path)),
+    };
+    writeln!(out, "  a new service's key: put it {places}")?;
     Ok(())
 }

@@ -1,6 +1,12 @@
 //! `click-gateway payments`: one payment's timeline from the ledger, oldest first: every
 //! callback, what the gateway decided and why, what the backend answered. The question it
 //! answers is the one support asks: "Click says order 1001 was paid; what did we do?".
+//!
+//! The text table is for a terminal: by default it keeps to what that question needs and
+//! about 120 columns (a wider row wraps and the table stops being one); `--wide` shows every
+//! column, and `--format json` every field. A callback Click sent again unchanged (the same
+//! body as an earlier one of the timeline) is marked a retry, since "two Prepares" reads as a
+//! bug until one sees it is the same message twice.
 
 use std::io::Write;
 use std::path::Path;
@@ -20,6 +26,8 @@ pub struct PaymentsQuery {
     pub service_id: Option<String>,
     /// How far back from now.
     pub since: Span,
+    /// Every column in the text table, not only the default ones.
+    pub wide: bool,
 }
 
 /// Reads the ledger `config` names and writes the timeline; returns how many callbacks it
@@ -64,6 +72,7 @@ pub fn filter(query: &PaymentsQuery, now_us: i64) -> Result<Filter, CommandError
             .map(|s| report::decimal("--service-id", s))
             .transpose()?,
         since_us: report::window_start(now_us, query.since),
+        bodies: true,
     })
 }
 
@@ -76,17 +85,60 @@ pub fn write(
     out: &mut dyn Write,
 ) -> Result<usize, CommandError> {
     let rows = store.callbacks(filter)?;
+    let retries = retries(&rows);
     match format {
         Format::Json => {
-            for row in &rows {
-                serde_json::to_writer(&mut *out, &JsonCallback::of(row))
+            for (row, retry) in rows.iter().zip(retries) {
+                serde_json::to_writer(&mut *out, &JsonCallback::of(row, retry))
                     .map_err(std::io::Error::from)?;
                 writeln!(out)?;
             }
         }
-        Format::Text => text(query, filter, &rows, out)?,
+        Format::Text => text(query, filter, &rows, &retries, out)?,
     }
     Ok(rows.len())
+}
+
+/// For each row, whether it repeats the body of an earlier row byte for byte: Click sending
+/// the same callback again. Bodies, not fields, so a body re-signed or altered is never taken
+/// for a resend; a body that never arrived (empty) repeats nothing.
+fn retries(rows: &[Stored]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    rows.iter()
+        .map(|r| !r.body.is_empty() && !seen.insert(r.body.as_slice()))
+        .collect()
+}
+
+/// The text table's columns, and which the default table shows: enough to follow a payment
+/// (when, what, how much, the verdict and the backend's answer) in about 120 columns. The key,
+/// the generation, the backend's ids and the request id are for `--wide`.
+const COLUMNS: [(&str, bool); 15] = [
+    ("TIME (UTC)", true),
+    ("ACTION", true),
+    ("SERVICE", false),
+    ("CLICK_TRANS_ID", true),
+    ("MERCHANT_TRANS_ID", true),
+    ("AMOUNT", true),
+    ("ERROR", true),
+    ("VERDICT", true),
+    ("REASON", true),
+    ("KEY", false),
+    ("GEN", false),
+    ("BACKEND", true),
+    ("PREPARE_ID", false),
+    ("CONFIRM_ID", false),
+    ("REQUEST_ID", false),
+];
+
+/// Which of [`COLUMNS`] the table shows. The default table also leaves out an id the query
+/// fixed (every row has the one the title line names).
+fn shown(query: &PaymentsQuery) -> [bool; 15] {
+    COLUMNS.map(|(name, default)| {
+        query.wide
+            || (default
+                && !((name == "MERCHANT_TRANS_ID" && query.merchant_trans_id.is_some())
+                    || (name == "CLICK_TRANS_ID" && query.click_trans_id.is_some())))
+    })
 }
 
 fn describe(query: &PaymentsQuery) -> String {
@@ -107,6 +159,7 @@ fn text(
     query: &PaymentsQuery,
     filter: &Filter,
     rows: &[Stored],
+    retries: &[bool],
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
     let what = describe(query);
@@ -125,28 +178,27 @@ fn text(
         rows.len(),
         if rows.len() == 1 { "" } else { "s" }
     )?;
-    let mut table = Table::new(&[
-        "TIME (UTC)",
-        "ACTION",
-        "SERVICE",
-        "CLICK_TRANS_ID",
-        "MERCHANT_TRANS_ID",
-        "AMOUNT",
-        "ERROR",
-        "VERDICT",
-        "REASON",
-        "KEY",
-        "GEN",
-        "BACKEND",
-        "PREPARE_ID",
-        "CONFIRM_ID",
-        "REQUEST_ID",
-    ]);
-    for r in rows {
+    let shown = shown(query);
+    let pick = |cells: Vec<String>| -> Vec<String> {
+        cells
+            .into_iter()
+            .zip(shown)
+            .filter_map(|(c, show)| show.then_some(c))
+            .collect()
+    };
+    let header: Vec<&'static str> = COLUMNS
+        .iter()
+        .zip(shown)
+        .filter_map(|((name, _), show)| show.then_some(*name))
+        .collect();
+    let mut table = Table::new(&header);
+    for (r, &retry) in rows.iter().zip(retries) {
         let f = &r.fields;
         let reason = match (&r.reason, &r.hint) {
-            (Some(reason), Some(hint)) => format!("{reason} ({hint})"),
-            (Some(reason), None) => reason.clone(),
+            // The default table leaves the hint to the `why:` line below, which says it in
+            // words.
+            (Some(reason), Some(hint)) if query.wide => format!("{reason} ({hint})"),
+            (Some(reason), _) => reason.clone(),
             (None, _) => "-".into(),
         };
         let key = match (&r.fp, r.slot) {
@@ -163,6 +215,11 @@ fn text(
                 None => format!("{status} error={}", printable(error)),
             },
         };
+        let mut action = action_name(f.action.as_deref())
+            .map_or_else(|| or_dash(f.action.as_deref()), str::to_owned);
+        if retry {
+            action.push_str(" (retry)");
+        }
         let mut below = Vec::new();
         if r.verdict != "verified" {
             if let Some(why) = &r.detail {
@@ -170,10 +227,9 @@ fn text(
             }
         }
         table.push(
-            vec![
+            pick(vec![
                 rfc3339_secs(r.time_us),
-                action_name(f.action.as_deref())
-                    .map_or_else(|| or_dash(f.action.as_deref()), str::to_owned),
+                action,
                 or_dash(f.service_id.as_deref()),
                 or_dash(f.click_trans_id.as_deref()),
                 or_dash(f.merchant_trans_id.as_deref()),
@@ -187,7 +243,7 @@ fn text(
                 or_dash(prepare_id(r)),
                 or_dash(r.backend_confirm_id.as_deref()),
                 printable(&r.request_id).into_owned(),
-            ],
+            ]),
             below,
         );
     }
@@ -217,6 +273,8 @@ struct JsonCallback<'a> {
     error: Option<&'a str>,
     error_note: Option<&'a str>,
     sign_time: Option<&'a str>,
+    /// The same body as an earlier callback of the timeline: Click sent it again.
+    retry: bool,
     verdict: &'a str,
     reason: Option<&'a str>,
     hint: Option<&'a str>,
@@ -239,7 +297,7 @@ struct JsonCallback<'a> {
 }
 
 impl<'a> JsonCallback<'a> {
-    fn of(r: &'a Stored) -> JsonCallback<'a> {
+    fn of(r: &'a Stored, retry: bool) -> JsonCallback<'a> {
         let f = &r.fields;
         JsonCallback {
             time: rfc3339_micros(r.time_us),
@@ -253,6 +311,7 @@ impl<'a> JsonCallback<'a> {
             error: f.error.as_deref(),
             error_note: f.error_note.as_deref(),
             sign_time: f.sign_time.as_deref(),
+            retry,
             verdict: &r.verdict,
             reason: r.reason.as_deref(),
             hint: r.hint.as_deref(),

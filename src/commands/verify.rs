@@ -1,15 +1,24 @@
 //! `click-gateway verify`: judges a captured callback body against the configured keys and
-//! explains a failure the same way the gateway's log line does.
+//! explains a failure the same way the gateway's log line does, naming the configured files
+//! where the log line can only name the settings.
 
 use std::io::{self, Write};
 
+use crate::click::keys::KeyFiles;
 use crate::click::{FormKind, KeySet, Parsed, RejectReason};
 
-/// Writes the verdict on `body`; returns whether it verifies.
-pub fn run(body: &[u8], kind: &FormKind, keys: &KeySet, out: &mut dyn Write) -> io::Result<bool> {
+/// Writes the verdict on `body`; returns whether it verifies. `files`: where `keys` came
+/// from, named when a key is missing.
+pub fn run(
+    body: &[u8],
+    kind: &FormKind,
+    keys: &KeySet,
+    files: KeyFiles<'_>,
+    out: &mut dyn Write,
+) -> io::Result<bool> {
     let parsed = match Parsed::parse(kind, body) {
         Ok(f) => f,
-        Err(e) => return rejected(&RejectReason::Form(e), out),
+        Err(e) => return rejected(&RejectReason::Form(e), files, out),
     };
     let verdict = parsed.judge(keys);
     match verdict.outcome {
@@ -22,11 +31,11 @@ pub fn run(body: &[u8], kind: &FormKind, keys: &KeySet, out: &mut dyn Write) -> 
             )?;
             Ok(true)
         }
-        Err(reason) => rejected(&reason, out),
+        Err(reason) => rejected(&reason, files, out),
     }
 }
 
-fn rejected(reason: &RejectReason, out: &mut dyn Write) -> io::Result<bool> {
+fn rejected(reason: &RejectReason, files: KeyFiles<'_>, out: &mut dyn Write) -> io::Result<bool> {
     let e = reason.click_error();
     writeln!(
         out,
@@ -35,6 +44,9 @@ fn rejected(reason: &RejectReason, out: &mut dyn Write) -> io::Result<bool> {
         e.note(),
         reason.label()
     )?;
-    writeln!(out, "why: {reason}")?;
+    match reason {
+        RejectReason::Signature(d) => writeln!(out, "why: {}", d.explain(Some(files)))?,
+        _ => writeln!(out, "why: {reason}")?,
+    }
     Ok(false)
 }

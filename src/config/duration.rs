@@ -22,9 +22,9 @@ impl Span {
     }
 
     pub fn parse(text: &str) -> Result<Span, String> {
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m, h or d)"))?;
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            format!("{text:?} has no unit: write e.g. \"{text}s\" (units: ms, s, m, h, d)")
+        })?;
         let (num, unit) = text.split_at(split);
         let n: u64 = num
             .parse()
@@ -62,11 +62,46 @@ impl fmt::Debug for Span {
     }
 }
 
+/// Reads the string form; a number is refused with the string to write instead, since
+/// `connect_timeout = 2` is the first thing anyone types and "expected a string" does not say
+/// what string.
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Span::parse(&text).map_err(de::Error::custom)
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Span;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"2s\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Span, E> {
+                Span::parse(text).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Span, E> {
+                Err(E::custom(bare_number(n, &format!("{n}s"))))
+            }
+
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Span, E> {
+                Err(E::custom(bare_number(n, &format!("{}s", n.unsigned_abs()))))
+            }
+
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Span, E> {
+                // Seconds, most likely: 1.5 is 1500ms.
+                let ms = (n.abs() * 1000.0).round();
+                Err(E::custom(bare_number(n, &format!("{ms}ms"))))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
+}
+
+/// The message for a duration written as a number, with the string to write instead.
+fn bare_number(written: impl fmt::Display, instead: &str) -> String {
+    format!(
+        "{written} is a bare number: write a duration with its unit, in quotes: \"{instead}\" (units: ms, s, m, h, d)"
+    )
 }
 
 #[cfg(test)]
@@ -93,6 +128,10 @@ mod tests {
             assert!(Span::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Span::millis(1500).to_string(), "1500ms");
+        assert_eq!(
+            Span::parse("10").unwrap_err(),
+            "\"10\" has no unit: write e.g. \"10s\" (units: ms, s, m, h, d)"
+        );
         assert_eq!(Span::secs(2).to_string(), "2s");
     }
 }

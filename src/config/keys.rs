@@ -6,6 +6,7 @@
 //! Problems name the file, the service and the slot; never the key itself.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
 use std::path::Path;
 
@@ -44,18 +45,84 @@ pub fn load(
     (keys, problems)
 }
 
-/// Why a key is refused, or None when it is acceptable.
-fn key_problem(key: &str) -> Option<&'static str> {
-    if key.is_empty() {
-        Some("the key is empty")
-    } else if key.trim() != key {
-        Some(
-            "the key has leading or trailing whitespace; keys are used byte for byte, so remove it",
-        )
-    } else if key.chars().any(char::is_control) {
-        Some("the key contains a control character")
-    } else {
-        None
+/// Why a key is refused. One check for every way a key arrives (`keys_file`, `env_file`, the
+/// environment, and the commands' `--secret-file`/`--secret-env`), because a key that one
+/// accepts and another refuses sends ops chasing the wrong culprit: a key pasted from an email
+/// with a trailing space only shows as a different fingerprint and "0 verify", and the natural
+/// conclusion is that Click sent the wrong key. Keys are used byte for byte, never trimmed, so
+/// the problem is named precisely instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// Nothing, or nothing but whitespace.
+    Empty,
+    /// Whitespace before the key (the first such character).
+    Leading(char),
+    /// Whitespace after the key (the last such character).
+    Trailing(char),
+    /// Whitespace on both ends.
+    Surrounding,
+    /// A line break inside: a mail client or terminal wrapped a long key.
+    InnerLineBreak,
+    Control,
+}
+
+impl KeyProblem {
+    /// The problem of `key`, or `None` when it is acceptable.
+    pub fn of(key: &str) -> Option<KeyProblem> {
+        let (Some(first), Some(last)) = (key.chars().next(), key.chars().next_back()) else {
+            return Some(KeyProblem::Empty);
+        };
+        Some(match (first.is_whitespace(), last.is_whitespace()) {
+            _ if key.trim().is_empty() => KeyProblem::Empty,
+            (true, true) => KeyProblem::Surrounding,
+            (true, false) => KeyProblem::Leading(first),
+            (false, true) => KeyProblem::Trailing(last),
+            _ if key.contains(['\n', '\r']) => KeyProblem::InnerLineBreak,
+            _ if key.chars().any(char::is_control) => KeyProblem::Control,
+            _ => return None,
+        })
+    }
+
+    /// What is wrong, to follow "the key" or "the key in FILE": `ends with a space`.
+    pub fn what(self) -> String {
+        match self {
+            KeyProblem::Empty => "is empty".into(),
+            KeyProblem::Leading(c) => format!("starts with {}", whitespace_name(c)),
+            KeyProblem::Trailing(c) => format!("ends with {}", whitespace_name(c)),
+            KeyProblem::Surrounding => "has surrounding whitespace".into(),
+            KeyProblem::InnerLineBreak => "has a line break inside it".into(),
+            KeyProblem::Control => "contains a control character".into(),
+        }
+    }
+
+    /// What to do about it.
+    pub fn fix(self) -> &'static str {
+        match self {
+            KeyProblem::Empty => "put the key there",
+            KeyProblem::InnerLineBreak => {
+                "a key is one line (a mail client may have wrapped it): join the lines"
+            }
+            _ => "keys are used byte for byte, so remove it",
+        }
+    }
+}
+
+/// `the key ends with a space: keys are used byte for byte, so remove it`.
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the key {}: {}", self.what(), self.fix())
+    }
+}
+
+/// A whitespace character as a person would name it. Naming it is safe: a key never starts or
+/// ends with one.
+fn whitespace_name(c: char) -> String {
+    match c {
+        ' ' => "a space".into(),
+        '\t' => "a tab".into(),
+        '\n' | '\r' => "a line break".into(),
+        '\u{a0}' => "a non-breaking space (U+00A0)".into(),
+        c => format!("whitespace (U+{:04X})", u32::from(c)),
     }
 }
 
@@ -131,7 +198,9 @@ fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<P
             problems.push(Problem::new(
                 &origin,
                 None,
-                "unknown top-level setting (the file holds only [services.<id>] tables)".into(),
+                format!(
+                    "unknown top-level setting {name:?} (the file holds only [services.<id>] tables)"
+                ),
             ));
             continue;
         }
@@ -158,10 +227,10 @@ fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<P
                 ));
                 continue;
             };
-            if svc.keys().any(|k| k != "secret_keys") {
+            for name in svc.keys().filter(|k| *k != "secret_keys") {
                 problems.push(problem(
                     here.clone(),
-                    "unknown setting (the only setting is secret_keys)".into(),
+                    format!("unknown setting {name:?} (the only setting is secret_keys)"),
                 ));
             }
             let Some(list) = svc.get("secret_keys") else {
@@ -189,8 +258,8 @@ fn read_keys_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<P
                     problems.push(problem(at, "must be a string (quote it)".into()));
                     continue;
                 };
-                if let Some(why) = key_problem(key) {
-                    problems.push(problem(at, why.into()));
+                if let Some(why) = KeyProblem::of(key) {
+                    problems.push(problem(at, why.to_string()));
                     continue;
                 }
                 let secret = Secret::new(key);
@@ -273,8 +342,8 @@ fn read_env_file(path: &Path, found: &mut Vec<SourceKeys>, problems: &mut Vec<Pr
             ));
             continue;
         }
-        if let Some(why) = key_problem(&a.value) {
-            problems.push(Problem::new(&origin, Some(at), why.into()));
+        if let Some(why) = KeyProblem::of(&a.value) {
+            problems.push(Problem::new(&origin, Some(at), why.to_string()));
             continue;
         }
         found.push(SourceKeys {
@@ -312,8 +381,8 @@ fn read_process_env(env: &Environment, found: &mut Vec<SourceKeys>, problems: &m
             ));
             continue;
         };
-        if let Some(why) = key_problem(value) {
-            problems.push(Problem::new(&origin, None, why.into()));
+        if let Some(why) = KeyProblem::of(value) {
+            problems.push(Problem::new(&origin, None, why.to_string()));
             continue;
         }
         found.push(SourceKeys {
@@ -430,17 +499,18 @@ mod tests {
         let d = Dir::new("bad");
         let f = d.file(
             "k.toml",
-            "[services.12345]\nsecret_keys = [\"\", \" sekrit-pad \", 7, \"ok\", \"ok\"]\n[services.abc]\nsecret_keys = [\"sekrit-abc\"]\n[services.9]\nsecret_key = \"sekrit-typo\"\n[services.77]\nsecret_keys=[\"z\"]\n[services.077]\nsecret_keys=[\"z\"]\n",
+            "secret_keys = [\"sekrit-top\"]\n[services.12345]\nsecret_keys = [\"\", \" sekrit-pad \", 7, \"ok\", \"ok\"]\n[services.abc]\nsecret_keys = [\"sekrit-abc\"]\n[services.9]\nsecret_key = \"sekrit-typo\"\n[services.77]\nsecret_keys=[\"z\"]\n[services.077]\nsecret_keys=[\"z\"]\n",
         );
         let (keys, problems) = load(Some(&f), None, &env(&[]));
         let text = messages(&problems);
         for want in [
             "services.12345.secret_keys[0]: the key is empty",
-            "services.12345.secret_keys[1]: the key has leading or trailing whitespace",
+            "services.12345.secret_keys[1]: the key has surrounding whitespace: keys are used byte for byte, so remove it",
             "services.12345.secret_keys[2]: must be a string",
             "services.12345.secret_keys[4]: repeats slot 3",
             "services.abc: service id must be decimal digits",
-            "services.9: unknown setting",
+            "services.9: unknown setting \"secret_key\" (the only setting is secret_keys)",
+            "unknown top-level setting \"secret_keys\" (the file holds only [services.<id>] tables)",
             "services.9: has no secret_keys",
             "services.77: same service as services.077",
         ] {
@@ -451,6 +521,27 @@ mod tests {
             keys.get(12345).is_none(),
             "a service with a bad key must not load half its keys"
         );
+    }
+
+    #[test]
+    fn key_problems_name_what_is_wrong_and_never_the_key() {
+        for (key, want) in [
+            ("", "the key is empty: put the key there"),
+            ("  ", "the key is empty: put the key there"),
+            ("sekrit ", "the key ends with a space: keys are used byte for byte, so remove it"),
+            ("\tsekrit", "the key starts with a tab: keys are used byte for byte, so remove it"),
+            ("sekrit\u{a0}", "the key ends with a non-breaking space (U+00A0): keys are used byte for byte, so remove it"),
+            ("sekrit\n", "the key ends with a line break: keys are used byte for byte, so remove it"),
+            (" sekrit\n", "the key has surrounding whitespace: keys are used byte for byte, so remove it"),
+            ("sek\nrit", "the key has a line break inside it: a key is one line (a mail client may have wrapped it): join the lines"),
+            ("sek\u{7}rit", "the key contains a control character: keys are used byte for byte, so remove it"),
+        ] {
+            let problem = KeyProblem::of(key).map(|p| p.to_string());
+            assert_eq!(problem.as_deref(), Some(want), "{key:?}");
+        }
+        for fine in ["0012345", "x y", "fake+key/with=chars&x", "ключ"] {
+            assert_eq!(KeyProblem::of(fine), None, "{fine:?}");
+        }
     }
 
     #[test]
@@ -533,7 +624,7 @@ mod tests {
         let (keys, problems) = load(None, Some(&ef), &env(&[]));
         let text = messages(&problems);
         for want in [
-            "line 1 (CLICK_SERVICE_1_SECRET_KEY): the key has leading or trailing whitespace",
+            "line 1 (CLICK_SERVICE_1_SECRET_KEY): the key ends with a space: keys are used byte for byte, so remove it",
             "line 2 (CLICK_SERVICE_x_SECRET_KEY): service id must be decimal digits",
             "line 4 (CLICK_SERVICE_2_SECRET_KEY): service 2 is already set on line 3",
             "line 5 (CLICK_SERVICE_3_SECRET_KEY): the key is empty",

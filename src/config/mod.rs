@@ -694,6 +694,20 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+impl Loaded {
+    /// Where keys come from in this configuration (`config`: the file it was loaded from),
+    /// for messages that say where a missing key goes.
+    pub fn key_files<'a>(&'a self, config: &'a Path) -> crate::click::keys::KeyFiles<'a> {
+        let click = &self.settings.click;
+        crate::click::keys::KeyFiles {
+            config,
+            keys_file: click.keys_file.as_deref(),
+            env_file: click.env_file.as_deref(),
+            ledger: self.settings.ledger.database.is_some(),
+        }
+    }
+}
+
 /// Reads `path`, applies the environment overrides, validates, then reads every key source.
 pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
     let origin = path.display().to_string();
@@ -919,7 +933,22 @@ fn figment_problem(e: figment::Error, config_origin: &str) -> Problem {
         path.rotate_right(1);
     }
     let key = (!path.is_empty()).then(|| path.join("."));
-    Problem::new(&origin, key, e.kind.to_string())
+    Problem::new(&origin, key, kind_text(&e.kind))
+}
+
+/// figment's message, without the doubled backticks its own wording gives a list of names
+/// (`expected `one of `url`, `connect_timeout```), and saying "setting" for a field.
+fn kind_text(kind: &figment::error::Kind) -> String {
+    use figment::error::{Kind, OneOf};
+    match kind {
+        Kind::UnknownField(found, expected) => {
+            format!("unknown setting `{found}`, expected {}", OneOf(expected))
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("unknown value `{found}`, expected {}", OneOf(expected))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Rows the ledger's queue may hold at most: 1 Mi rows of up to 16 KiB is already more memory
@@ -1237,7 +1266,17 @@ mod tests {
             text.contains(&format!("{origin}: server.listen:")),
             "{text}"
         );
-        assert!(text.contains("pathz"), "{text}");
+        assert!(
+            text.contains(
+                "click.pathz: unknown setting `pathz`, expected one of `paths`, `keys_file`,"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("``"), "{text}");
+        assert!(
+            text.contains("upstream.connect_timeout: 3 is a bare number: write a duration with its unit, in quotes: \"3s\""),
+            "{text}"
+        );
         assert!(
             text.contains("environment variable CLICK_GATEWAY_UPSTREAM__CONNECT_TIMEOUT"),
             "{text}"

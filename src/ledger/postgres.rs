@@ -547,7 +547,7 @@ impl PgStore {
         }
         args.push(&f.since_us);
         conditions.push(format!("time >= ${}", args.len()));
-        self.select(&conditions.join(" AND "), false, &args)
+        self.select(&conditions.join(" AND "), f.bodies, &args)
     }
 
     pub fn refused_signatures(

@@ -634,7 +634,7 @@ impl SqliteStore {
             add!(if by_id { "+service_id" } else { "service_id" }, "=", s);
         }
         add!(if by_id { "+time" } else { "time" }, ">=", &f.since_us);
-        self.select(&conditions.join(" AND "), false, &args)
+        self.select(&conditions.join(" AND "), f.bodies, &args)
     }
 
     pub fn refused_signatures(

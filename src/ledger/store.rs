@@ -133,6 +133,9 @@ pub struct Filter {
     pub service_id: Option<String>,
     /// Only callbacks at or after this time (Unix microseconds).
     pub since_us: i64,
+    /// Whether the rows carry their bodies: `payments` compares them to tell an identical
+    /// resend from a new callback; other readers leave them in the database.
+    pub bodies: bool,
 }
 
 /// One stored callback, as read back.
@@ -146,7 +149,8 @@ pub struct Stored {
     pub client: String,
     pub path: String,
     pub content_type: Option<String>,
-    /// Empty unless the query asked for bodies ([`Store::refused_signatures`]).
+    /// Empty unless the query asked for bodies ([`Store::refused_signatures`],
+    /// [`Filter::bodies`]).
     pub body: Vec<u8>,
     pub fields: ClickFields,
     pub verdict: String,
@@ -256,7 +260,7 @@ impl Store {
         }
     }
 
-    /// Callbacks matching `filter`, oldest first, without their bodies.
+    /// Callbacks matching `filter`, oldest first, with their bodies if it asks for them.
     pub fn callbacks(&self, filter: &Filter) -> Result<Vec<Stored>, LedgerError> {
         match self {
             Store::Sqlite(s) => s.callbacks(filter),

@@ -38,8 +38,14 @@ pub use tls::TlsListener;
 /// Failures of the server layer: they stop the gateway from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    /// `setting` names the listener (`server.listen`, `server.tls_listen`, `admin.listen`):
+    /// an address in use is fixed there, or by stopping what holds it.
+    #[error("{setting}: cannot listen on {addr}: {source}{}", in_use_hint(source))]
+    Bind {
+        setting: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -47,16 +53,16 @@ pub enum ServerError {
 /// nginx's backlog on Linux, for listeners whose settings say none (the admin listener).
 pub const DEFAULT_BACKLOG: u32 = 511;
 
-/// Binds a TCP listener with nginx's backlog (see [`bind_with_backlog`]).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    bind_with_backlog(addr, DEFAULT_BACKLOG)
-}
-
 /// Binds a TCP listener whose kernel queue holds `backlog` connections not yet accepted
 /// (`server.listen_backlog`; Linux caps it at `net.core.somaxconn`). The standard library and
 /// tokio's `bind` say 128: a burst of new clients beyond that has its SYNs dropped, and each
-/// dropped client waits a second for its retransmission, then three.
-pub fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServerError> {
+/// dropped client waits a second for its retransmission, then three. `setting` is the one
+/// that names `addr`, for the error.
+pub fn bind(
+    setting: &'static str,
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<TcpListener, ServerError> {
     let bind = || -> io::Result<TcpListener> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -67,7 +73,19 @@ pub fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> Result<TcpListener, 
         socket.bind(addr)?;
         socket.listen(backlog)
     };
-    bind().map_err(|source| ServerError::Bind { addr, source })
+    bind().map_err(|source| ServerError::Bind {
+        setting,
+        addr,
+        source,
+    })
+}
+
+fn in_use_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        " (another process listens there: `ss -ltnp` shows which)"
+    } else {
+        ""
+    }
 }
 
 /// A bound socket, and TLS when it is the HTTPS listener.

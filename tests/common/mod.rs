@@ -429,14 +429,15 @@ impl TestGateway {
         let loaded =
             config::load(&config.path(), &Environment::default()).expect("test config loads");
         let srv = &loaded.settings.server;
-        let listener = server::bind_with_backlog(srv.listen.unwrap(), srv.listen_backlog).unwrap();
+        let listener =
+            server::bind("server.listen", srv.listen.unwrap(), srv.listen_backlog).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut listeners = vec![server::Listener::plain(listener)];
         let mut tls_addr = None;
         if let (Some(at), Some(tls)) = (srv.tls_listen, &loaded.tls) {
             let resolver = server::tls::CertResolver::new(tls.certified.clone());
             let acceptor = server::tls::acceptor(resolver).unwrap();
-            let tcp = server::bind_with_backlog(at, srv.listen_backlog).unwrap();
+            let tcp = server::bind("server.tls_listen", at, srv.listen_backlog).unwrap();
             tls_addr = Some(tcp.local_addr().unwrap());
             let tls = server::TlsListener::new(
                 acceptor,
@@ -446,7 +447,12 @@ impl TestGateway {
             listeners.push(server::Listener::tls(tcp, tls));
         }
         let gateway = Arc::new(Gateway::new(&loaded).expect("the ledger opens"));
-        let admin = server::bind(loaded.settings.admin.listen).await.unwrap();
+        let admin = server::bind(
+            "admin.listen",
+            loaded.settings.admin.listen,
+            server::DEFAULT_BACKLOG,
+        )
+        .unwrap();
         let admin_addr = admin.local_addr().unwrap();
         // Serves until the test's runtime ends, so /ready can be read during a drain.
         tokio::spawn(click_gateway::admin::run(
