@@ -1,43 +1,36 @@
-//! What one callback costs the SQLite stores, in CPU time (user and kernel: the fsync waits
-//! cost nothing), next to SQLite's own floor for the smallest rows that could do each job. These
-//! are the figures behind benches/README.md's "The ledger's and the guard's cost": set against
-//! a load run's CPU per request, they say whether a throughput goal for the ledger or the guard
-//! can be met at all.
+//! What the ledger costs one callback, and what the guard's index costs its gateway, on SQLite:
+//! the floors of the write-ahead design, measured on it (benches/README.md, "The write-ahead
+//! ledger").
 //!
-//! - `ledger, as shipped`: [`Ledger::record`] of distinct verified callbacks, the backend's
-//!   answer included, 400 rows per commit (the commit window's batch at 40,000 callbacks/s);
-//!   the writer thread's CPU, and the whole process's (the queueing as well).
-//! - `guard, as shipped`: [`Ledger::bind`] of distinct bindings, 20 awaited per commit (what
-//!   64 callbacks in flight gave under load).
-//! - `floor, ...`: rusqlite alone, the ledger's pragmas (WAL, `synchronous = FULL`), one
-//!   prepared statement per row: the fewest columns that could still be a ledger row or a
-//!   binding, appended or at a random key.
+//! - `write-ahead, N in flight`: [`Ledger::write_ahead`] of distinct verified callbacks, N
+//!   awaited at once (what N callbacks in flight give: the writer commits whatever is queued,
+//!   so N is the group commit's batch), each followed by its answer ([`Ledger::answer`]); CPU
+//!   per callback, the writer thread's and the whole process's, for `synchronous` normal and
+//!   full.
+//! - `refused rows`: [`Ledger::record`] of refused callbacks, nobody waiting.
+//! - `index`: one [`Index::bind`] (rule 1 and rule 2 of a Complete) with 1M entries held.
+//! - `rebuild`: a ledger whose guard window holds 1M forwarded, verified callbacks (half of
+//!   them Completes), opened: the time the index takes to rebuild, and the bytes it holds.
 //!
 //! `cargo bench --bench store` (a temporary directory on the disk `TMPDIR` names; `ROWS`,
-//! 100,000 by default). Not a criterion bench: criterion times wall-clock, which here would
-//! be the disk's.
+//! 50,000 by default; `REBUILD`, 1,000,000). Not a criterion bench: criterion times wall-clock,
+//! which here would be the disk's; CPU time comes from `/proc/self/task/*/schedstat`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use click_gateway::click::keys::Secret;
 use click_gateway::click::Verified;
-use click_gateway::config::{LedgerSettings, Mode};
-use click_gateway::guard;
-use click_gateway::ledger::sqlite::SqliteStore;
-use click_gateway::ledger::{
-    unix_micros, Backend, BackendAnswer, Binding, Ledger, Record, Timings, Verdict,
-};
+use click_gateway::config::{LedgerSettings, Mode, Synchronous};
+use click_gateway::ledger::index::{Claim, Index, Signed};
+use click_gateway::ledger::{Answer, Backend, BackendAnswer, Bound, Ledger, Record, Verdict};
 use click_gateway::metrics::Metrics;
-use rusqlite::{params, Connection};
 
-/// Each live thread's time on a CPU, user and kernel, in nanoseconds
-/// (`/proc/self/task/*/schedstat`, where `stat`'s ticks would be 10 ms coarse), by thread id,
-/// and whether it is a store's writer.
+/// Each live thread's time on a CPU, user and kernel, in nanoseconds, by thread id, and
+/// whether it is the ledger's writer.
 type Threads = BTreeMap<u64, (u64, bool)>;
 
 fn cpu() -> Threads {
@@ -59,9 +52,9 @@ fn cpu() -> Threads {
     threads
 }
 
-/// CPU per row between two snapshots, over the threads alive at both (a writer that exited
-/// in between is not counted against the next case): the writers' and everyone's.
-fn report(name: &str, rows: usize, before: &Threads, after: &Threads, writer: bool) {
+/// CPU per row between two snapshots, over the threads alive at both: the writer's and
+/// everyone's.
+fn report(name: &str, rows: usize, before: &Threads, after: &Threads) {
     let (mut writers, mut all) = (0, 0);
     for (tid, (ns, is_writer)) in after {
         if let Some((was, _)) = before.get(tid) {
@@ -73,29 +66,31 @@ fn report(name: &str, rows: usize, before: &Threads, after: &Threads, writer: bo
         }
     }
     let per = |ns: u64| ns as f64 / 1e3 / rows as f64;
-    if writer {
-        println!(
-            "{name:<52} {:>6.2} µs/row on the writer, {:>6.2} in all",
-            per(writers),
-            per(all)
-        );
-    } else {
-        println!("{name:<52} {:>6.2} µs/row", per(all));
-    }
+    println!(
+        "{name:<44} {:>6.2} µs/callback on the writer, {:>6.2} in all",
+        per(writers),
+        per(all)
+    );
 }
 
-fn body(i: usize) -> String {
+fn body(i: usize, complete: bool) -> String {
     format!(
         "click_trans_id={}&service_id=12345&click_paydoc_id={}&merchant_trans_id=order-{i}\
-         &amount=1000.00&action=0&error=0&error_note=Success&sign_time=2026-11-28+12%3A00%3A00\
+         {}&amount=1000.00&action={}&error=0&error_note=Success&sign_time=2026-11-28+12%3A00%3A00\
          &sign_string={:032x}",
         2_100_000_000 + i,
         3_300_000_000_u64 + i as u64,
+        if complete {
+            "&merchant_prepare_id=5001"
+        } else {
+            ""
+        },
+        u8::from(complete),
         (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
     )
 }
 
-fn record(i: usize) -> Record {
+fn record(i: usize, complete: bool) -> Record {
     Record {
         time: SystemTime::now(),
         request_id: format!("0193f3a2-7c1e-7b8a-9d4e-{i:012x}"),
@@ -106,7 +101,7 @@ fn record(i: usize) -> Record {
         client: IpAddr::V4(Ipv4Addr::LOCALHOST),
         path: "/click/prepare/".into(),
         content_type: Some("application/x-www-form-urlencoded".into()),
-        body: Bytes::from(body(i)),
+        body: Bytes::from(body(i, complete)),
         verdict: Verdict::Verified,
         reason: None,
         hint: None,
@@ -114,280 +109,211 @@ fn record(i: usize) -> Record {
         verified: Some(Verified {
             service_id: 12345,
             slot: 0,
-            fingerprint: Secret::new("bench-secret").fingerprint(),
+            fingerprint: Secret::new("bench-key").fingerprint(),
         }),
         generation: 1,
         mode: Mode::Enforce,
-        backend: Some(Backend {
+        gateway: Duration::from_micros(20),
+        bound: Some(Bound {
+            key: (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as i64,
+            digest: i as i64,
+            complete_error: complete.then_some(0),
+        }),
+    }
+}
+
+fn answer(id: i64) -> Answer {
+    Answer {
+        callback: id,
+        backend: Backend {
             status: 200,
             answer: Some(BackendAnswer {
                 error: Some("0".into()),
                 error_note: Some("Success".into()),
-                merchant_prepare_id: Some(format!("{}", 5000 + i)),
+                merchant_prepare_id: Some("5001".into()),
                 merchant_confirm_id: None,
             }),
-        }),
-        timings: Timings {
-            gateway: Duration::from_micros(35),
-            upstream: Some(Duration::from_micros(120)),
-            total: Duration::from_micros(180),
         },
+        upstream: Some(Duration::from_micros(900)),
+        total: Duration::from_micros(950),
     }
 }
 
-fn binding(i: usize) -> Binding {
-    let text = body(i);
-    let mut pairs: Vec<(&str, &str)> = text
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    pairs.sort();
-    let fields = guard::canonical(&pairs);
-    Binding {
-        service_id: "12345".into(),
-        sign: pairs
-            .iter()
-            .find(|(k, _)| *k == "sign_string")
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_default(),
-        digest: guard::digest(&fields),
-        fields,
-        request_id: format!("0193f3a2-7c1e-7b8a-9d4e-{i:012x}"),
-        token: format!("bench-{i}"),
-        time_us: unix_micros(SystemTime::now()),
-        enforce_signature: true,
-        complete: None,
-    }
-}
-
-fn settings(dir: &Path, name: &str) -> LedgerSettings {
+fn settings(dir: &std::path::Path, name: &str, synchronous: Synchronous) -> LedgerSettings {
     LedgerSettings {
         database: Some(dir.join(name)),
-        // The whole of a round fits: nothing is dropped.
-        queue: 100_000,
+        synchronous,
         ..LedgerSettings::default()
     }
 }
 
-async fn shipped_ledger(dir: &Path, rows: usize) {
-    let ledger = Ledger::open(&settings(dir, "ledger.sqlite"), Arc::new(Metrics::new()))
-        .expect("open the ledger");
-    let before = cpu();
-    for start in (0..rows).step_by(400) {
-        for i in start..(start + 400).min(rows) {
-            ledger.record(record(i));
-        }
-        ledger.flush().await.expect("a round of rows committed");
-    }
-    report(
-        "ledger, as shipped (400 rows a commit)",
-        rows,
-        &before,
-        &cpu(),
-        true,
-    );
-    ledger.close(Duration::from_secs(10)).await;
-}
+const WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
-async fn shipped_guard(dir: &Path, rows: usize) {
-    let guard = Ledger::open_guard_store(&settings(dir, "g.sqlite"))
-        .expect("open the guard's store")
-        .expect("a SQLite guard store");
+/// `rows` callbacks written ahead, `in_flight` awaited at once, each then answered.
+fn write_ahead(dir: &std::path::Path, rows: usize, in_flight: usize, sync: Synchronous) {
+    let ledger = Ledger::open(
+        &settings(dir, &format!("wa-{in_flight}-{sync:?}.db"), sync),
+        WINDOW,
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let before = cpu();
-    for start in (0..rows).step_by(20) {
-        let pending: Vec<_> = (start..(start + 20).min(rows))
-            .map(|i| guard.bind(binding(i)))
-            .collect();
-        for p in pending {
-            p.await.expect("a binding committed");
-        }
-    }
-    report(
-        "guard, as shipped (20 bindings a commit)",
-        rows,
-        &before,
-        &cpu(),
-        true,
-    );
-    guard.close(Duration::from_secs(10)).await;
-}
-
-/// A connection with the ledger's own pragmas (`sqlite.rs`): WAL, `synchronous = FULL`,
-/// statement journals in memory.
-fn connect(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("open");
-    let _: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .expect("WAL");
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")
-        .expect("pragmas");
-    conn
-}
-
-/// One floor: `schema` created in a fresh file, then `insert` run for every row, `batch` rows
-/// a transaction.
-fn floor(dir: &Path, name: &str, rows: usize, batch: usize, schema: &str, insert: &str) {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("floor-{n}.sqlite"));
-    let conn = connect(&path);
-    conn.execute_batch(schema).expect("schema");
-    let bodies: Vec<String> = (0..rows).map(body).collect();
-    // ?1 the time, ?2 the body, ?3 the key: the ones the statement names, found once.
-    let (binds_body, binds_key) = (insert.contains("?2"), insert.contains("?3"));
-    let before = cpu();
-    for (c, chunk) in bodies.chunks(batch).enumerate() {
-        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        let mut stmt = conn.prepare_cached(insert).expect("prepare");
-        for (j, b) in chunk.iter().enumerate() {
-            let i = (c * batch + j) as u128;
-            let key = i
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
-                .to_le_bytes();
-            stmt.raw_bind_parameter(1, i as i64).expect("bind");
-            if binds_body {
-                stmt.raw_bind_parameter(2, b.as_bytes()).expect("bind");
+    rt.block_on(async {
+        let mut i = 0;
+        while i < rows {
+            let n = in_flight.min(rows - i);
+            let pending: Vec<_> = (i..i + n)
+                .map(|k| ledger.write_ahead(record(k, k % 2 == 1), None))
+                .collect();
+            for p in pending {
+                let id = p.await.unwrap().id.unwrap();
+                ledger.answer(answer(id));
             }
-            if binds_key {
-                stmt.raw_bind_parameter(3, &key[..]).expect("bind");
-            }
-            stmt.raw_execute().expect("insert");
+            i += n;
         }
-        drop(stmt);
-        conn.execute_batch("COMMIT").expect("commit");
-    }
-    report(name, rows, &before, &cpu(), false);
-}
-
-/// The floor for the shipped row: the shipped `callbacks` table (created by the gateway's own
-/// migrations), every one of its 33 values bound, by rusqlite alone, 400 rows a commit.
-fn floor_shipped_row(dir: &Path, rows: usize) {
-    let path = dir.join("floor-shipped.sqlite");
-    drop(SqliteStore::open_writer(&path).expect("a new ledger"));
-    let conn = connect(&path);
-    let columns = "time, request_id, peer, client, path, content_type, body, click_trans_id, \
-        service_id, click_paydoc_id, merchant_trans_id, merchant_prepare_id, amount, action, \
-        error, error_note, sign_time, verdict, reason, hint, detail, slot, fp, generation, mode, \
-        backend_status, backend_error, backend_error_note, backend_prepare_id, \
-        backend_confirm_id, gateway_us, upstream_us, total_us";
-    let marks: Vec<String> = (1..=33).map(|i| format!("?{i}")).collect();
-    let insert = format!(
-        "INSERT INTO callbacks ({columns}) VALUES ({})",
-        marks.join(", ")
-    );
-    // Every value made before the clock starts: the floor is SQLite's work alone.
-    let values: Vec<[String; 5]> = (0..rows)
-        .map(|i| {
-            [
-                body(i),
-                format!("0193f3a2-7c1e-7b8a-9d4e-{i:012x}"),
-                (2_100_000_000 + i).to_string(),
-                (3_300_000_000_u64 + i as u64).to_string(),
-                format!("order-{i}"),
-            ]
-        })
-        .collect();
-    let time = unix_micros(SystemTime::now());
-    let before = cpu();
-    for chunk in values.chunks(400) {
-        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        let mut stmt = conn.prepare_cached(&insert).expect("prepare");
-        for [b, request_id, click_trans_id, paydoc_id, merchant_trans_id] in chunk {
-            stmt.execute(params![
-                time,
-                request_id,
-                "127.0.0.1:40000",
-                "127.0.0.1",
-                "/click/prepare/",
-                "application/x-www-form-urlencoded",
-                b.as_bytes(),
-                click_trans_id,
-                "12345",
-                paydoc_id,
-                merchant_trans_id,
-                None::<&str>,
-                "1000.00",
-                "0",
-                "0",
-                "Success",
-                "2026-11-28 12:00:00",
-                "verified",
-                None::<&str>,
-                None::<&str>,
-                None::<&str>,
-                0,
-                "09506fdd",
-                1,
-                "enforce",
-                200,
-                "0",
-                "Success",
-                "5001",
-                None::<&str>,
-                35,
-                120,
-                180,
-            ])
-            .expect("insert");
-        }
-        drop(stmt);
-        conn.execute_batch("COMMIT").expect("commit");
-    }
+        ledger.flush().await.unwrap();
+    });
     report(
-        "floor, the shipped row, 400 a commit",
+        &format!("write-ahead, {in_flight} in flight, synchronous {sync:?}"),
         rows,
         &before,
         &cpu(),
-        false,
+    );
+    rt.block_on(ledger.close(Duration::from_secs(30)));
+}
+
+fn refused(dir: &std::path::Path, rows: usize) {
+    let ledger = Ledger::open(
+        &settings(dir, "refused.db", Synchronous::Normal),
+        WINDOW,
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = cpu();
+    rt.block_on(async {
+        for k in 0..rows {
+            let mut rec = record(k, false);
+            rec.verdict = Verdict::Rejected;
+            rec.reason = Some("key_mismatch");
+            rec.verified = None;
+            rec.bound = None;
+            rec.detail = Some("the key(s) of service 12345 do not match".into());
+            // The queue holds 4096: wait for the writer now and then, as a real flood's
+            // budget would never let it get far ahead.
+            if ledger.record(rec).is_none() {
+                ledger.flush().await.unwrap();
+            }
+            if k % 2048 == 2047 {
+                ledger.flush().await.unwrap();
+            }
+        }
+        ledger.flush().await.unwrap();
+    });
+    report("refused rows, nobody waiting", rows, &before, &cpu());
+    rt.block_on(ledger.close(Duration::from_secs(30)));
+}
+
+fn index_bind(entries: usize) {
+    let index = Index::new(WINDOW);
+    let claim = |i: usize| Claim {
+        key: (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as i64,
+        signed: Signed {
+            digest: i as i64,
+            row: i as i64,
+        },
+        complete: (i % 2 == 1).then_some((12345, 2_100_000_000 + i as u64, 0)),
+        enforce_signature: true,
+    };
+    for i in 0..entries {
+        index.bind(&claim(i));
+    }
+    let n = 200_000;
+    let started = Instant::now();
+    for i in entries..entries + n {
+        index.bind(&claim(i));
+    }
+    let ns = started.elapsed().as_nanos() as f64 / n as f64;
+    println!(
+        "{:<44} {ns:>6.0} ns/bind with {entries} entries held",
+        "index"
+    );
+}
+
+/// A ledger whose window holds `rows` bound rows, opened: the rebuild's time and bytes.
+fn rebuild(dir: &std::path::Path, rows: usize) {
+    let path = dir.join("rebuild.db");
+    {
+        let ledger = Ledger::open(
+            &settings(dir, "rebuild.db", Synchronous::Normal),
+            WINDOW,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for k in 0..rows {
+                // Rows of callbacks forwarded and bound, written as the data path would.
+                while ledger.record(record(k, k % 2 == 1)).is_none() {
+                    ledger.flush().await.unwrap();
+                }
+                if k % 4000 == 3999 {
+                    ledger.flush().await.unwrap();
+                }
+            }
+            ledger.flush().await.unwrap();
+            ledger.close(Duration::from_secs(60)).await;
+        });
+    }
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let started = Instant::now();
+    let ledger = Ledger::open(
+        &settings(dir, "rebuild.db", Synchronous::Normal),
+        WINDOW,
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    let index = ledger.index().unwrap();
+    let (signatures, transactions) = index.len();
+    println!(
+        "{:<44} {:>6.2} s to open with {signatures} signatures and {transactions} transactions \
+         ({:.0} MiB ledger): the index holds {:.1} MiB",
+        "rebuild",
+        took.as_secs_f64(),
+        mib(file as usize),
+        mib(index.bytes())
     );
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken.
     let rows: usize = std::env::var("ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    println!("{rows} rows each, CPU time per row (user and kernel)");
-    rt.block_on(shipped_ledger(dir.path(), rows));
-    rt.block_on(shipped_guard(dir.path(), rows));
-    floor_shipped_row(dir.path(), rows);
-    let body_row = "CREATE TABLE t (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, body BLOB NOT NULL, k BLOB)";
-    let append = "INSERT INTO t (time, body) VALUES (?1, ?2)";
-    floor(
-        dir.path(),
-        "floor, ledger row (time, body), 400 a commit",
-        rows,
-        400,
-        body_row,
-        append,
-    );
-    floor(
-        dir.path(),
-        "floor, ledger row (time, body), 20 a commit",
-        rows,
-        20,
-        body_row,
-        append,
-    );
-    floor(
-        dir.path(),
-        "floor, appended binding (key, body), 20 a commit",
-        rows,
-        20,
-        body_row,
-        "INSERT INTO t (time, body, k) VALUES (?1, ?2, ?3)",
-    );
-    floor(
-        dir.path(),
-        "floor, random-key binding (16 bytes), 20 a commit",
-        rows,
-        20,
-        "CREATE TABLE t (k BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID",
-        "INSERT INTO t (time, k) VALUES (?1, ?3)",
-    );
+        .unwrap_or(50_000);
+    let rebuild_rows: usize = std::env::var("REBUILD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    for sync in [Synchronous::Normal, Synchronous::Full] {
+        for in_flight in [1, 16, 64] {
+            write_ahead(dir.path(), rows, in_flight, sync);
+        }
+    }
+    refused(dir.path(), rows);
+    index_bind(1_000_000);
+    rebuild(dir.path(), rebuild_rows);
 }

@@ -23,9 +23,9 @@ pub enum Refusal {
     Body(#[from] BodyError),
     #[error("{0}")]
     Upstream(#[from] ProxyError),
-    /// The replay guard's store did not answer and `guard.on_store_error = "refuse"`.
-    #[error("the replay guard's store is unavailable")]
-    GuardUnavailable,
+    /// A callback's ledger row could not be written and `guard.on_store_error = "refuse"`.
+    #[error("the ledger cannot record the callback")]
+    StoreUnavailable,
     /// The client's address has `server.http2_max_streams_per_address` streams in flight.
     #[error("the client's address has its whole allowance of HTTP/2 streams in flight")]
     AddressStreams,
@@ -37,7 +37,7 @@ impl Refusal {
             Refusal::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Body(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
             Refusal::Body(BodyError::Busy(_) | BodyError::AddressShare)
-            | Refusal::GuardUnavailable
+            | Refusal::StoreUnavailable
             | Refusal::AddressStreams => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Body(BodyError::Aborted(_)) => StatusCode::BAD_REQUEST,
             Refusal::Upstream(e) => e.status(),
@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn transport_refusals_are_plain_statuses_and_close_after_unread_bodies() {
         let cases: [(Refusal, u16, bool); 6] = [
-            (Refusal::GuardUnavailable, 503, false),
+            (Refusal::StoreUnavailable, 503, false),
             (BodyError::TooLarge(1).into(), 413, true),
             (BodyError::Timeout(Duration::ZERO).into(), 408, true),
             (BodyError::Busy(Duration::ZERO).into(), 503, true),

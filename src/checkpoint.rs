@@ -9,10 +9,8 @@
 //! in front of a live backend before letting it refuse anything (Envoy's shadow rules). Size
 //! and time limits are not shadowed: an oversized or unfinished body cannot be forwarded.
 
-use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::request::Parts;
 use http::{header, Method};
 
@@ -22,10 +20,9 @@ use crate::click::{
 };
 use crate::clock;
 use crate::config::Mode;
-use crate::ledger::{self, Record, Timings};
+use crate::ledger;
 use crate::metrics::{CallbackLabels, Metrics, SlotLabels};
 use crate::runtime::Runtime;
-use crate::server::client::Peer;
 
 /// What the checkpoint decided about one callback, and everything its log line needs.
 pub struct Judgment<'a> {
@@ -150,7 +147,8 @@ impl<'a> Judgment<'a> {
         self.verdict().as_str()
     }
 
-    fn verdict(&self) -> ledger::Verdict {
+    /// The ledger's verdict for it.
+    pub fn verdict(&self) -> ledger::Verdict {
         match (&self.failure, self.mode) {
             (None, _) => ledger::Verdict::Verified,
             (Some(_), Mode::Enforce) => ledger::Verdict::Rejected,
@@ -275,209 +273,4 @@ pub fn precheck(parts: &Parts, declared: Option<u64>) -> Result<FormKind, Reject
         (Some(_), Some(_)) => Err("more than one content-type"),
     }
     .map_err(RejectReason::ContentType)
-}
-
-/// Client-chosen text made safe for a one-line log: control characters (a newline could
-/// forge a log line) are escaped as `\u{..}`; everything else is kept as sent.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
-}
-
-/// What the backend made of a forwarded callback, for its log line.
-#[derive(Debug, Clone, Copy)]
-pub enum Upstream {
-    /// The backend answered with this status after this long.
-    Answered(u16, Duration),
-    /// It could not be reached or did not answer; the client got this status.
-    Failed(&'static str, u16),
-}
-
-/// What the ledger keeps of a callback's head, taken when it arrives (only with a ledger).
-#[derive(Debug)]
-pub struct Arrival {
-    pub time: SystemTime,
-    /// As sent, query excluded.
-    pub path: String,
-    /// As judged (after hop-by-hop removal).
-    pub content_type: Option<String>,
-}
-
-impl Arrival {
-    pub fn of(parts: &Parts) -> Arrival {
-        Arrival {
-            time: SystemTime::now(),
-            path: parts.uri.path().to_owned(),
-            content_type: parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        }
-    }
-}
-
-/// Who sent the callback and which runtime judged it: the constant part of its log line.
-pub struct LogContext<'a> {
-    pub peer: &'a Peer,
-    pub client: IpAddr,
-    pub request_id: &'a str,
-    pub runtime: &'a Runtime,
-}
-
-impl LogContext<'_> {
-    /// The one log line of a callback. Never a key, and nothing of `sign_string`: any
-    /// signature may be genuine (a callback of a service whose key is missing is signed with
-    /// the real key), and a genuine one with its fields is material for guessing the key
-    /// offline. The ledger keeps the body for whoever may read it.
-    ///
-    /// `own_line`: whether a refusal gets its line at its own level, or was counted for the
-    /// summary of its sender's refusals ([`crate::refusals`]) and is logged at debug only
-    /// (nothing but a level check when debug is off).
-    pub fn line(
-        &self,
-        d: &Judgment<'_>,
-        upstream: Option<Upstream>,
-        total: Duration,
-        own_line: bool,
-    ) {
-        let cb = d.callback.as_ref();
-        let reason = d.failure.as_ref();
-        let merchant = d.echo.merchant_trans_id.map(printable);
-        let why = reason.map(tracing::field::display);
-        let fields = (
-            d.outcome(),
-            reason.map(|r| r.click_error().code()),
-            reason.map(RejectReason::label),
-            reason.map(RejectReason::hint).filter(|h| *h != "none"),
-        );
-        let (upstream_status, upstream_ms, upstream_error) = match upstream {
-            None => (None, None, None),
-            Some(Upstream::Answered(status, took)) => {
-                (Some(status), Some(took.as_millis() as u64), None)
-            }
-            Some(Upstream::Failed(kind, status)) => (Some(status), None, Some(kind)),
-        };
-        macro_rules! emit {
-            ($level:ident, $msg:literal) => {
-                tracing::$level!(
-                    request_id = self.request_id,
-                    peer = %self.peer.addr,
-                    client = %self.client,
-                    verdict = fields.0,
-                    error = fields.1,
-                    reason = fields.2,
-                    hint = fields.3,
-                    mode = d.mode.as_str(),
-                    service_id = cb.map(|c| c.service_id),
-                    click_trans_id = d.echo.click_trans_id,
-                    merchant_trans_id = merchant.as_deref(),
-                    action = cb.map(|c| c.action.as_str()),
-                    slot = d.verified.map(|v| v.slot),
-                    fp = d.verified.map(|v| tracing::field::display(v.fingerprint)),
-                    sign_skew_s = d.skew_secs,
-                    generation = self.runtime.generation,
-                    upstream_status,
-                    upstream_ms,
-                    upstream_error,
-                    total_ms = total.as_millis() as u64,
-                    why,
-                    $msg
-                )
-            };
-        }
-        match (fields.0, own_line) {
-            ("verified", _) => emit!(info, "callback verified and forwarded"),
-            ("rejected", true) => emit!(warn, "callback rejected"),
-            ("rejected", false) => emit!(debug, "callback rejected"),
-            (_, true) => emit!(warn, "callback would be rejected (shadow mode): forwarded"),
-            (_, false) => emit!(debug, "callback would be rejected (shadow mode): forwarded"),
-        }
-    }
-}
-
-impl LogContext<'_> {
-    /// The callback's ledger row: the facts of its log line, and the body as received. The
-    /// backend's answer is added by [`ledger::AnswerTap`] for a forwarded one.
-    pub fn record(
-        &self,
-        d: &Judgment<'_>,
-        arrival: Arrival,
-        body: Bytes,
-        timings: Timings,
-    ) -> Record {
-        let reason = d.failure.as_ref();
-        Record {
-            time: arrival.time,
-            request_id: self.request_id.to_owned(),
-            peer: self.peer.addr,
-            client: self.client,
-            path: arrival.path,
-            content_type: arrival.content_type,
-            body,
-            verdict: d.verdict(),
-            reason: reason.map(RejectReason::label),
-            hint: reason.map(RejectReason::hint).filter(|h| *h != "none"),
-            detail: reason.map(ToString::to_string),
-            verified: d.verified,
-            generation: self.runtime.generation,
-            mode: d.mode,
-            backend: None,
-            timings,
-        }
-    }
-
-    /// The ledger row of a callback refused for transport reasons before it was judged (its
-    /// body stopped arriving, no memory for it): `label` and `why` say which.
-    pub fn refused(
-        &self,
-        arrival: Arrival,
-        label: &'static str,
-        why: String,
-        total: Duration,
-    ) -> Record {
-        Record {
-            time: arrival.time,
-            request_id: self.request_id.to_owned(),
-            peer: self.peer.addr,
-            client: self.client,
-            path: arrival.path,
-            content_type: arrival.content_type,
-            body: Bytes::new(),
-            verdict: ledger::Verdict::Refused,
-            reason: Some(label),
-            hint: None,
-            detail: Some(why),
-            verified: None,
-            generation: self.runtime.generation,
-            mode: self.runtime.mode,
-            backend: None,
-            timings: Timings {
-                gateway: total,
-                upstream: None,
-                total,
-            },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn control_characters_are_escaped_for_logs() {
-        assert_eq!(printable("order-1 №7"), "order-1 №7");
-        assert_eq!(printable("a\nb\r\u{1b}"), "a\\u{a}b\\u{d}\\u{1b}");
-    }
 }

@@ -7,10 +7,14 @@
 //!    ([`crate::proxy::headers`]) — before anything is judged, so the checkpoint never
 //!    verifies something other than what is forwarded;
 //! 4. the body, read whole within the lane's memory budget and `body_read_timeout`;
-//! 5. callbacks only: the checkpoint's [`Judgment`] (answer in Click's format, or forward);
+//! 5. callbacks only: the checkpoint's [`Judgment`] (answer in Click's format, or forward),
+//!    then, with a ledger, the callback's record written before it is forwarded, with the
+//!    guard's binding ([`crate::guard`]);
 //! 6. the forward ([`crate::proxy::forward`]), the only stage that talks to the backend.
 //!
-//! Every answer the gateway writes itself comes from [`crate::answer`].
+//! A callback's way ends in one [`Outcome`], which one `finish` logs, counts and records
+//! (within its sender's refusal budget, [`crate::refusals`]). Every answer the gateway writes
+//! itself comes from [`crate::answer`].
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -23,14 +27,15 @@ use hyper::body::{Body, Incoming};
 
 use crate::answer::{self, Refusal};
 use crate::body::{read_bounded, BodyError};
-use crate::checkpoint::{self, Arrival, Decision, Judgment, LogContext, Upstream as Answered};
+use crate::checkpoint::{self, Decision, Judgment};
 use crate::click::{ClickError, Echo, RejectReason, MAX_CALLBACK_BODY};
 use crate::config::cidr::Cidr;
 use crate::config::Loaded;
-use crate::guard::{self, Ruling};
+use crate::guard::{self, Admission};
 use crate::lane::{Lane, Reservation};
-use crate::ledger::{AnswerTap, Backend, Ledger, LedgerError, Timings};
-use crate::metrics::Metrics;
+use crate::ledger::{Answer, AnswerTap, Backend, Ledger, LedgerError};
+use crate::metrics::{CallbackLabels, Metrics};
+use crate::outcome::{Arrival, LogContext, Outcome, Upstream as Answered};
 use crate::proxy::{headers, Forwarder, ProxyBody, Upstream};
 use crate::refusals::Refusals;
 use crate::request_id;
@@ -54,11 +59,9 @@ pub struct Gateway {
     /// Peers allowed to pass forwarding headers on (`server.trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
     pub metrics: Arc<Metrics>,
-    /// The callback ledger (`[ledger] database`), when configured.
+    /// The callback ledger (`[ledger] database`), when configured: every callback's row, the
+    /// forwarded ones' written before they are forwarded, and the guard's bindings.
     pub ledger: Option<Ledger>,
-    /// Where the replay guard's bindings are kept (see [`Ledger::open_guard_store`]); the
-    /// ledger itself for a store that keeps them.
-    pub guard_store: Option<Ledger>,
     /// False until listeners serve, and again once draining starts (`/ready`). Shared by the
     /// per-worker copies of the gateway.
     pub ready: Arc<AtomicBool>,
@@ -80,13 +83,14 @@ impl Gateway {
             metrics.upstream_open_connections.clone(),
         );
         let ledger = match loaded.settings.ledger.database {
-            Some(_) => Some(Ledger::open(&loaded.settings.ledger, metrics.clone())?),
-            None => None,
-        };
-        let guard_store = match &ledger {
-            Some(ledger) => {
-                Ledger::open_guard_store(&loaded.settings.ledger)?.or_else(|| Some(ledger.clone()))
-            }
+            Some(_) => Some(Ledger::open(
+                &loaded.settings.ledger,
+                loaded
+                    .settings
+                    .guard
+                    .window(loaded.settings.ledger.retention),
+                metrics.clone(),
+            )?),
             None => None,
         };
         Ok(Gateway {
@@ -99,7 +103,6 @@ impl Gateway {
             trusted_proxies: srv.trusted_proxies.clone(),
             metrics,
             ledger,
-            guard_store,
             ready: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -118,7 +121,6 @@ impl Gateway {
             trusted_proxies: self.trusted_proxies.clone(),
             metrics: self.metrics.clone(),
             ledger: self.ledger.clone(),
-            guard_store: self.guard_store.clone(),
             ready: self.ready.clone(),
         }
     }
@@ -220,190 +222,270 @@ impl Gateway {
         }
     }
 
-    /// A request to a callback path: judged by the checkpoint, then answered or forwarded,
-    /// and kept in the ledger (when there is one) whatever happened to it.
+    /// A request to a callback path: judged by the checkpoint, recorded and forwarded or
+    /// answered, then finished in one place whatever happened to it.
     async fn callback(
         &self,
         client: &Client,
         log: &LogContext<'_>,
-        mut parts: Parts,
+        parts: Parts,
         body: Incoming,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let runtime = log.runtime;
-        let arrival = self.ledger.as_ref().map(|_| Arrival::of(&parts));
+        let arrival = Arrival::of(&parts);
         let declared = content_length(&parts.headers);
         let head = checkpoint::precheck(&parts, declared);
         // Limits are never shadowed: what was not read cannot be forwarded.
         if let Err(RejectReason::BodyTooLarge) = head {
-            return self.refuse_too_large(log, arrival);
+            return self.finish(log, &arrival, &Bytes::new(), Outcome::TooLarge, started);
         }
         let (_reservation, body) = match self
             .buffer(Lane::Callback, client, &parts, body, MAX_CALLBACK_BODY)
             .await
         {
             Ok(read) => read,
-            Err(BodyError::TooLarge(_)) => return self.refuse_too_large(log, arrival),
-            // Transport failures are not Click errors: Click sees no answer and retries.
-            Err(e) => {
-                let note = self
-                    .refusals
-                    .note(log.client, e.label(), self.ledger.is_some());
-                if let (Some(ledger), Some(arrival), true) = (&self.ledger, arrival, note.record) {
-                    ledger.record(log.refused(
-                        arrival,
-                        e.label(),
-                        e.to_string(),
-                        started.elapsed(),
-                    ));
-                }
-                return self.refused_body(log.peer, &parts, e, note.log);
+            Err(BodyError::TooLarge(_)) => {
+                return self.finish(log, &arrival, &Bytes::new(), Outcome::TooLarge, started)
             }
+            // Transport failures are not Click errors: Click sees no answer and retries.
+            Err(e) => return self.finish(log, &arrival, &Bytes::new(), Outcome::Body(e), started),
         };
-
         let parsed = checkpoint::parse(head, &body);
-        let mut judgment = checkpoint::judge(runtime, &parsed);
-        // One signature, one message: a verified callback on its way to the backend is bound
-        // to its fields first (committed before it is forwarded).
-        let ruling = match (
-            &self.guard_store,
-            &runtime.guard,
-            &parsed,
-            &judgment.callback,
-        ) {
-            (Some(store), Some(rules), Ok(form), Some(cb))
-                if matches!(judgment.decision(), Decision::Forward { vouch: Some(_) }) =>
-            {
-                let enforced = judgment.service_enforced();
-                Some(
-                    guard::check(
-                        rules,
-                        store,
-                        &self.metrics,
-                        form,
-                        cb,
-                        log.request_id,
-                        enforced,
-                    )
-                    .await,
+        let judgment = checkpoint::judge(log.runtime, &parsed);
+        let outcome = self
+            .decide(log, &arrival, &parsed, judgment, parts, &body, started)
+            .await;
+        self.finish(log, &arrival, &body, outcome, started)
+    }
+
+    /// The judged callback's way on: refused, or recorded (with the guard's binding) and
+    /// forwarded. Returns what happened; [`Gateway::finish`] logs, counts and records it.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide<'a>(
+        &self,
+        log: &LogContext<'_>,
+        arrival: &Arrival,
+        parsed: &'a Result<crate::click::Parsed<'a>, RejectReason>,
+        mut judgment: Judgment<'a>,
+        mut parts: Parts,
+        body: &Bytes,
+        started: Instant,
+    ) -> Outcome<'a> {
+        if let Decision::Answer(_) = judgment.decision() {
+            return Outcome::Refused {
+                judgment,
+                recorded: false,
+            };
+        }
+        let runtime = log.runtime;
+        // Record first, then forward: the row is committed before the backend sees a byte.
+        let row = match (&self.ledger, &runtime.guard, parsed) {
+            (Some(ledger), Some(rules), Ok(parsed)) => {
+                let admission = guard::admit(
+                    rules,
+                    ledger,
+                    &self.metrics,
+                    parsed,
+                    &mut judgment,
+                    log.request_id,
+                    |j| log.record(j, arrival, body.clone(), started.elapsed()),
                 )
+                .await;
+                match admission {
+                    Admission::Recorded(id) => Some(id),
+                    Admission::Unrecorded(why) => {
+                        if self
+                            .refusals
+                            .note(log.client, "store_unavailable", false)
+                            .log
+                        {
+                            tracing::warn!(request_id = log.request_id, "callback forwarded without its ledger row: {why} (guard.on_store_error = \"allow\", or the service is in shadow mode)");
+                        }
+                        None
+                    }
+                    Admission::Refused { recorded } => {
+                        return Outcome::Refused { judgment, recorded }
+                    }
+                    Admission::Unavailable(why) => return Outcome::Unavailable { judgment, why },
+                }
             }
             _ => None,
         };
-        match ruling {
-            None | Some(Ruling::Pass) => {}
-            Some(Ruling::Fails(reason, mode)) => judgment.rule_failed(reason, mode),
-            Some(Ruling::Unguarded(why)) => {
-                tracing::warn!(request_id = log.request_id, "replay guard unavailable ({why}): forwarded unguarded (guard.on_store_error = \"allow\", or no rule enforced for this callback)");
-            }
-            Some(Ruling::Unavailable(why)) => {
-                self.metrics.refuse("guard_unavailable");
-                tracing::warn!(request_id = log.request_id, peer = %log.peer.addr, "replay guard unavailable ({why}): callback refused with 503, Click retries (guard.on_store_error = \"refuse\")");
-                if let (Some(ledger), Some(arrival)) = (&self.ledger, arrival) {
-                    ledger.record(log.refused(
-                        arrival,
-                        "guard_unavailable",
-                        why,
-                        started.elapsed(),
-                    ));
-                }
-                return answer::refusal(&Refusal::GuardUnavailable);
-            }
-        }
-        let gateway_time = started.elapsed();
-        judgment.count(&self.metrics, runtime, gateway_time);
-        let vouch = match judgment.decision() {
-            Decision::Answer(error) => {
-                // A refusal: its line and its row within the sender's budgets (verified
-                // callbacks refused by the guard included: a replay flood is a flood too).
-                let reason = judgment
-                    .failure
-                    .as_ref()
-                    .map_or("none", RejectReason::label);
-                let note = self
-                    .refusals
-                    .note(log.client, reason, self.ledger.is_some());
-                log.line(&judgment, None, gateway_time, note.log);
-                if let (Some(ledger), Some(arrival), true) = (&self.ledger, arrival, note.record) {
-                    let timings = Timings {
-                        gateway: gateway_time,
-                        upstream: None,
-                        total: gateway_time,
-                    };
-                    ledger.record(log.record(&judgment, arrival, body.clone(), timings));
-                }
-                return answer::click_error(error, &judgment.echo);
-            }
-            Decision::Forward { vouch } => vouch,
+        let Decision::Forward { vouch } = judgment.decision() else {
+            return Outcome::Refused {
+                judgment,
+                recorded: row.is_some(),
+            };
         };
         // Verified, or shadow mode: forward the exact bytes; vouch only for a valid signature.
         if let Some(service_id) = vouch {
             let attestation = runtime
                 .trust
                 .as_ref()
-                .and_then(|t| t.attest(crate::clock::unix_now(), service_id, &body));
+                .and_then(|t| t.attest(crate::clock::unix_now(), service_id, body));
             let service = runtime.service_labels.counters(service_id).map_or_else(
                 || HeaderValue::from(service_id),
                 |c| c.verified_header.clone(),
             );
             headers::mark_verified(&mut parts.headers, service, attestation);
         }
-        // A reference count: the judgment still borrows the body for the log line.
+        let gateway = started.elapsed();
         let sent = self
             .forwarder
             .send(log.peer.addr, parts, body.clone(), Lane::Callback)
             .await;
-        let total = started.elapsed();
-        let (upstream, status, took) = match &sent {
-            Ok(f) => {
-                let status = f.response.status().as_u16();
-                (Answered::Answered(status, f.took), status, Some(f.took))
+        Outcome::Forwarded {
+            judgment,
+            row,
+            sent,
+            gateway,
+        }
+    }
+
+    /// Every callback ends here, once: its count in `callbacks_total`, its log line and its
+    /// ledger row (a refusal's within its sender's budget; a forwarded one's answer beside the
+    /// row written before it was forwarded), and its answer.
+    fn finish(
+        &self,
+        log: &LogContext<'_>,
+        arrival: &Arrival,
+        body: &Bytes,
+        outcome: Outcome<'_>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let ledger = self.ledger.as_ref();
+        let elapsed = started.elapsed();
+        match outcome {
+            Outcome::TooLarge => {
+                let judgment = Judgment::too_large();
+                judgment.count(&self.metrics, log.runtime, Duration::ZERO);
+                let note = self
+                    .refusals
+                    .note(log.client, "body_too_large", ledger.is_some());
+                log.line(&judgment, None, Duration::ZERO, note.log);
+                if let (Some(ledger), true) = (ledger, note.record) {
+                    ledger.record(log.record(&judgment, arrival, Bytes::new(), Duration::ZERO));
+                }
+                answer::click_error_closing(ClickError::BadRequest, &Echo::default())
             }
-            Err(e) => (
-                Answered::Failed(e.label(), e.status().as_u16()),
-                e.status().as_u16(),
-                None,
-            ),
-        };
-        // A shadowed failure is forwarded (and recorded), but its line is a refusal's.
-        let logged = match &judgment.failure {
-            None => true,
-            Some(reason) => self.refusals.note(log.client, reason.label(), false).log,
-        };
-        log.line(&judgment, Some(upstream), total, logged);
-        let record = match (&self.ledger, arrival) {
-            (Some(ledger), Some(arrival)) => {
-                let timings = Timings {
-                    gateway: gateway_time,
-                    upstream: took,
-                    total,
+            Outcome::Body(e) => {
+                self.count_refused(None, e.label(), elapsed);
+                let note = self.refusals.note(log.client, e.label(), ledger.is_some());
+                if let (Some(ledger), true) = (ledger, note.record) {
+                    ledger.record(log.refused(arrival, e.label(), e.to_string(), elapsed));
+                }
+                self.refused_body(log.peer, &arrival.path, e, note.log)
+            }
+            Outcome::Refused { judgment, recorded } => {
+                judgment.count(&self.metrics, log.runtime, elapsed);
+                let reason = judgment
+                    .failure
+                    .as_ref()
+                    .map_or("none", RejectReason::label);
+                let note = self
+                    .refusals
+                    .note(log.client, reason, ledger.is_some() && !recorded);
+                log.line(&judgment, None, elapsed, note.log);
+                if let (Some(ledger), true) = (ledger, note.record) {
+                    ledger.record(log.record(&judgment, arrival, body.clone(), elapsed));
+                }
+                let error = match judgment.decision() {
+                    Decision::Answer(error) => error,
+                    // A refusal always has a failure in enforce mode.
+                    Decision::Forward { .. } => ClickError::BadRequest,
                 };
-                Some((
-                    ledger,
-                    log.record(&judgment, arrival, body.clone(), timings),
-                ))
+                answer::click_error(error, &judgment.echo)
             }
-            _ => None,
-        };
-        match sent {
-            Ok(mut forwarded) => {
-                // The row is kept once the backend's answer has streamed to the client.
-                if let Some((ledger, record)) = record {
-                    forwarded.observe(AnswerTap::new(ledger.clone(), record, status));
+            Outcome::Unavailable { judgment, why } => {
+                self.count_refused(Some(&judgment), "store_unavailable", elapsed);
+                self.metrics.refuse("store_unavailable");
+                let note = self
+                    .refusals
+                    .note(log.client, "store_unavailable", ledger.is_some());
+                if note.log {
+                    tracing::warn!(request_id = log.request_id, peer = %log.peer.addr, "callback refused with 503, its ledger row could not be written ({why}); Click retries (guard.on_store_error = \"refuse\")");
                 }
-                forwarded.response
+                // Queued like any refusal's: in once the store works again, else counted.
+                if let (Some(ledger), true) = (ledger, note.record) {
+                    ledger.record(log.refused(arrival, "store_unavailable", why, elapsed));
+                }
+                answer::refusal(&Refusal::StoreUnavailable)
             }
-            Err(e) => {
-                if let Some((ledger, mut record)) = record {
-                    record.backend = Some(Backend {
-                        status,
-                        answer: None,
-                    });
-                    ledger.record(record);
+            Outcome::Forwarded {
+                judgment,
+                row,
+                sent,
+                gateway,
+            } => {
+                judgment.count(&self.metrics, log.runtime, gateway);
+                let (upstream, status, took) = match &sent {
+                    Ok(f) => {
+                        let status = f.response.status().as_u16();
+                        (Answered::Answered(status, f.took), status, Some(f.took))
+                    }
+                    Err(e) => (
+                        Answered::Failed(e.label(), e.status().as_u16()),
+                        e.status().as_u16(),
+                        None,
+                    ),
+                };
+                // A shadowed failure is forwarded (and recorded), but its line is a refusal's.
+                let own_line = match &judgment.failure {
+                    None => true,
+                    Some(reason) => self.refusals.note(log.client, reason.label(), false).log,
+                };
+                log.line(&judgment, Some(upstream), elapsed, own_line);
+                match (sent, ledger.zip(row)) {
+                    (Ok(mut forwarded), Some((ledger, id))) => {
+                        // The answer is appended once it has streamed to Click.
+                        forwarded.observe(AnswerTap::new(
+                            ledger.clone(),
+                            id,
+                            status,
+                            took,
+                            elapsed,
+                        ));
+                        forwarded.response
+                    }
+                    (Ok(forwarded), None) => forwarded.response,
+                    (Err(e), written) => {
+                        if let Some((ledger, id)) = written {
+                            ledger.answer(Answer {
+                                callback: id,
+                                backend: Backend {
+                                    status,
+                                    answer: None,
+                                },
+                                upstream: None,
+                                total: elapsed,
+                            });
+                        }
+                        answer::refusal(&Refusal::Upstream(e))
+                    }
                 }
-                answer::refusal(&Refusal::Upstream(e))
             }
         }
+    }
+
+    /// Counts a callback refused without a Click answer (its body, its record) in
+    /// `callbacks_total`, `outcome="refused"`: every callback is counted once.
+    fn count_refused(&self, judgment: Option<&Judgment<'_>>, reason: &'static str, took: Duration) {
+        let runtime = self.runtime.load();
+        let cb = judgment.and_then(|j| j.callback.as_ref());
+        self.metrics
+            .callbacks
+            .get_or_create(&CallbackLabels {
+                service_id: runtime.service_labels.get(cb.map(|c| c.service_id)),
+                action: cb.map_or("unknown", |c| c.action.as_str()),
+                outcome: "refused",
+                reason,
+                hint: "none",
+            })
+            .inc();
+        self.metrics
+            .callback_route
+            .gateway_seconds
+            .observe(took.as_secs_f64());
     }
 
     /// Reads the body (at most `limit`) within `body_read_timeout` of now, taking the lane's
@@ -444,22 +526,22 @@ impl Gateway {
         e: BodyError,
     ) -> Response<ProxyBody> {
         let log = self.refusals.note(client, e.label(), false).log;
-        self.refused_body(peer, parts, e, log)
+        self.refused_body(peer, parts.uri.path(), e, log)
     }
 
     /// [`Gateway::refuse_body`] once the budget has spoken (`log`: a line of its own).
     fn refused_body(
         &self,
         peer: &Peer,
-        parts: &Parts,
+        path: &str,
         e: BodyError,
         log: bool,
     ) -> Response<ProxyBody> {
         self.metrics.refuse(e.label());
         if log {
-            tracing::warn!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
+            tracing::warn!(peer = %peer.addr, path = ?path, "request body: {e}");
         } else {
-            tracing::debug!(peer = %peer.addr, method = %parts.method, path = ?parts.uri.path(), "request body: {e}");
+            tracing::debug!(peer = %peer.addr, path = ?path, "request body: {e}");
         }
         answer::refusal(&Refusal::Body(e))
     }
@@ -476,24 +558,6 @@ impl Gateway {
             tracing::warn!(peer = %peer.addr, "HTTP/2 stream refused with 503: the address has server.http2_max_streams_per_address streams in flight");
         }
         answer::refusal(&Refusal::AddressStreams)
-    }
-
-    /// A callback too large to read: `-8`, and the connection closed (its body was not read).
-    fn refuse_too_large(
-        &self,
-        log: &LogContext<'_>,
-        arrival: Option<Arrival>,
-    ) -> Response<ProxyBody> {
-        let judgment = Judgment::too_large();
-        judgment.count(&self.metrics, log.runtime, Duration::ZERO);
-        let note = self
-            .refusals
-            .note(log.client, "body_too_large", self.ledger.is_some());
-        log.line(&judgment, None, Duration::ZERO, note.log);
-        if let (Some(ledger), Some(arrival), true) = (&self.ledger, arrival, note.record) {
-            ledger.record(log.record(&judgment, arrival, Bytes::new(), Timings::default()));
-        }
-        answer::click_error_closing(ClickError::BadRequest, &Echo::default())
     }
 }
 

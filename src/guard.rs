@@ -20,20 +20,34 @@
 //!   `complete_contradicts_earlier` (`-8` when enforced). The protocol does not say whether Click
 //!   may legitimately do this, so by default it is only logged and counted.
 //!
-//! The binding is one statement in the ledger's store, committed (durably) before the callback
-//! is forwarded: two copies with different fields arriving at once, on two workers or two
-//! gateways sharing a PostgreSQL store, cannot both pass. When the store cannot answer within
-//! `guard.timeout`, `guard.on_store_error` decides: `refuse` (a plain 503: Click retries
-//! later) or `allow` (forwarded unguarded, counted).
+//! **Record first, then forward.** The binding is part of the callback's write-ahead record
+//! ([`crate::ledger::Ledger::write_ahead`]): on SQLite the ledger's in-memory index over its
+//! rows answers at once, under a lock, before the row is appended ([`crate::ledger::index`]);
+//! on PostgreSQL the row and the binding are one statement, whose unique constraint decides
+//! between gateways. Two copies with different fields arriving at once, on two workers or two
+//! gateways, cannot both pass. The index remembers `guard.window` (30 days by default): a
+//! signature older than that is bound anew as if first, so a changed replay of a callback
+//! signed longer ago would pass it; `click.max_sign_age`, enforced and shorter than the
+//! window, refuses those (`check` says so when it is not).
+//!
+//! When the record cannot be committed within `guard.timeout`, `guard.on_store_error` decides:
+//! `refuse` (a plain 503: Click retries later; the ledger never lacks a callback the backend
+//! got) or `allow` (forwarded unrecorded, counted). A service in shadow mode is never refused
+//! for it: it is forwarded unrecorded, counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use crate::click::{Action, Callback, Parsed, RejectReason};
-use crate::config::{GuardMode, GuardSettings, Mode, StoreErrorPolicy};
-use crate::ledger::{self, BindOutcome, Binding, CompleteClaim, Done, Ledger, Seen};
-use crate::metrics::{GuardLabels, Metrics};
+use crate::checkpoint::{Decision, Judgment};
+use crate::click::{digest, Action, Callback, Parsed, RejectReason};
+use crate::config::{GuardMode, GuardSettings, LedgerSettings, Mode, StoreErrorPolicy};
+use crate::ledger::index::{self, Claim, Signed};
+use crate::ledger::{
+    self, Admitted, BindOutcome, Binding, CompleteClaim, Correction, Ledger, LedgerError, Record,
+    Seen,
+};
+use crate::metrics::{GuardLabels, Metrics, ReasonLabels};
 
 /// The guard's rules as configured, with a ledger to keep their bindings in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,133 +56,323 @@ pub struct Rules {
     pub transaction: GuardMode,
     pub on_store_error: StoreErrorPolicy,
     pub timeout: Duration,
+    pub window: Duration,
 }
 
 impl Rules {
-    /// The rules `[guard]` sets, given whether a ledger is configured; `None` when both rules
-    /// are off.
-    pub fn new(s: &GuardSettings, ledger: bool) -> Option<Rules> {
-        let default = |mode: Option<GuardMode>, on: GuardMode| {
-            mode.unwrap_or(if ledger { on } else { GuardMode::Off })
-        };
-        let rules = Rules {
+    /// The rules `[guard]` sets, given whether a ledger is configured; `None` without one (the
+    /// rules off, and no record to write).
+    pub fn new(s: &GuardSettings, ledger: &LedgerSettings) -> Option<Rules> {
+        let default = |mode: Option<GuardMode>, on: GuardMode| mode.unwrap_or(on);
+        ledger.database.is_some().then(|| Rules {
             signature: default(s.mode, GuardMode::Enforce),
             transaction: default(s.transaction_mode, GuardMode::Shadow),
             on_store_error: s.on_store_error,
             timeout: s.timeout.0,
-        };
-        (ledger && (rules.signature != GuardMode::Off || rules.transaction != GuardMode::Off))
-            .then_some(rules)
+            window: s.window(ledger.retention),
+        })
     }
 }
 
-/// What the guard made of a verified callback.
+/// What became of a callback on its way to the backend.
 #[derive(Debug)]
-pub enum Ruling {
-    /// Nothing against it (a first message, a retry, or the rules off).
-    Pass,
-    /// A rule found it wrong; the mode says whether it is refused or only reported.
-    Fails(RejectReason, Mode),
-    /// The store did not answer and `on_store_error = "refuse"`: a plain 503.
+pub enum Admission {
+    /// Its record is committed (this row): forward it.
+    Recorded(i64),
+    /// Forward it unrecorded: the record could not be written (why), and `on_store_error =
+    /// "allow"` or the service is in shadow mode. Counted.
+    Unrecorded(String),
+    /// A rule refused it (the judgment says why); `recorded`: its row is written already
+    /// (PostgreSQL, rule 2 enforced), corrected to say so.
+    Refused { recorded: bool },
+    /// The record could not be written (why) and `on_store_error = "refuse"`: a plain 503.
     Unavailable(String),
-    /// The store did not answer and `on_store_error = "allow"`: forwarded, unguarded.
-    Unguarded(String),
 }
 
-/// Checks a verified callback against the bindings, waiting for the store's commit (at most
-/// `rules.timeout`). `service_enforced`: the callback's service is in enforce mode. When the
-/// store fails, `on_store_error = "refuse"` refuses only where a rule could have refused: with
-/// the service or both rules in shadow mode nothing is ever refused, so the callback goes on
-/// unguarded (counted, logged).
-pub async fn check(
+/// Writes a callback's record before it is forwarded, with the guard's binding when it
+/// verified, and applies the rules to what the binding found (changing `judgment`). `record`
+/// builds the row from the judgment as it stands.
+pub async fn admit(
     rules: &Rules,
     ledger: &Ledger,
     metrics: &Metrics,
     parsed: &Parsed<'_>,
-    cb: &Callback<'_>,
+    judgment: &mut Judgment<'_>,
     request_id: &str,
-    service_enforced: bool,
-) -> Ruling {
-    let binding = binding(rules, parsed, cb, request_id);
-    let outcome = tokio::time::timeout(rules.timeout, ledger.bind(binding)).await;
-    let count = |rule: &'static str, outcome: &'static str| {
-        metrics
-            .guard_checks
-            .get_or_create(&GuardLabels { rule, outcome })
-            .inc();
+    record: impl Fn(&Judgment<'_>) -> Record,
+) -> Admission {
+    let guarded = judgment.verified.is_some()
+        && (rules.signature != GuardMode::Off || rules.transaction != GuardMode::Off);
+    let Some(cb) = judgment.callback.clone().filter(|_| guarded) else {
+        return recorded(rules, ledger, metrics, judgment, record(judgment), None).await;
     };
-    let found = match outcome {
-        Ok(Ok(Done::Bound(found))) => found,
-        failed => {
-            let why = match failed {
-                Err(_) => format!("no answer within {:?}", rules.timeout),
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(other)) => format!("unexpected answer {other:?}"),
-            };
-            count("signature", "store_error");
-            let could_refuse = service_enforced
-                && (rules.signature == GuardMode::Enforce
-                    || (rules.transaction == GuardMode::Enforce && cb.action == Action::Complete));
-            return match rules.on_store_error {
-                StoreErrorPolicy::Refuse if could_refuse => Ruling::Unavailable(why),
-                _ => Ruling::Unguarded(why),
-            };
+    let canonical = digest::of(parsed);
+    match ledger.index() {
+        Some(index) => {
+            sqlite(
+                rules, ledger, index, metrics, &canonical, cb, judgment, record,
+            )
+            .await
         }
-    };
-    judge(rules, cb, found, count)
+        None => {
+            let refuses = rules.signature == GuardMode::Enforce && judgment.service_enforced();
+            let binding = binding(refuses, &canonical, &cb, request_id);
+            let rec = record(judgment);
+            let admitted = match within(rules, ledger.write_ahead(rec, Some(binding))).await {
+                Ok(admitted) => admitted,
+                Err(why) => return store_failed(rules, metrics, judgment, why),
+            };
+            postgres(rules, ledger, metrics, &cb, judgment, admitted, record)
+        }
+    }
 }
 
-/// The rules applied to what the store found.
+/// SQLite: the index first (one step under its lock), then the row.
+#[allow(clippy::too_many_arguments)]
+async fn sqlite(
+    rules: &Rules,
+    ledger: &Ledger,
+    index: &index::Index,
+    metrics: &Metrics,
+    canonical: &str,
+    cb: Callback<'_>,
+    judgment: &mut Judgment<'_>,
+    record: impl Fn(&Judgment<'_>) -> Record,
+) -> Admission {
+    let (Some(bound), Some(id)) = (index::bound_of(canonical, &cb), ledger.row_id()) else {
+        return recorded(rules, ledger, metrics, judgment, record(judgment), None).await;
+    };
+    let found = index.bind(&Claim {
+        key: bound.key,
+        signed: Signed {
+            digest: bound.digest,
+            row: id,
+        },
+        complete: bound
+            .complete_error
+            .map(|e| (cb.service_id, cb.click_trans_id, e)),
+        enforce_signature: rules.signature == GuardMode::Enforce && judgment.service_enforced(),
+    });
+    let signature = match found.signature {
+        Seen::Changed(_) => Seen::Changed(match found.first_row {
+            Some(row) => first_fields(rules, ledger, row, canonical).await,
+            None => Vec::new(),
+        }),
+        seen => seen,
+    };
+    let binds = !matches!(signature, Seen::Changed(_));
+    let outcome = BindOutcome {
+        signature,
+        earlier_complete_error: found.earlier_complete_error.map(|e| match e {
+            index::UNREADABLE_ERROR => "?".to_owned(),
+            e => e.to_string(),
+        }),
+    };
+    judge(rules, &cb, outcome, judgment, metrics);
+    if matches!(judgment.decision(), Decision::Answer(_)) {
+        return Admission::Refused { recorded: false };
+    }
+    let mut rec = record(judgment);
+    rec.bound = binds.then_some(bound);
+    recorded(rules, ledger, metrics, judgment, rec, Some(id)).await
+}
+
+/// The names of the fields `canonical` differs in from the message of row `first` (read from
+/// the ledger); none named when that row cannot be read in time.
+async fn first_fields(rules: &Rules, ledger: &Ledger, first: i64, canonical: &str) -> Vec<String> {
+    let read = tokio::time::timeout(rules.timeout, ledger.body(first)).await;
+    let Ok(Ok(Some((content_type, body)))) = read else {
+        return Vec::new();
+    };
+    let kind = content_type
+        .as_deref()
+        .and_then(|ct| crate::click::FormKind::from_content_type(ct).ok())
+        .unwrap_or(crate::click::FormKind::UrlEncoded);
+    match Parsed::parse(&kind, &body) {
+        Ok(parsed) => digest::differing(&digest::of(&parsed), canonical),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// PostgreSQL: the statement has written the row with its binding (unless rule 1, enforced,
+/// refused it); a finding it reports corrects the row.
+fn postgres(
+    rules: &Rules,
+    ledger: &Ledger,
+    metrics: &Metrics,
+    cb: &Callback<'_>,
+    judgment: &mut Judgment<'_>,
+    admitted: Admitted,
+    record: impl Fn(&Judgment<'_>) -> Record,
+) -> Admission {
+    if let Some(outcome) = admitted.outcome {
+        judge(rules, cb, outcome, judgment, metrics);
+    }
+    let refused = matches!(judgment.decision(), Decision::Answer(_));
+    match admitted.id {
+        Some(id) => {
+            if let Some(reason) = &judgment.failure {
+                ledger.correct(Correction {
+                    callback: id,
+                    verdict: judgment.verdict().as_str(),
+                    reason: Some(reason.label()),
+                    hint: Some(reason.hint()).filter(|h| *h != "none"),
+                    detail: Some(reason.to_string()),
+                });
+            }
+            if refused {
+                Admission::Refused { recorded: true }
+            } else {
+                Admission::Recorded(id)
+            }
+        }
+        None if refused => Admission::Refused { recorded: false },
+        // Left out by the statement (rule 1 would refuse it) yet forwarded: cannot be, the
+        // statement's rule is this one's; should it ever be, the row is recorded apart and
+        // the callback counted as forwarded unrecorded.
+        None => {
+            ledger.record(record(judgment));
+            store_failed(
+                rules,
+                metrics,
+                judgment,
+                "the statement left the row out".to_owned(),
+            )
+        }
+    }
+}
+
+/// The record of a callback the guard does not bind (or binds in memory): committed before
+/// it is forwarded.
+async fn recorded(
+    rules: &Rules,
+    ledger: &Ledger,
+    metrics: &Metrics,
+    judgment: &Judgment<'_>,
+    rec: Record,
+    id: Option<i64>,
+) -> Admission {
+    let pending = match id {
+        Some(id) => ledger.write_ahead_as(id, rec),
+        None => ledger.write_ahead(rec, None),
+    };
+    match within(rules, pending).await {
+        Ok(Admitted { id: Some(id), .. }) => Admission::Recorded(id),
+        Ok(Admitted { id: None, .. }) => store_failed(
+            rules,
+            metrics,
+            judgment,
+            "the ledger gave the row no id".to_owned(),
+        ),
+        Err(why) => store_failed(rules, metrics, judgment, why),
+    }
+}
+
+/// Waits for the store at most `guard.timeout`.
+async fn within<T>(rules: &Rules, pending: ledger::Pending<T>) -> Result<T, String> {
+    match tokio::time::timeout(rules.timeout, pending).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(store_error(&e)),
+        Err(_) => Err(format!(
+            "no commit within {:?} (guard.timeout)",
+            rules.timeout
+        )),
+    }
+}
+
+fn store_error(e: &LedgerError) -> String {
+    e.to_string()
+}
+
+/// `on_store_error` for a callback whose record could not be written: refused (a plain 503)
+/// only when its service enforces; otherwise forwarded unrecorded, counted.
+fn store_failed(
+    rules: &Rules,
+    metrics: &Metrics,
+    judgment: &Judgment<'_>,
+    why: String,
+) -> Admission {
+    count(metrics, "signature", "store_error");
+    match rules.on_store_error {
+        StoreErrorPolicy::Refuse if judgment.service_enforced() => Admission::Unavailable(why),
+        _ => {
+            metrics
+                .ledger_unrecorded
+                .get_or_create(&ReasonLabels {
+                    reason: "store_error",
+                })
+                .inc();
+            Admission::Unrecorded(why)
+        }
+    }
+}
+
+fn count(metrics: &Metrics, rule: &'static str, outcome: &'static str) {
+    metrics
+        .guard_checks
+        .get_or_create(&GuardLabels { rule, outcome })
+        .inc();
+}
+
+fn mode(m: GuardMode) -> Mode {
+    match m {
+        GuardMode::Enforce => Mode::Enforce,
+        _ => Mode::Shadow,
+    }
+}
+
+/// The rules applied to what the binding found, into the judgment.
 fn judge(
     rules: &Rules,
     cb: &Callback<'_>,
     found: BindOutcome,
-    count: impl Fn(&'static str, &'static str),
-) -> Ruling {
-    let mode = |m: GuardMode| match m {
-        GuardMode::Enforce => Mode::Enforce,
-        _ => Mode::Shadow,
-    };
-    let mut ruling = Ruling::Pass;
+    judgment: &mut Judgment<'_>,
+    metrics: &Metrics,
+) {
+    let mut ruling: Option<(RejectReason, Mode)> = None;
     if rules.signature != GuardMode::Off {
         match found.signature {
-            Seen::First => count("signature", "first"),
-            Seen::Same => count("signature", "retry"),
+            Seen::First => count(metrics, "signature", "first"),
+            Seen::Same => count(metrics, "signature", "retry"),
             Seen::Changed(fields) => {
-                count("signature", "replayed_with_changes");
-                ruling = Ruling::Fails(
+                count(metrics, "signature", "replayed_with_changes");
+                ruling = Some((
                     RejectReason::ReplayedWithChanges(fields),
                     mode(rules.signature),
-                );
+                ));
             }
         }
     }
     if rules.transaction != GuardMode::Off && cb.action == Action::Complete {
         match found.earlier_complete_error {
-            None => count("transaction", "first"),
-            Some(earlier) if paid(&earlier) == paid(cb.error) => count("transaction", "consistent"),
+            None => count(metrics, "transaction", "first"),
+            Some(earlier) if paid(&earlier) == paid(cb.error) => {
+                count(metrics, "transaction", "consistent")
+            }
             Some(earlier) => {
-                count("transaction", "contradicts");
+                count(metrics, "transaction", "contradicts");
                 // Rule 1's finding stands, unless it is only shadowed and this one is
                 // enforced: a shadowed rule must not let an enforced one through.
                 let stronger = match &ruling {
-                    Ruling::Pass => true,
-                    Ruling::Fails(_, Mode::Shadow) => rules.transaction == GuardMode::Enforce,
-                    _ => false,
+                    None => true,
+                    Some((_, Mode::Shadow)) => rules.transaction == GuardMode::Enforce,
+                    Some(_) => false,
                 };
                 if stronger {
-                    ruling = Ruling::Fails(
+                    ruling = Some((
                         RejectReason::CompleteContradictsEarlier {
                             earlier: earlier.chars().take(24).collect(),
                             now: cb.error.to_owned(),
                         },
                         mode(rules.transaction),
-                    );
+                    ));
                 }
             }
         }
     }
-    ruling
+    if let Some((reason, mode)) = ruling {
+        judgment.rule_failed(reason, mode);
+    }
 }
 
 /// Whether a Complete's `error` says the money was debited: `0` (or more), not a negative code.
@@ -179,75 +383,25 @@ fn paid(error: &str) -> bool {
     }
 }
 
-/// The statement's input: the signature, the digest and the fields of the whole message.
-fn binding(rules: &Rules, parsed: &Parsed<'_>, cb: &Callback<'_>, request_id: &str) -> Binding {
-    let fields = canonical(&parsed.fields());
+/// The PostgreSQL statement's input: the signature, the digest and the fields of the whole
+/// message.
+/// `refuses`: rule 1 refuses a changed message of this callback's service (the statement then
+/// leaves its row out).
+fn binding(refuses: bool, canonical: &str, cb: &Callback<'_>, request_id: &str) -> Binding {
     Binding {
         service_id: cb.service_id.to_string(),
         sign: cb.sign_string.to_ascii_lowercase(),
-        digest: digest(&fields),
-        fields,
+        digest: digest::digest(canonical),
+        fields: canonical.to_owned(),
         request_id: request_id.to_owned(),
         token: token(),
         time_us: ledger::unix_micros(SystemTime::now()),
-        enforce_signature: rules.signature == GuardMode::Enforce,
+        enforce_signature: refuses,
         complete: (cb.action == Action::Complete).then(|| CompleteClaim {
             click_trans_id: cb.click_trans_id.to_string(),
             error: cb.error.to_owned(),
         }),
     }
-}
-
-/// The fields as one JSON object, `(name, value)` pairs in the order given (sorted by name,
-/// each name once: [`Parsed::fields`]): a canonical text of the message, the same for the
-/// same fields and different for any other, since JSON's escaping is one to one. It is what
-/// the store keeps to name the fields a later message changed, and what [`digest`] hashes.
-pub fn canonical(fields: &[(&str, &str)]) -> String {
-    let size: usize = fields.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
-    let mut out = String::with_capacity(size + 2);
-    out.push('{');
-    for (i, (name, value)) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        json_string(&mut out, name);
-        out.push(':');
-        json_string(&mut out, value);
-    }
-    out.push('}');
-    out
-}
-
-/// Appends `text` as a JSON string (RFC 8259 §7: `"` and `\` escaped, control characters as
-/// `\u00XX`, everything else as it is).
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    let mut plain = 0;
-    for (i, b) in text.bytes().enumerate() {
-        if b == b'"' || b == b'\\' || b < 0x20 {
-            out.push_str(&text[plain..i]);
-            match b {
-                b'"' => out.push_str("\\\""),
-                b'\\' => out.push_str("\\\\"),
-                _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.push_str("\\u00");
-                    out.push(char::from(HEX[usize::from(b >> 4)]));
-                    out.push(char::from(HEX[usize::from(b & 0x0f)]));
-                }
-            }
-            plain = i + 1;
-        }
-    }
-    out.push_str(&text[plain..]);
-    out.push('"');
-}
-
-/// SHA-256 of the canonical text: what rule 1 compares (one pass over a few hundred bytes).
-pub fn digest(canonical: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
-    out
 }
 
 /// A token unique to this binding attempt among every gateway sharing a store: a random
@@ -275,23 +429,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_canonical_text_tells_re_split_fields_apart_and_is_json() {
-        let a = canonical(&[("amount", "1000.00"), ("merchant_prepare_id", "5001")]);
-        let b = canonical(&[("amount", "11000.00"), ("merchant_prepare_id", "500")]);
-        assert_ne!(digest(&a), digest(&b));
-        assert_eq!(a, r#"{"amount":"1000.00","merchant_prepare_id":"5001"}"#);
-        // Nor can a value borrow from its name, or escaping make two lists alike.
-        assert_ne!(canonical(&[("ab", "c")]), canonical(&[("a", "bc")]));
-        let odd = canonical(&[("n", "a\"b\\c\n\u{1}é")]);
-        let parsed: serde_json::Value = serde_json::from_str(&odd).unwrap();
-        assert_eq!(parsed["n"], "a\"b\\c\n\u{1}é");
-        assert_eq!(
-            crate::ledger::binding::differing(&a, &b),
-            ["amount", "merchant_prepare_id"]
-        );
-    }
-
-    #[test]
     fn paid_is_zero_or_more() {
         for (error, want) in [
             ("0", true),
@@ -314,17 +451,25 @@ mod tests {
     #[test]
     fn the_rules_need_a_ledger_and_default_to_enforce_and_shadow() {
         let s = GuardSettings::default();
-        assert_eq!(Rules::new(&s, false), None);
-        let r = Rules::new(&s, true).unwrap();
+        assert_eq!(Rules::new(&s, &LedgerSettings::default()), None);
+        let ledger = LedgerSettings {
+            database: Some("l.db".into()),
+            ..LedgerSettings::default()
+        };
+        let r = Rules::new(&s, &ledger).unwrap();
         assert_eq!(
             (r.signature, r.transaction),
             (GuardMode::Enforce, GuardMode::Shadow)
         );
-        let off = GuardSettings {
-            mode: Some(GuardMode::Off),
-            transaction_mode: Some(GuardMode::Off),
-            ..s
+        assert_eq!(r.window, Duration::from_secs(30 * 86_400));
+        let short = LedgerSettings {
+            retention: crate::config::Span::secs(7 * 86_400),
+            ..ledger
         };
-        assert_eq!(Rules::new(&off, true), None);
+        assert_eq!(
+            Rules::new(&s, &short).unwrap().window,
+            Duration::from_secs(7 * 86_400),
+            "never longer than the retention"
+        );
     }
 }

@@ -28,6 +28,7 @@ pub mod lane;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;
+pub mod outcome;
 pub mod proxy;
 pub mod refusals;
 pub mod reload;
@@ -35,6 +36,7 @@ pub mod request_id;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod text;
 pub mod trust;
 
 pub use gateway::Gateway;

@@ -530,10 +530,7 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
             None
         };
         let gateway = Arc::new(Gateway::new(&loaded).map_err(|e| e.to_string())?);
-        let stores: Vec<_> = [gateway.ledger.clone(), gateway.guard_store.clone()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let ledger = gateway.ledger.clone();
         let reloader = Arc::new(Reloader::new(
             path,
             gateway.runtime.clone(),
@@ -577,7 +574,7 @@ fn serve(path: PathBuf, log_level: &str, log_format: LogFormat) -> Outcome {
         .await;
         // The last callbacks' rows: committed now, or counted lost (`shutdown`) if the disk
         // does not take them in time.
-        for store in stores {
+        if let Some(store) = ledger {
             if !store.close(LEDGER_CLOSE).await {
                 tracing::warn!(
                     ledger = %store.location().path().display(),

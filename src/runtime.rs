@@ -65,10 +65,7 @@ impl Runtime {
             sign_time_offset: click.sign_time_zone.0,
             service_labels: ServiceLabels::new(&loaded.keys, metrics),
             trust: loaded.trust.clone(),
-            guard: crate::guard::Rules::new(
-                &loaded.settings.guard,
-                loaded.settings.ledger.database.is_some(),
-            ),
+            guard: crate::guard::Rules::new(&loaded.settings.guard, &loaded.settings.ledger),
         }
     }
 

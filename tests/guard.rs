@@ -54,13 +54,13 @@ async fn gateway(up: &TestUpstream, guard: &str) -> TestGateway {
     .await
 }
 
-/// Turns the guard's database into a directory, so that nothing can be written or read there;
-/// returns its path (remove the directory to bring the store back).
+/// Turns the ledger's database (where each callback's record and binding go before it is
+/// forwarded) into a directory, so that nothing can be written or read there; returns its path
+/// (remove the directory to bring the store back).
 fn break_guard_store(gw: &TestGateway) -> std::path::PathBuf {
-    // The guard keeps its bindings in a file of its own beside the ledger's.
-    let store = gw.gateway.guard_store.clone().unwrap();
+    let store = gw.gateway.ledger.clone().unwrap();
     let db = store.location().path().to_owned();
-    assert_eq!(db.file_name().unwrap(), "ledger.guard.db");
+    assert_eq!(db.file_name().unwrap(), "ledger.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
@@ -365,13 +365,16 @@ async fn a_failing_store_refuses_callbacks_with_503_or_lets_them_through_unguard
 }
 
 #[tokio::test]
-async fn a_failing_store_never_refuses_where_no_rule_enforces() {
+async fn a_failing_store_never_refuses_a_service_in_shadow_mode() {
     let mut up = TestUpstream::start().await;
-    // on_store_error = "refuse" (the default), but both rules only shadow: nothing to refuse.
-    let gw = gateway(
-        &up,
-        "mode = \"shadow\"\ntransaction_mode = \"shadow\"\ntimeout = \"500ms\"",
-    )
+    // on_store_error = "refuse" (the default), but the service only shadows: never refused.
+    let gw = TestGateway::start_with(ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        &format!("mode = \"shadow\"\n{LEDGER}[guard]\ntimeout = \"500ms\"\n"),
+    ))
     .await;
     let db = break_guard_store(&gw);
     let body = callback_body(801, None, "1000.00", "0", T1);

@@ -335,16 +335,16 @@ async fn kill_9_under_load_leaves_a_database_holding_every_committed_callback() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_deleted_or_unusable_database_never_fails_a_callback_and_is_counted() {
+async fn a_deleted_database_is_recreated_and_an_unusable_one_costs_what_on_store_error_says() {
     let mut up = TestUpstream::start().await;
-    // The ledger alone: with the replay guard on (its default), a store that cannot be
-    // written is `guard.on_store_error`'s business (tests/guard.rs).
+    // Callbacks whose record cannot be written are forwarded unrecorded (`allow`; the default,
+    // `refuse`, answers 503: tests/guard.rs).
     let gw = TestGateway::start_with(ConfigDir::with_click(
         up.addr,
         KEYS_TOML,
         "",
         "",
-        "[ledger]\ndatabase = \"ledger.db\"\n[guard]\nmode = \"off\"\ntransaction_mode = \"off\"\n",
+        "[ledger]\ndatabase = \"ledger.db\"\n[guard]\non_store_error = \"allow\"\ntimeout = \"500ms\"\n",
     ))
     .await;
     let ledger = gw.gateway.ledger.clone().unwrap();
@@ -370,7 +370,7 @@ async fn a_deleted_or_unusable_database_never_fails_a_callback_and_is_counted() 
     assert!(m.ledger_reopens.get() >= 1);
 
     // A directory where the database should be: nothing can be written, every callback is
-    // still served, the loss is counted.
+    // still served (on_store_error = "allow"), the loss is counted.
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
@@ -383,12 +383,12 @@ async fn a_deleted_or_unusable_database_never_fails_a_callback_and_is_counted() 
         ledger.flush().await.is_err(),
         "a write into a directory succeeded"
     );
-    let dropped = scrape(gw.admin_addr).await;
-    let lost = dropped
-        .get("click_gateway_ledger_dropped_total{reason=\"write_failed\"}")
+    let m = scrape(gw.admin_addr).await;
+    let lost = m
+        .get("click_gateway_ledger_unrecorded_total{reason=\"store_error\"}")
         .copied()
         .unwrap_or(0.0);
-    assert!(lost >= 5.0, "{dropped:?}");
+    assert_eq!(lost, 5.0, "{m:?}");
 
     // The directory goes: writing resumes by itself.
     std::fs::remove_dir(&db).unwrap();

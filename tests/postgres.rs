@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use click_gateway::click::sign::{CallbackBody, SignedFields};
-use click_gateway::click::Secret;
+use click_gateway::click::{digest, Secret};
 use click_gateway::config::LedgerSettings;
 use click_gateway::ledger::{
-    BindOutcome, Binding, Done, Filter, Inspection, Job, Ledger, Location, Seen, Store,
-    SCHEMA_VERSION,
+    Admitted, Binding, Filter, Inspection, Ledger, Location, Seen, Store, SCHEMA_VERSION,
 };
 use click_gateway::metrics::Metrics;
 use common::binary::{bin, run_with_stdin, GatewayProcess};
-use common::ledger::{record, rejected, verified};
+use common::ledger::{metric, record, rejected, verified, Keep, GUARD_WINDOW};
 use common::postgres::{ledger_section, PgCluster, PG_PASSWORD};
 use common::*;
 
@@ -262,7 +261,7 @@ async fn with_postgres_down_callbacks_get_503_and_flow_again_once_it_is_back() {
         Some(&1.0)
     );
     assert_eq!(
-        m.get("click_gateway_requests_refused_total{reason=\"guard_unavailable\"}"),
+        m.get("click_gateway_requests_refused_total{reason=\"store_unavailable\"}"),
         Some(&1.0)
     );
     // The refused callback's row cannot be written either: counted, as with SQLite.
@@ -276,7 +275,8 @@ async fn with_postgres_down_callbacks_get_503_and_flow_again_once_it_is_back() {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the lost row was never counted: {m:?}"
+            "the lost row was never counted: {}",
+            gw.log_text()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -384,7 +384,7 @@ async fn tables_the_gateway_did_not_create_are_refused_and_left_alone() {
     db.batch_execute("CREATE TABLE callbacks (x int); INSERT INTO callbacks VALUES (7);")
         .await
         .unwrap();
-    let err = Store::open_writer(&location(&pg.url()))
+    let err = Store::open_writer(&location(&pg.url()), Default::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("did not create"), "{err}");
@@ -404,7 +404,9 @@ async fn concurrent_starts_migrate_once_and_a_v1_schema_keeps_its_rows() {
     // Four gateways starting at once on an empty database.
     let opened: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| Store::open_writer(&location(&url)).map(|_| ())))
+            .map(|_| {
+                s.spawn(|| Store::open_writer(&location(&url), Default::default()).map(|_| ()))
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -415,10 +417,10 @@ async fn concurrent_starts_migrate_once_and_a_v1_schema_keeps_its_rows() {
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     drop(store);
 
-    // A v1 schema (callbacks only) with a row: migrated to v2, the row kept.
+    // A v1 schema (callbacks only) with a row: migrated to the current one, the row kept.
     let old = PgCluster::start().await;
     let db = old.ledger_db().await;
-    db.batch_execute(click_gateway::ledger::postgres::MIGRATIONS[0])
+    db.batch_execute(click_gateway::ledger::postgres::LEGACY_MIGRATIONS[0])
         .await
         .unwrap();
     db.batch_execute(
@@ -455,7 +457,7 @@ fn binding(sign: &str, fields: &str, token: &str) -> Binding {
     Binding {
         service_id: "12345".into(),
         sign: sign.into(),
-        digest: click_gateway::guard::digest(&click_gateway::guard::canonical(&[("f", fields)])),
+        digest: digest::digest(&digest::canonical(&[("f", fields)])),
         fields: format!("{{\"f\":\"{fields}\"}}"),
         request_id: format!("r-{token}"),
         token: token.into(),
@@ -468,11 +470,11 @@ fn binding(sign: &str, fields: &str, token: &str) -> Binding {
     }
 }
 
-async fn bound(ledger: &Ledger, b: Binding) -> BindOutcome {
-    match ledger.bind(b).await.unwrap() {
-        Done::Bound(o) => o,
-        other => panic!("{other:?}"),
-    }
+/// The write-ahead record of a callback with its binding, in one statement.
+async fn admitted(ledger: &Ledger, b: Binding) -> Admitted {
+    let body = complete(1002, "5001", "1000.00", "0");
+    let rec = record(&body, SystemTime::now(), &b.request_id);
+    ledger.write_ahead(rec, Some(b)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,13 +483,13 @@ async fn the_ledger_records_binds_prunes_and_answers_the_commands_on_postgres() 
     capture_logs();
     let pg = PgCluster::start().await;
     let metrics = Arc::new(Metrics::new());
-    let ledger = Ledger::open(&settings(&pg.url()), metrics.clone()).unwrap();
+    let ledger = Ledger::open(&settings(&pg.url()), GUARD_WINDOW, metrics.clone()).unwrap();
     assert_eq!(ledger.location().to_string(), pg.shown());
     assert!(!format!("{ledger:?}").contains(PG_PASSWORD));
 
     // Rows, with a NUL in a decoded field (PostgreSQL TEXT cannot hold one).
     let body = complete(1001, "5001", "1000.00", "0");
-    ledger.record(verified(
+    ledger.keep(verified(
         record(&body, SystemTime::now(), "pg-1"),
         12345,
         KEY_12345,
@@ -496,22 +498,16 @@ async fn the_ledger_records_binds_prunes_and_answers_the_commands_on_postgres() 
         None,
     ));
     let odd = body.replace("error_note=Success", "error_note=a%00b");
-    ledger.record(rejected(
+    ledger.keep(rejected(
         record(&odd, SystemTime::now(), "pg-2"),
         "key_mismatch",
         "the key(s) of service 12345 do not match",
     ));
-    match ledger
-        .submit(Job::Record(Box::new(record(
-            &body,
-            SystemTime::now(),
-            "pg-3",
-        ))))
+    let awaited = ledger
+        .write_ahead(record(&body, SystemTime::now(), "pg-3"), None)
         .await
-    {
-        Ok(Done::Recorded { id }) => assert!(id > 0),
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
+    assert!(awaited.id.is_some_and(|id| id > 0), "{awaited:?}");
     ledger.flush().await.unwrap();
     let store = Store::open_reader(ledger.location()).unwrap();
     let rows = store
@@ -522,22 +518,31 @@ async fn the_ledger_records_binds_prunes_and_answers_the_commands_on_postgres() 
         .unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
     assert_eq!(ids, ["pg-1", "pg-2", "pg-3"]);
-    assert_eq!(rows[1].fields.error_note.as_deref(), Some("a\u{FFFD}b"));
-    assert!(rows[0].body.is_empty(), "timelines carry no bodies");
+    // Fields are read from the body as received, NUL and all; only the ids the queries select
+    // on are stored as TEXT (with U+FFFD for a NUL).
+    assert_eq!(rows[1].fields.error_note.as_deref(), Some("a\0b"));
+    assert_eq!(rows[0].body, body.as_bytes());
+    assert_eq!(rows[0].backend_status, None, "no answer recorded");
     let refused = store.refused_signatures(Some("12345"), 0).unwrap();
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].body, odd.as_bytes(), "the body as received");
 
-    // The guard's statement, straight on the pool.
-    let first = bound(&ledger, binding("aa", "failed", "t1")).await;
-    assert_eq!(first.signature, Seen::First);
-    assert_eq!(first.earlier_complete_error, None);
-    let retry = bound(&ledger, binding("aa", "failed", "t2")).await;
-    assert_eq!(retry.signature, Seen::Same);
-    assert_eq!(retry.earlier_complete_error.as_deref(), Some("-5017"));
-    let changed = bound(&ledger, binding("aa", "paid", "t3")).await;
-    assert_eq!(changed.signature, Seen::Changed(vec!["f".into()]));
-    assert_eq!(changed.earlier_complete_error.as_deref(), Some("-5017"));
+    // The row and the guard's binding in one statement, straight on the pool.
+    let first = admitted(&ledger, binding("aa", "failed", "t1")).await;
+    let outcome = first.outcome.unwrap();
+    assert_eq!(outcome.signature, Seen::First);
+    assert_eq!(outcome.earlier_complete_error, None);
+    assert!(first.id.is_some());
+    let retry = admitted(&ledger, binding("aa", "failed", "t2")).await;
+    let outcome = retry.outcome.unwrap();
+    assert_eq!(outcome.signature, Seen::Same);
+    assert_eq!(outcome.earlier_complete_error.as_deref(), Some("-5017"));
+    assert!(retry.id.is_some(), "a retry is recorded too");
+    let changed = admitted(&ledger, binding("aa", "paid", "t3")).await;
+    let outcome = changed.outcome.unwrap();
+    assert_eq!(outcome.signature, Seen::Changed(vec!["f".into()]));
+    assert_eq!(outcome.earlier_complete_error.as_deref(), Some("-5017"));
+    assert_eq!(changed.id, None, "rule 1 refuses it: its row is left out");
     // The refused one did not become its transaction's Complete.
     let db = pg.ledger_db().await;
     let claims: Vec<String> = db
@@ -548,32 +553,28 @@ async fn the_ledger_records_binds_prunes_and_answers_the_commands_on_postgres() 
         .map(|r| r.get(0))
         .collect();
     assert_eq!(claims, ["t1"]);
-    // And through the writer's transaction, as SQLite does it.
-    match ledger
-        .submit(Job::Bind(Box::new(binding("bb", "paid", "t4"))))
-        .await
-    {
-        Ok(Done::Bound(o)) => {
-            assert_eq!(o.signature, Seen::First);
-            assert_eq!(o.earlier_complete_error.as_deref(), Some("-5017"));
-        }
-        other => panic!("{other:?}"),
-    }
 
     // Pruning: rows and bindings older than the retention go.
+    assert!(ledger.close(std::time::Duration::from_secs(5)).await);
     db.batch_execute("UPDATE callbacks SET time = 1; UPDATE bindings SET time = 1;")
         .await
         .unwrap();
-    match ledger.submit(Job::Prune).await {
-        Ok(Done::Pruned { rows: 3 }) => {}
-        other => panic!("{other:?}"),
+    // A batch goes as the ledger opens (and every minute after).
+    let metrics = Arc::new(Metrics::new());
+    let ledger = Ledger::open(&settings(&pg.url()), GUARD_WINDOW, metrics.clone()).unwrap();
+    assert_eq!(
+        metric(&metrics, "click_gateway_ledger_pruned_rows_total"),
+        5.0,
+        "pg-1, pg-2, pg-3 and the two admitted rows"
+    );
+    for table in ["callbacks", "bindings", "answers"] {
+        let left: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{table}");
     }
-    let left: i64 = db
-        .query_one("SELECT count(*) FROM bindings", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 0);
     assert!(ledger.close(std::time::Duration::from_secs(5)).await);
     let logs = captured_logs();
     assert!(logs.contains("ledger: recording callbacks"), "{logs}");
@@ -597,7 +598,8 @@ async fn tls_verify_full_and_require_reach_a_tls_server_through_rustls() {
         ),
         format!("{}?sslmode=require", pg.url()),
     ] {
-        let store = Store::open_writer(&location(&url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let store = Store::open_writer(&location(&url), Default::default())
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
         // The server saw a TLS connection from the gateway.
         let admin = pg.admin().await;
         let ssl: Vec<bool> = admin
@@ -616,25 +618,34 @@ async fn tls_verify_full_and_require_reach_a_tls_server_through_rustls() {
     }
     // verify-full for a name the certificate does not have: refused.
     let other_name = pg.url().replace("127.0.0.1", "db.example");
-    let err = Store::open_writer(&location(&format!(
-        "{other_name}?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={}",
-        ca.display()
-    )))
+    let err = Store::open_writer(
+        &location(&format!(
+            "{other_name}?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )),
+        Default::default(),
+    )
     .unwrap_err()
     .to_string();
     assert!(err.contains("certificate"), "{err}");
     assert!(!err.contains(PG_PASSWORD), "{err}");
     // But verify-ca takes it: the chain is the CA's.
-    Store::open_writer(&location(&format!(
-        "{other_name}?hostaddr=127.0.0.1&sslmode=verify-ca&sslrootcert={}",
-        ca.display()
-    )))
+    Store::open_writer(
+        &location(&format!(
+            "{other_name}?hostaddr=127.0.0.1&sslmode=verify-ca&sslrootcert={}",
+            ca.display()
+        )),
+        Default::default(),
+    )
     .unwrap();
 
     // A plain server and sslmode=require: no connection.
     let plain = PgCluster::start().await;
-    let err = Store::open_writer(&location(&format!("{}?sslmode=require", plain.url())))
-        .unwrap_err()
-        .to_string();
+    let err = Store::open_writer(
+        &location(&format!("{}?sslmode=require", plain.url())),
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains(&plain.shown()), "{err}");
 }

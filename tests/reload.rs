@@ -40,7 +40,7 @@ impl Setup {
         // these come from one address) are logged at debug.
         let gw = GatewayProcess::start_with_env(
             &config,
-            &[("RUST_LOG", "info,click_gateway::checkpoint=debug")],
+            &[("RUST_LOG", "info,click_gateway::outcome=debug")],
         )
         .await;
         Setup { up, config, gw }

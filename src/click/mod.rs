@@ -4,6 +4,7 @@
 
 pub mod callback;
 pub mod diagnose;
+pub mod digest;
 pub mod form;
 pub(crate) mod hex;
 pub mod keys;

@@ -72,7 +72,6 @@ pub fn filter(query: &PaymentsQuery, now_us: i64) -> Result<Filter, CommandError
             .map(|s| report::decimal("--service-id", s))
             .transpose()?,
         since_us: report::window_start(now_us, query.since),
-        bodies: true,
     })
 }
 

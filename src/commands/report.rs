@@ -74,23 +74,7 @@ pub fn now_us() -> i64 {
     ledger::unix_micros(std::time::SystemTime::now())
 }
 
-/// Text a client chose, made safe for a terminal: control characters (a newline would forge
-/// a row, an escape sequence would reach the terminal) shown as `\u{..}`.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
-}
+pub use crate::text::printable;
 
 /// `-` for what is unknown.
 pub fn or_dash(v: Option<&str>) -> String {

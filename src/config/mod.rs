@@ -66,9 +66,27 @@ pub struct GuardSettings {
     /// When the store cannot be reached: `refuse` callbacks with a plain 503 (Click retries
     /// later), or `allow` them unguarded.
     pub on_store_error: StoreErrorPolicy,
-    /// How long a callback waits for the guard's store before `on_store_error` applies.
+    /// How long a callback waits for its record (and the guard's answer) before
+    /// `on_store_error` applies.
     pub timeout: Span,
+    /// How long the guard remembers a signature: at least this (its index keeps at most half
+    /// again as long). A signature older is bound anew, as if first: enforce
+    /// `click.max_sign_age` below the window to refuse changed replays of old callbacks. At
+    /// most `ledger.retention` (the index is rebuilt from the ledger's rows at start). Absent:
+    /// 30 days, or the retention when that is shorter ([`GuardSettings::window`]).
+    pub window: Option<Span>,
 }
+
+impl GuardSettings {
+    /// The window in force, given `ledger.retention`.
+    pub fn window(&self, retention: Span) -> std::time::Duration {
+        self.window
+            .map_or(DEFAULT_GUARD_WINDOW.min(retention.0), |w| w.0)
+    }
+}
+
+/// `guard.window` when unset (and `ledger.retention` is longer).
+const DEFAULT_GUARD_WINDOW: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 impl Default for GuardSettings {
     fn default() -> Self {
@@ -77,6 +95,7 @@ impl Default for GuardSettings {
             transaction_mode: None,
             on_store_error: StoreErrorPolicy::Refuse,
             timeout: Span::secs(2),
+            window: None,
         }
     }
 }
@@ -88,6 +107,28 @@ pub enum GuardMode {
     Enforce,
     Shadow,
     Off,
+}
+
+/// `ledger.synchronous`: what a commit promises (see [`crate::ledger::sqlite`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Committed rows survive a process crash (the operating system has them); a power loss
+    /// may lose the commits since the last checkpoint.
+    #[default]
+    Normal,
+    /// Every commit is synced to the disk: committed rows survive a power loss too.
+    Full,
+}
+
+impl Synchronous {
+    /// The SQLite `PRAGMA synchronous` value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
 }
 
 /// `guard.on_store_error`.
@@ -133,6 +174,9 @@ pub struct LedgerSettings {
     pub max_size: ByteSize,
     /// The same, when the ledger's filesystem has less than this free.
     pub min_free: ByteSize,
+    /// What a commit promises (SQLite): `normal`, a process crash loses nothing committed;
+    /// `full`, a power loss loses nothing committed either.
+    pub synchronous: Synchronous,
 }
 
 /// By hand: `database` may be a URL with a password in it, and settings are printed in
@@ -146,6 +190,7 @@ impl fmt::Debug for LedgerSettings {
             .field("refused_per_second", &self.refused_per_second)
             .field("max_size", &self.max_size)
             .field("min_free", &self.min_free)
+            .field("synchronous", &self.synchronous)
             .finish()
     }
 }
@@ -159,6 +204,7 @@ impl Default for LedgerSettings {
             refused_per_second: 50,
             max_size: ByteSize::gib(4),
             min_free: ByteSize::gib(1),
+            synchronous: Synchronous::Normal,
         }
     }
 }
@@ -1110,6 +1156,18 @@ fn validate(s: &Settings, origin: &str) -> Vec<Problem> {
     }
     if s.guard.timeout.0.is_zero() || s.guard.timeout.0 > std::time::Duration::from_secs(60) {
         bad("guard.timeout", "must be between 1ms and 60s");
+    }
+    let window = s.guard.window.map(|w| w.0);
+    if window.is_some_and(|w| w < std::time::Duration::from_secs(3600)) {
+        bad(
+            "guard.window",
+            "must be at least 1h (Click retries a callback for a while)",
+        );
+    } else if s.ledger.database.is_some() && window.is_some_and(|w| w > s.ledger.retention.0) {
+        bad(
+            "guard.window",
+            "is longer than ledger.retention: the guard's index is rebuilt from the ledger's rows, which are gone after the retention; shorten the window or lengthen the retention",
+        );
     }
     if s.click.paths.is_empty() {
         bad("click.paths", "no callback path: nothing would be verified");

@@ -14,8 +14,15 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::{Host, SslMode};
 
 /// How the connection to the server is protected: libpq's `sslmode` values.
@@ -291,6 +298,163 @@ pub fn is_postgres_url(p: &Path) -> bool {
     })
 }
 
+/// The rustls configuration the URL asks for, `None` for a plain connection (what the
+/// ledger's PostgreSQL connections are made with). libpq's meaning
+/// of each `sslmode`: `require` (and `prefer`) encrypt but, without `sslrootcert`, take any
+/// certificate (an active attacker on the path can read the traffic); with `sslrootcert` they
+/// check the chain as `verify-ca` does; `verify-full` also checks the certificate is for the
+/// host, the one that authenticates the server.
+pub fn tls_config(url: &PgUrl) -> Result<Option<rustls::ClientConfig>, String> {
+    if url.tls() == TlsMode::Disable {
+        return Ok(None);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = match url.roots() {
+        None => None,
+        Some(roots) => Some(Arc::new(root_store(roots)?)),
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (url.tls(), roots) {
+        (TlsMode::VerifyFull, Some(roots)) => {
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| format!("sslrootcert: {e}"))?
+        }
+        (_, Some(roots)) => Arc::new(ChainOnly(
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| format!("sslrootcert: {e}"))?,
+        )),
+        (_, None) => Arc::new(EncryptOnly(provider.clone())),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Some(config))
+}
+
+fn root_store(roots: &RootCerts) -> Result<RootCertStore, String> {
+    let path = match roots {
+        RootCerts::File(p) => p.as_path(),
+        RootCerts::System => std::path::Path::new(SYSTEM_ROOTS),
+    };
+    let mut store = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+        store
+            .add(cert)
+            .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+    }
+    if store.is_empty() {
+        return Err(format!(
+            "sslrootcert {}: no certificate in it",
+            path.display()
+        ));
+    }
+    Ok(store)
+}
+
+/// `sslmode=require` without `sslrootcert`: any certificate, as libpq; the handshake's own
+/// signatures are still checked, so the session is with whoever holds the certificate's key.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to `sslrootcert`, for whatever host name.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +518,26 @@ mod tests {
             assert!(e.contains(want), "{url}: {e}");
             assert!(!e.contains("pw"), "{e}");
         }
+    }
+
+    #[test]
+    fn verify_full_needs_a_readable_root_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.pem");
+        let url = PgUrl::parse(&format!(
+            "postgres://h/db?sslmode=verify-full&sslrootcert={}",
+            missing.display()
+        ))
+        .unwrap();
+        let e = tls_config(&url).unwrap_err();
+        assert!(e.contains("sslrootcert"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let url = PgUrl::parse(&format!(
+            "postgres://h/db?sslmode=verify-full&sslrootcert={}",
+            empty.display()
+        ))
+        .unwrap();
+        assert!(tls_config(&url).unwrap_err().contains("no certificate"));
     }
 }

@@ -1,7 +1,8 @@
-//! What the replay guard ([`crate::guard`]) asks the store, and what the store answers: one
-//! statement that binds a signature to the first message it came with, or names what a later
-//! message changed; and, for a Complete, whether an earlier forwarded Complete of the same
-//! transaction said otherwise.
+//! What the replay guard ([`crate::guard`]) binds, and what it finds: a signature bound to the
+//! first message it came with, or the fields a later message changed; and, for a Complete,
+//! whether an earlier forwarded Complete of the same transaction said otherwise. On SQLite the
+//! guard's index answers ([`super::index`]); on PostgreSQL the statement that writes the
+//! callback's row ([`super::postgres`]).
 
 /// A verified callback's claim on its signature. Its `Debug` leaves out the signature and the
 /// fields (which hold it too): a genuine signature is never printed.
@@ -40,7 +41,7 @@ impl Binding {
         } else if digest == self.digest {
             Seen::Same
         } else {
-            Seen::Changed(differing(fields, &self.fields))
+            Seen::Changed(crate::click::digest::differing(fields, &self.fields))
         }
     }
 }
@@ -83,29 +84,8 @@ pub enum Seen {
     Changed(Vec<String>),
 }
 
-/// The names of the fields that differ between two `fields` JSON objects (see
-/// [`Binding::fields`]); a field that is in one and not the other differs too. Anything that
-/// is not such an object reads as no fields.
-pub fn differing(first: &str, now: &str) -> Vec<String> {
-    let read = |text: &str| -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_str(text).unwrap_or_default()
-    };
-    let (a, b) = (read(first), read(now));
-    let mut names: Vec<String> = a
-        .keys()
-        .chain(b.keys())
-        .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 #[cfg(test)]
 mod tests {
-    use super::differing;
-
     #[test]
     fn debug_output_never_shows_the_signature() {
         let b = super::Binding {
@@ -125,16 +105,5 @@ mod tests {
             !shown.contains("4c30") && !shown.contains("amount"),
             "{shown}"
         );
-    }
-
-    #[test]
-    fn differing_names_changed_added_and_removed_fields() {
-        let first = r#"{"amount":"1000.00","error":"-5017","merchant_prepare_id":"5001"}"#;
-        let now = r#"{"amount":"11000.00","error":"-5017","merchant_prepare_id":"500","x":"1"}"#;
-        assert_eq!(
-            differing(first, now),
-            ["amount", "merchant_prepare_id", "x"]
-        );
-        assert!(differing(first, first).is_empty());
     }
 }

@@ -1,21 +1,28 @@
-//! The callback ledger: one row per request to a callback path (when it arrived, from whom,
-//! the body as received, the decoded Click fields, the verdict and why, the key that verified
-//! it by fingerprint, what the backend answered), in an embedded SQLite database or in a
-//! PostgreSQL database shared by several gateways ([`postgres`]), so that
-//! "what happened to order 1001?" (`click-gateway payments`) and "would these refused
-//! callbacks verify with this key?" (`click-gateway recheck`) have answers after the fact.
+//! The callback ledger: one row per request to a callback path (when it arrived, from whom, the
+//! body as received, the verdict and why, the key that verified it by fingerprint, what the
+//! backend answered), in an embedded SQLite database or in a PostgreSQL database shared by
+//! several gateways ([`postgres`]), so that "what happened to order 1001?" (`click-gateway
+//! payments`) and "would these refused callbacks verify with this key?" (`click-gateway
+//! recheck`) have answers after the fact.
 //!
-//! The ledger is off the request path: [`Ledger::record`] queues a [`Record`] and returns
-//! without waiting, and one writer thread commits queued rows in batches ([`writer`]). A full
-//! queue or a failing disk costs rows, which are counted (`ledger_dropped_total`) and logged,
-//! never a callback's time. Jobs whose caller must know their commit go through
-//! [`Ledger::submit`], on a queue of their own that the writer drains first. The replay guard's
-//! check goes through [`Ledger::bind`]: the writer's urgent queue on SQLite (one connection
-//! writes the file), a pooled connection of its own on PostgreSQL.
+//! **Record first, then forward.** A callback about to be forwarded gets its row committed
+//! first ([`Ledger::write_ahead`]): the row is the write-ahead record, so nothing the backend
+//! received can be missing from the ledger after a crash. The guard's binding of a verified
+//! callback is part of that record: on SQLite an in-memory index over the rows
+//! ([`index`], checked before the append, rebuilt from the rows at start); on PostgreSQL the
+//! same statement as the row (one round trip, the database's unique constraint deciding races
+//! between gateways). Commits are group commits without a window ([`writer`]).
+//!
+//! **Nothing waits for what the backend did not get.** A refused callback's row
+//! ([`Ledger::record`]) and a forwarded one's answer ([`Ledger::answer`]) are queued and
+//! written without anybody waiting; a full queue or a failing disk costs them, counted
+//! (`ledger_dropped_total`) and logged once a minute, never a callback's time.
 //!
 //! Never a key: rows name the key that verified them by slot and fingerprint.
 
 pub mod binding;
+pub mod index;
+pub mod model;
 pub mod postgres;
 mod record;
 pub mod sqlite;
@@ -30,16 +37,17 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 
 pub use binding::{BindOutcome, Binding, CompleteClaim, Seen};
+pub use model::{Filter, Inspection, Location, Stored, SCHEMA_VERSION};
 pub use record::{
-    micros, unix_micros, Backend, BackendAnswer, ClickFields, Record, Timings, Verdict,
+    micros, unix_micros, Answer, Backend, BackendAnswer, Bound, ClickFields, Record, Verdict,
     MAX_BACKEND_ANSWER,
 };
-pub use store::{Filter, Inspection, Location, Store, Stored, SCHEMA_VERSION};
+pub use store::{Correction, Store};
 pub use tap::AnswerTap;
 
 use crate::config::LedgerSettings;
@@ -94,47 +102,31 @@ pub enum LedgerError {
     Spawn(io::Error),
 }
 
-/// A job for the writer whose caller awaits its commit ([`Ledger::submit`]). Each kind of job
-/// is a statement every [`Store`] implements inside the batch's transaction; a replay guard's
-/// "have I seen this callback?" becomes one more variant.
-#[derive(Debug)]
-pub enum Job {
-    /// Insert a row, like [`Ledger::record`], but answer once it is committed.
-    Record(Box<Record>),
-    /// Delete a batch of rows older than the retention now (it also runs by itself every
-    /// minute).
-    Prune,
-    /// The replay guard's one statement: bind a verified callback's signature to its fields,
-    /// or compare (see [`binding`]). Never counted as a ledger row.
-    Bind(Box<Binding>),
-}
+/// The answer to something the ledger does for a waiting caller: resolves once its
+/// transaction committed (or the statement answered), or with the error that failed it. It
+/// never hangs on a dead writer: a writer that is gone answers `Closed`.
+#[must_use = "a Pending does nothing unless awaited"]
+pub struct Pending<T>(oneshot::Receiver<Result<T, LedgerError>>);
 
-/// What a committed job did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Done {
-    /// The row's id (`callbacks.id`).
-    Recorded { id: i64 },
-    /// Rows deleted.
-    Pruned { rows: u64 },
-    /// A [`Ledger::flush`]: everything queued before it is committed or counted lost.
-    Flushed,
-    /// What the store found for a [`Job::Bind`], committed.
-    Bound(BindOutcome),
-}
-
-/// The answer to a submitted job: resolves after its transaction committed, or with the error
-/// that failed it. It never hangs on a dead writer: a writer that is gone answers `Closed`.
-#[must_use = "a Pending does nothing unless awaited; the job runs either way"]
-pub struct Pending(oneshot::Receiver<Result<Done, LedgerError>>);
-
-impl Future for Pending {
-    type Output = Result<Done, LedgerError>;
+impl<T> Future for Pending<T> {
+    type Output = Result<T, LedgerError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(LedgerError::Closed)))
     }
+}
+
+/// A write-ahead record, committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The row's id; `None` when PostgreSQL's statement left the row out because rule 1,
+    /// enforced, found the signature bound to another message (the refusal's row is recorded
+    /// apart, within its sender's budget).
+    pub id: Option<i64>,
+    /// What PostgreSQL's statement found for the binding it carried.
+    pub outcome: Option<BindOutcome>,
 }
 
 /// The handle the data path holds: cheap to clone (one reference count), `Send + Sync`.
@@ -149,8 +141,10 @@ struct Handle {
     shared: Arc<writer::Shared>,
     exited: watch::Receiver<bool>,
     location: Location,
-    /// PostgreSQL's pool, for the guard's binds.
+    /// PostgreSQL's pool, for the write-ahead records.
     postgres: Option<Arc<postgres::PgShared>>,
+    /// SQLite's guard index.
+    index: Option<index::Index>,
 }
 
 impl Drop for Handle {
@@ -168,20 +162,17 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Opens (creating it `0600` if needed) and migrates the store `[ledger]` names, then
-    /// starts the writer thread. Fails when the ledger is not configured or its database
-    /// cannot be opened and migrated: what `check` reports as a problem.
-    pub fn open(settings: &LedgerSettings, metrics: Arc<Metrics>) -> Result<Ledger, LedgerError> {
-        Ledger::open_as(settings, metrics, writer::Role::Ledger)
-    }
-
-    fn open_as(
+    /// Opens (creating it `0600` if needed) and migrates the store `[ledger]` names, rebuilds
+    /// the guard's index from the rows of the last `guard_window` (SQLite), then starts the
+    /// writer thread. Fails when the ledger is not configured or its database cannot be opened
+    /// and migrated: what `check` reports as a problem.
+    pub fn open(
         settings: &LedgerSettings,
+        guard_window: Duration,
         metrics: Arc<Metrics>,
-        role: writer::Role,
     ) -> Result<Ledger, LedgerError> {
         let location = Location::from_settings(settings)?;
-        let mut store = Store::open_writer(&location)?;
+        let mut store = Store::open_writer(&location, settings.synchronous)?;
         // One bounded batch now, before any callback: rows that aged out while the gateway was
         // stopped go first; the writer takes care of the rest, a batch at a time.
         let pruned = writer::prune_batch(&mut store, settings.retention.0);
@@ -195,91 +186,121 @@ impl Ledger {
         }
         let more = pruned.as_ref().is_ok_and(|&(_, more)| more);
         let postgres = store.postgres();
+        let (first_id, index) = match &mut store {
+            Store::Sqlite(s) => {
+                if let Some(n) = s.begin_run()?.filter(|n| *n > 0) {
+                    tracing::warn!(ledger = %location, unanswered = n, "ledger: the last run did not end cleanly: {n} forwarded callback(s) have no recorded answer (the gateway stopped while they were at the backend, which has them; `click-gateway payments` shows each as forwarded with no answer)");
+                }
+                (
+                    Some(s.max_id()? + 1),
+                    Some(rebuild_index(s, guard_window, &location)?),
+                )
+            }
+            Store::Postgres(_) => (None, None),
+        };
+        if let Location::Sqlite(path) = &location {
+            note_old_guard_file(path);
+        }
         let bounds = writer::SizeBounds {
             max_size: settings.max_size.0,
             min_free: settings.min_free.0,
         };
-        let (shared, exited) =
-            writer::Shared::new(settings.queue, settings.retention.0, bounds, metrics, role);
-        let w = writer::Writer::new(shared.clone(), location.clone(), store, more);
+        let (shared, exited) = writer::Shared::new(
+            settings.queue,
+            settings.retention.0,
+            bounds,
+            metrics,
+            first_id,
+        );
+        let w = writer::Writer::new(
+            shared.clone(),
+            location.clone(),
+            settings.synchronous,
+            store,
+            more,
+        );
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || w.run())
             .map_err(LedgerError::Spawn)?;
-        match role {
-            writer::Role::Ledger => {
-                tracing::info!(ledger = %location, "ledger: recording callbacks")
-            }
-            writer::Role::Guard => {
-                tracing::info!(ledger = %location, "guard store: binding signatures")
-            }
-        }
+        // Each forwarded callback is recorded before it is forwarded (README, "The ledger").
+        tracing::info!(ledger = %location, "ledger: recording callbacks");
         Ok(Ledger {
             handle: Arc::new(Handle {
                 shared,
                 exited,
                 location,
                 postgres,
+                index,
             }),
         })
     }
 
-    /// The store the replay guard's bindings go to, for a SQLite ledger: a file of its own
-    /// beside the ledger (`ledger.db` → `ledger.guard.db`), with a writer thread of its own.
-    /// SQLite lets one transaction write a database at a time, and the guard's statements are
-    /// awaited before a callback is forwarded: they must not queue behind a batch of ledger
-    /// rows. `None` for a ledger that is not a SQLite file.
-    pub fn open_guard_store(settings: &LedgerSettings) -> Result<Option<Ledger>, LedgerError> {
-        #[allow(unreachable_patterns)] // a store of another kind keeps its bindings itself
-        let path = match Location::from_settings(settings)? {
-            Location::Sqlite(path) => path,
-            _ => return Ok(None),
-        };
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name = match path.extension() {
-            Some(ext) => format!("{stem}.guard.{}", ext.to_string_lossy()),
-            None => format!("{stem}.guard"),
-        };
-        let guard = LedgerSettings {
-            database: Some(path.with_file_name(name)),
-            ..settings.clone()
-        };
-        // Its own metrics: it holds no ledger rows, and must not move the ledger's gauges.
-        Ledger::open_as(&guard, Arc::new(Metrics::new()), writer::Role::Guard).map(Some)
+    /// Queues a refused callback's row and returns at once: never waits for the disk, never
+    /// fails. A row that cannot be queued (queue full, ledger closed) is counted in
+    /// `ledger_dropped_total` and reported in the log, at most once a minute. Returns the
+    /// row's id when it was queued and the gateway numbers rows (SQLite).
+    pub fn record(&self, rec: Record) -> Option<i64> {
+        self.handle.shared.record(rec)
     }
 
-    /// Queues a row for the writer and returns at once: never waits for the disk, never fails.
-    /// A row that cannot be queued (queue full, ledger closed) is counted in
-    /// `ledger_dropped_total` and reported in the log, at most once a minute.
-    pub fn record(&self, rec: Record) {
-        self.handle.shared.record(rec);
+    /// Queues a forwarded callback's answer, as [`Ledger::record`].
+    pub fn answer(&self, answer: Answer) {
+        self.handle.shared.answer(answer);
     }
 
-    /// Runs `job` in the writer's next transaction, ahead of any queued rows, and resolves once
-    /// it is committed (or with the error that failed it; a failing database answers at once
-    /// instead of waiting for its backoff).
-    pub fn submit(&self, job: Job) -> Pending {
-        Pending(self.handle.shared.submit(job))
+    /// Queues the correction of a write-ahead row whose guard finding came with it
+    /// (PostgreSQL), as [`Ledger::record`].
+    pub fn correct(&self, correction: Correction) {
+        self.handle.shared.correct(correction);
     }
 
-    /// The replay guard's statement ([`Job::Bind`]), resolving once committed. On SQLite it is
-    /// an urgent job of the writer, which owns the one connection; on PostgreSQL one round
-    /// trip on a pooled connection of its own, so it never waits behind the writer's batches
-    /// (and a failing ledger write never holds it up). Dropping the future abandons it.
-    pub fn bind(&self, binding: Binding) -> Pending {
-        match &self.handle.postgres {
-            Some(pg) => Pending(pg.bind(binding)),
-            None => self.submit(Job::Bind(Box::new(binding))),
+    /// The write-ahead record of a callback about to be forwarded: resolves once its row is
+    /// committed. On SQLite through the writer (group commit; the guard's index was checked
+    /// before); on PostgreSQL one statement on a pooled connection, carrying the guard's
+    /// binding when given. Dropping the future abandons the wait, not the row.
+    pub fn write_ahead(&self, rec: Record, binding: Option<Binding>) -> Pending<Admitted> {
+        if let Some(pg) = &self.handle.postgres {
+            return Pending(pg.admit(rec, binding));
+        }
+        let shared = &self.handle.shared;
+        match shared.next_id() {
+            Some(id) => Pending(shared.write_ahead(id, rec)),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(LedgerError::Closed));
+                Pending(rx)
+            }
         }
     }
 
-    /// Resolves once every row recorded before it has been committed (or counted lost): `Ok`
+    /// A row id for a write-ahead record (SQLite numbers rows in the gateway, so the guard's
+    /// index can name a row before it is written); `None` on PostgreSQL.
+    pub fn row_id(&self) -> Option<i64> {
+        self.handle.index.as_ref()?;
+        self.handle.shared.next_id()
+    }
+
+    /// [`Ledger::write_ahead`] of a row whose id [`Ledger::row_id`] gave.
+    pub fn write_ahead_as(&self, id: i64, rec: Record) -> Pending<Admitted> {
+        Pending(self.handle.shared.write_ahead(id, rec))
+    }
+
+    /// SQLite's guard index; `None` on PostgreSQL, where the binding rides with the row.
+    pub fn index(&self) -> Option<&index::Index> {
+        self.handle.index.as_ref()
+    }
+
+    /// A row's content type and body (SQLite; what the guard names a changed message's fields
+    /// from), once the writer has a moment; `None` when the row is not (yet) there.
+    pub fn body(&self, id: i64) -> Pending<store::StoredBody> {
+        Pending(self.handle.shared.body(id))
+    }
+
+    /// Resolves once everything queued before it has been committed (or counted lost): `Ok`
     /// when the transaction that carried it committed. For tests, and for a stop that wants
     /// to know its rows are in.
-    pub fn flush(&self) -> Pending {
+    pub fn flush(&self) -> Pending<()> {
         Pending(self.handle.shared.flush())
     }
 
@@ -298,5 +319,47 @@ impl Ledger {
     /// The store this ledger writes.
     pub fn location(&self) -> &Location {
         &self.handle.location
+    }
+}
+
+/// Rebuilds the guard's index from the rows of the window, and says what it took.
+fn rebuild_index(
+    store: &sqlite::SqliteStore,
+    window: Duration,
+    location: &Location,
+) -> Result<index::Index, LedgerError> {
+    let started = Instant::now();
+    let since = SystemTime::now()
+        .checked_sub(window)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let rows = store.guard_rows(unix_micros(since))?;
+    let index = index::Index::new(window);
+    index.rebuild(rows);
+    let (signatures, completes) = index.len();
+    tracing::info!(
+        ledger = %location,
+        signatures,
+        transactions = completes,
+        mib = format!("{:.1}", index.bytes() as f64 / (1024.0 * 1024.0)),
+        ms = started.elapsed().as_millis() as u64,
+        "guard: index rebuilt from the ledger's rows of the window (guard.window)"
+    );
+    Ok(index)
+}
+
+/// A v2 ledger had its guard's bindings in a file of its own beside it; v3 keeps them in the
+/// ledger's rows. The old file is left as it is, with a word in the log.
+fn note_old_guard_file(path: &std::path::Path) {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.guard.{}", ext.to_string_lossy()),
+        None => format!("{stem}.guard"),
+    };
+    let old = path.with_file_name(name);
+    if old.exists() {
+        tracing::info!(file = %old.display(), "ledger: the replay guard's file of an earlier version is no longer used (its signatures are the ledger's rows now); it can be deleted");
     }
 }

@@ -1,7 +1,7 @@
-//! The PostgreSQL store: the same logical schema as SQLite v2 (tables `callbacks`, `bindings`,
-//! `completes`; Click's ids as TEXT), in a database every gateway behind a load balancer
-//! shares, so the replay guard sees every instance's signatures and `payments` every
-//! instance's callbacks.
+//! The PostgreSQL store: the same tables as SQLite's (`callbacks`, `answers`: [`super::model`];
+//! Click's ids as TEXT) and the guard's own (`bindings`, `completes`), in a database every
+//! gateway behind a load balancer shares, so the replay guard sees every instance's signatures
+//! and `payments` every instance's callbacks.
 //!
 //! **One runtime for every connection.** tokio-postgres drives each connection with a task
 //! that must live as long as the connection. The gateway serves on worker threads, each with
@@ -17,17 +17,15 @@
 //! timeout, is never handed out again: a PostgreSQL restart costs the statements in flight,
 //! and the next ones connect anew, with no gateway restart.
 //!
-//! **The guard** binds with one round trip on a pooled connection in autocommit (a Complete's
-//! three statements pipelined), so the binding is committed (durable under PostgreSQL's
-//! default `synchronous_commit = on`) when the answer arrives, never queued behind the
-//! writer's rows. `INSERT ... ON CONFLICT DO UPDATE`
+//! **The write-ahead record** of a callback about to be forwarded is one statement in one round
+//! trip on a pooled connection in autocommit ([`ADMIT`]): the guard's binding and the row
+//! together, committed (durable under PostgreSQL's default `synchronous_commit = on`) when the
+//! answer arrives, never queued behind the writer's rows. `INSERT ... ON CONFLICT DO UPDATE`
 //! makes a second instance's insert of the same signature wait for the first one's commit,
 //! then return the first one's row: two copies cannot both be first.
 //!
-//! **The writer** commits a round in one transaction, its rows in multi-row `INSERT`s. Binds
-//! that ride in a transaction (a [`super::Job::Bind`] submitted to the writer) take their row
-//! locks in `(service_id, sign)` order, then their transactions' in
-//! `(service_id, click_trans_id)` order, so two instances cannot deadlock.
+//! **The writer** commits a round in one transaction: refused callbacks' rows and answers in
+//! multi-row `INSERT`s.
 //!
 //! **Migrations** run in one transaction holding an advisory lock, so two gateways starting
 //! at once take turns: the second finds the schema current. The version is kept in
@@ -41,23 +39,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::binding::{BindOutcome, Binding, Seen};
-use super::record::{micros, unix_micros, ClickFields, Record};
-use super::store::{
-    Filter, Inspection, Op, OpResult, Stored, COLUMNS, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
+use super::model::{
+    self, Dialect, Filter, Inspection, Stored, PRUNE_REFUSED, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
 };
-use super::{Done, LedgerError};
-use crate::config::postgres::{PgUrl, RootCerts, TlsMode, SYSTEM_ROOTS};
+use super::record::{micros, unix_micros, Answer, ClickFields, Record};
+use super::store::{Op, OpResult, Row as NewRow};
+use super::{Admitted, LedgerError};
+use crate::config::postgres::{tls_config, PgUrl};
 
 /// Connections one gateway holds at most. A bind is one short round trip, so a handful
 /// serves thousands of callbacks a second; several gateways together must stay within the
@@ -72,15 +65,15 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A command's query or a migration.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Rows per `INSERT` statement: 33 parameters each, well within PostgreSQL's 65535, and few
-/// distinct statement texts to prepare per connection.
+/// Rows per `INSERT` statement: a few dozen parameters each, well within PostgreSQL's 65535,
+/// and few distinct statement texts to prepare per connection.
 const ROWS_PER_INSERT: usize = 64;
 /// The advisory lock migrations hold (the SQLite ledger's application id, "ClKG").
 const MIGRATION_LOCK: i64 = 0x436c_4b47;
 
-/// The schema, one migration per version: `MIGRATIONS[n]` takes version `n` to `n + 1`, the
-/// same logical schema as SQLite's. Append only; a released migration is never edited.
-pub const MIGRATIONS: &[&str] = &[
+/// The schema before v3, one migration per version: `LEGACY_MIGRATIONS[n]` takes version `n`
+/// to `n + 1`. Released; never edited.
+pub const LEGACY_MIGRATIONS: &[&str] = &[
     // v1: one row per request to a callback path.
     "CREATE TABLE callbacks (
         id                  BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
@@ -144,6 +137,9 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (service_id, click_trans_id)
     );
     CREATE INDEX completes_time ON completes (time);",
+    // v3: the narrow row, its answer apart (see model.rs); the guard keeps its tables (the
+    // row and the binding are written by one statement). Built in Rust: see `migrations`.
+    "",
 ];
 
 /// Where the version lives: one row.
@@ -153,44 +149,109 @@ const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS click_gateway_schema (
     migrated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )";
 
-/// Rule 1 in one statement, as in sqlite.rs: a concurrent second insert waits for the first
-/// one's commit, then gets its row.
-const BIND: &str =
-    "INSERT INTO bindings (service_id, sign, digest, fields, request_id, token, time)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-    ON CONFLICT (service_id, sign) DO UPDATE SET service_id = EXCLUDED.service_id
-    RETURNING digest, fields, token";
-
-/// Rule 2: the first forwarded Complete of a transaction stays.
-const COMPLETE: &str =
-    "INSERT INTO completes (service_id, click_trans_id, error, request_id, token, time)
-    VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (service_id, click_trans_id) DO UPDATE SET service_id = EXCLUDED.service_id
-    RETURNING error, token";
-
-const EARLIER_COMPLETE: &str =
-    "SELECT error FROM completes WHERE service_id = $1 AND click_trans_id = $2";
-
-const INSERT_COLUMNS: &str = "INSERT INTO callbacks (
-    time, request_id, peer, client, path, content_type, body,
-    click_trans_id, service_id, click_paydoc_id, merchant_trans_id, merchant_prepare_id,
-    amount, action, error, error_note, sign_time,
-    verdict, reason, hint, detail, slot, fp, generation, mode,
-    backend_status, backend_error, backend_error_note, backend_prepare_id, backend_confirm_id,
-    gateway_us, upstream_us, total_us
-) VALUES ";
-const INSERT_PARAMS: usize = 33;
+/// Version `found` to the current one: v1 and v2 as they were, then v3 (the narrow
+/// `callbacks` built beside the old one from its rows, answers apart).
+fn migrations(found: i64) -> Vec<String> {
+    let mut out: Vec<String> = LEGACY_MIGRATIONS
+        .iter()
+        .skip(usize::try_from(found).unwrap_or(0))
+        .filter(|sql| !sql.is_empty())
+        .map(|sql| (*sql).to_owned())
+        .collect();
+    if found < SCHEMA_VERSION {
+        let create = model::create_v3(Dialect::Postgres, "callbacks_v3");
+        out.push(format!(
+            "{create}
+            INSERT INTO callbacks_v3 (id, time, request_id, peer, client, path, content_type,
+                body, service_id, click_trans_id, merchant_trans_id, verdict, reason, hint,
+                detail, slot, fp, generation, mode, gateway_us)
+            SELECT id, time, request_id, peer, client, path, content_type, body, service_id,
+                click_trans_id, merchant_trans_id, verdict, reason, hint, detail, slot, fp,
+                generation, mode, gateway_us
+            FROM callbacks;
+            INSERT INTO answers (callback, status, error, error_note, prepare_id, confirm_id,
+                upstream_us, total_us)
+            SELECT id, backend_status, backend_error, backend_error_note, backend_prepare_id,
+                backend_confirm_id, upstream_us, total_us
+            FROM callbacks WHERE backend_status IS NOT NULL;
+            DROP TABLE callbacks;
+            ALTER TABLE callbacks_v3 RENAME TO callbacks;
+            {}
+            -- The identity goes on after the ids the rows brought.
+            SELECT setval(pg_get_serial_sequence('callbacks', 'id'),
+                (SELECT coalesce(max(id), 0) + 1 FROM callbacks), false);",
+            model::indexes_v3()
+        ));
+    }
+    out
+}
 
 /// Pruning skips rows another gateway is deleting (`SKIP LOCKED`): it never waits, so it can
-/// never deadlock with another instance's pruning or binds.
-const PRUNE: [&str; 3] = [
+/// never deadlock with another instance's pruning or admissions. Answers go with their rows.
+const PRUNE: [&str; 4] = [
     "DELETE FROM callbacks WHERE id IN
-     (SELECT id FROM callbacks WHERE time < $1 ORDER BY time LIMIT $2 FOR UPDATE SKIP LOCKED)",
+     (SELECT id FROM callbacks WHERE time < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    "DELETE FROM answers WHERE callback < (SELECT coalesce(min(id), 9223372036854775807) FROM callbacks)
+     AND $1::bigint IS NOT NULL AND $2::bigint IS NOT NULL",
     "DELETE FROM bindings WHERE (service_id, sign) IN
      (SELECT service_id, sign FROM bindings WHERE time < $1 ORDER BY time LIMIT $2 FOR UPDATE SKIP LOCKED)",
     "DELETE FROM completes WHERE (service_id, click_trans_id) IN
      (SELECT service_id, click_trans_id FROM completes WHERE time < $1 ORDER BY time LIMIT $2 FOR UPDATE SKIP LOCKED)",
 ];
+
+/// The write-ahead record of a verified callback with its binding, in one statement (one round
+/// trip; the `INSERT`s of a statement's `WITH` all run, each seeing the database as it was when
+/// the statement began, and `RETURNING` hands their rows to the others):
+/// - `b`: rule 1, the signature bound to its first message (a concurrent second insert waits
+///   for the first one's commit, then gets its row: two copies cannot both be first);
+/// - `c`: rule 2, this Complete becomes its transaction's first forwarded one, unless rule 1,
+///   enforced, found the signature bound to another message ($9); the earlier one's `error`
+///   comes back otherwise;
+/// - `r`: the callback's row, unless rule 1, enforced, refuses it (the refusal's row is
+///   recorded apart, within its sender's budget);
+/// - the answer: rule 1's row (digest, fields, token), rule 2's first Complete, the row's id.
+///
+/// Parameters: $1 service, $2 sign, $3 digest, $4 fields, $5 request id, $6 token, $7 time,
+/// $8 click_trans_id of a Complete (NULL for a Prepare), $9 rule 1 enforced, $10 its `error`,
+/// then the row's values from $11 (see [`insert_params`]).
+static ADMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns: Vec<&str> = model::insert_columns().skip(1).collect();
+    // Typed: a parameter in a SELECT list would be taken for text.
+    let values: Vec<String> = model::pg_types()
+        .skip(1)
+        .enumerate()
+        .map(|(i, ty)| format!("${}::{ty}", i + 11))
+        .collect();
+    format!(
+        "WITH b AS (
+            INSERT INTO bindings (service_id, sign, digest, fields, request_id, token, time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (service_id, sign) DO UPDATE SET service_id = EXCLUDED.service_id
+            RETURNING digest, fields, token
+        ), c AS (
+            INSERT INTO completes (service_id, click_trans_id, error, request_id, token, time)
+            SELECT $1, $8::text, $10::text, $5, $6, $7 FROM b
+            WHERE $8::text IS NOT NULL AND (b.token = $6 OR b.digest = $3 OR NOT $9::boolean)
+            ON CONFLICT (service_id, click_trans_id) DO UPDATE SET service_id = EXCLUDED.service_id
+            RETURNING error, token
+        ), r AS (
+            INSERT INTO callbacks ({})
+            SELECT {} FROM b WHERE b.token = $6 OR b.digest = $3 OR NOT $9::boolean
+            RETURNING id
+        )
+        SELECT b.digest, b.fields, b.token,
+            (SELECT error FROM c), (SELECT token FROM c),
+            (SELECT error FROM completes WHERE service_id = $1 AND click_trans_id = $8::text),
+            (SELECT id FROM r)
+        FROM b",
+        columns.join(", "),
+        values.join(", ")
+    )
+});
+
+/// The write-ahead record of a callback the guard does not bind.
+static INSERT_ONE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} RETURNING id", model::insert_callbacks(1, false)));
 
 /// The thread whose runtime drives every connection of one store; it ends once the store is
 /// dropped (its connections close with it).
@@ -379,20 +440,25 @@ impl PgShared {
         })
     }
 
-    /// The guard's check, on a pooled connection in autocommit: each statement is committed
-    /// when its answer arrives. Resolves once committed; dropping the receiver (the guard's
-    /// timeout) abandons it, and that connection with it.
-    pub fn bind(self: &Arc<Self>, b: Binding) -> oneshot::Receiver<Result<Done, LedgerError>> {
+    /// A callback's write-ahead record, on a pooled connection in autocommit: one statement,
+    /// committed when its answer arrives, carrying the guard's binding when given (see
+    /// [`ADMIT`]). Dropping the receiver (the guard's timeout) abandons the wait, and that
+    /// connection with it.
+    pub fn admit(
+        self: &Arc<Self>,
+        rec: Record,
+        binding: Option<Binding>,
+    ) -> oneshot::Receiver<Result<Admitted, LedgerError>> {
         let (mut tx, rx) = oneshot::channel();
         let shared = self.clone();
         self.rt.handle.spawn(async move {
             let work = async {
                 let mut conn = shared.connection().await?;
-                let outcome = bind_one(&*conn.client()?, &b)
+                let admitted = admit_one(&*conn.client()?, &rec, binding.as_ref())
                     .await
                     .map_err(|e| shared.err(&e))?;
                 conn.ok();
-                Ok(Done::Bound(outcome))
+                Ok(admitted)
             };
             let result = tokio::select! {
                 _ = tx.closed() => return,
@@ -505,10 +571,12 @@ impl PgStore {
             .map(|v| v.unwrap_or(0))
     }
 
-    /// The callbacks table with its indexes and TOAST, as PostgreSQL counts it.
+    /// The callbacks table with its indexes and TOAST, as PostgreSQL counts it. Asked by the
+    /// writer between rounds: a server that does not answer at once costs the measure, not
+    /// the writer's time.
     pub fn used_bytes(&self) -> Result<u64, LedgerError> {
         let s = &self.shared;
-        s.block(COMMAND_TIMEOUT, async move {
+        s.block(Duration::from_secs(2), async move {
             let mut conn = s.connection().await?;
             let row = conn
                 .client()?
@@ -536,9 +604,9 @@ impl PgStore {
         let mut conditions = Vec::new();
         let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
         for (column, value) in [
-            ("merchant_trans_id", &f.merchant_trans_id),
-            ("click_trans_id", &f.click_trans_id),
-            ("service_id", &f.service_id),
+            ("c.merchant_trans_id", &f.merchant_trans_id),
+            ("c.click_trans_id", &f.click_trans_id),
+            ("c.service_id", &f.service_id),
         ] {
             if let Some(v) = value {
                 args.push(v);
@@ -546,8 +614,8 @@ impl PgStore {
             }
         }
         args.push(&f.since_us);
-        conditions.push(format!("time >= ${}", args.len()));
-        self.select(&conditions.join(" AND "), f.bodies, &args)
+        conditions.push(format!("c.time >= ${}", args.len()));
+        self.select(&conditions.join(" AND "), &args)
     }
 
     pub fn refused_signatures(
@@ -557,13 +625,11 @@ impl PgStore {
     ) -> Result<Vec<Stored>, LedgerError> {
         match service_id {
             Some(s) => self.select(
-                &format!("service_id = $1 AND time >= $2 AND {REFUSED_FOR_SIGNATURE}"),
-                true,
+                &format!("c.service_id = $1 AND c.time >= $2 AND {REFUSED_FOR_SIGNATURE}"),
                 &[&s, &since_us],
             ),
             None => self.select(
-                &format!("time >= $1 AND {REFUSED_FOR_SIGNATURE}"),
-                true,
+                &format!("c.time >= $1 AND {REFUSED_FOR_SIGNATURE}"),
                 &[&since_us],
             ),
         }
@@ -572,12 +638,9 @@ impl PgStore {
     fn select(
         &self,
         condition: &str,
-        with_body: bool,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Stored>, LedgerError> {
-        let body = if with_body { "body" } else { "''::bytea" };
-        let sql =
-            format!("SELECT {COLUMNS}, {body} FROM callbacks WHERE {condition} ORDER BY time, id");
+        let sql = format!("{} WHERE {condition} ORDER BY c.time, c.id", model::SELECT);
         let s = &self.shared;
         s.block(COMMAND_TIMEOUT, async move {
             let mut conn = s.connection().await?;
@@ -588,7 +651,7 @@ impl PgStore {
                 .map_err(|e| s.err(&e))?;
             conn.ok();
             rows.iter()
-                .map(stored)
+                .map(|r| Stored::from_row(&Read(r)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| s.err(&e))
         })
@@ -656,9 +719,8 @@ async fn migrate(conn: &mut Object, at: &str) -> Result<(i64, i64), Migration> {
             }));
         }
     }
-    let from = usize::try_from(found).unwrap_or(0);
-    for sql in MIGRATIONS.iter().skip(from) {
-        tx.batch_execute(sql).await?;
+    for sql in migrations(found) {
+        tx.batch_execute(&sql).await?;
     }
     if found < SCHEMA_VERSION {
         tx.batch_execute(SCHEMA_TABLE).await?;
@@ -673,148 +735,63 @@ async fn migrate(conn: &mut Object, at: &str) -> Result<(i64, i64), Migration> {
     Ok((found, SCHEMA_VERSION))
 }
 
-/// Rule 1's statement for one binding.
-async fn bind_signature(
+/// The write-ahead record on a connection in autocommit: the row alone, or with its binding
+/// in one statement ([`ADMIT`]).
+async fn admit_one(
     c: &impl GenericClient,
-    b: &Binding,
-) -> Result<Seen, tokio_postgres::Error> {
-    let stmt = c.prepare_cached(BIND).await?;
-    let row = c
-        .query_one(
-            &stmt,
-            &[
-                &text(&b.service_id),
-                &text(&b.sign),
-                &&b.digest[..],
-                &text(&b.fields),
-                &text(&b.request_id),
-                &text(&b.token),
-                &b.time_us,
-            ],
-        )
-        .await?;
-    seen(&row, b)
-}
-
-/// Rule 2's statement for a Complete, given what rule 1 found (as sqlite.rs: a message that
-/// rule 1 refuses does not become its transaction's first Complete).
-async fn bind_complete(
-    c: &impl GenericClient,
-    b: &Binding,
-    signature: &Seen,
-) -> Result<Option<String>, tokio_postgres::Error> {
-    let Some(claim) = &b.complete else {
-        return Ok(None);
-    };
-    if b.enforce_signature && matches!(signature, Seen::Changed(_)) {
-        let stmt = c.prepare_cached(EARLIER_COMPLETE).await?;
-        return match c
-            .query_opt(&stmt, &[&text(&b.service_id), &text(&claim.click_trans_id)])
-            .await?
-        {
-            Some(row) => Ok(Some(row.try_get(0)?)),
-            None => Ok(None),
-        };
-    }
-    let stmt = c.prepare_cached(COMPLETE).await?;
-    let row = c
-        .query_one(
-            &stmt,
-            &[
-                &text(&b.service_id),
-                &text(&claim.click_trans_id),
-                &text(&claim.error),
-                &text(&b.request_id),
-                &text(&b.token),
-                &b.time_us,
-            ],
-        )
-        .await?;
-    let error: String = row.try_get(0)?;
-    let token: String = row.try_get(1)?;
-    Ok((token != b.token).then_some(error))
-}
-
-/// Rule 2's claim in autocommit, for [`bind_one`]: run right after rule 1's statement committed,
-/// it decides from the binding row itself whether this message may become its transaction's
-/// first Complete (not when rule 1 is enforced and the signature was bound to other fields).
-const CLAIM_COMPLETE: &str =
-    "INSERT INTO completes (service_id, click_trans_id, error, request_id, token, time)
-    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint
-    WHERE NOT $7::boolean OR EXISTS (
-        SELECT 1 FROM bindings
-        WHERE service_id = $1::text AND sign = $8::text AND (token = $5::text OR digest = $9::bytea))
-    ON CONFLICT (service_id, click_trans_id) DO NOTHING";
-
-/// The transaction's first forwarded Complete, after the claim.
-const FIRST_COMPLETE: &str =
-    "SELECT error, token FROM completes WHERE service_id = $1 AND click_trans_id = $2";
-
-/// The guard's check on a connection in autocommit, in one round trip: a Prepare is rule 1's
-/// statement alone; a Complete's three statements (rule 1's, the claim, the read) are sent
-/// together (pipelined) and run in order, each committed before the next starts, so the
-/// outcome is the one [`bind_signature`] then [`bind_complete`] give.
-async fn bind_one(
-    c: &impl GenericClient,
-    b: &Binding,
-) -> Result<BindOutcome, tokio_postgres::Error> {
-    let Some(claim) = &b.complete else {
-        return Ok(BindOutcome {
-            signature: bind_signature(c, b).await?,
-            earlier_complete_error: None,
+    rec: &Record,
+    binding: Option<&Binding>,
+) -> Result<Admitted, tokio_postgres::Error> {
+    let fields = ClickFields::decode(rec.content_type.as_deref(), &rec.body);
+    let row = insert_params(rec, &fields);
+    let Some(b) = binding else {
+        let stmt = c.prepare_cached(&INSERT_ONE).await?;
+        let refs: Vec<&(dyn ToSql + Sync)> = row.iter().map(|p| p.as_ref() as _).collect();
+        let id: i64 = c.query_one(&stmt, &refs).await?.try_get(0)?;
+        return Ok(Admitted {
+            id: Some(id),
+            outcome: None,
         });
     };
-    let (bind, claim_stmt, first) = tokio::try_join!(
-        c.prepare_cached(BIND),
-        c.prepare_cached(CLAIM_COMPLETE),
-        c.prepare_cached(FIRST_COMPLETE)
-    )?;
-    let (service_id, sign, fields) = (text(&b.service_id), text(&b.sign), text(&b.fields));
+    let (service_id, sign, fields_text) = (text(&b.service_id), text(&b.sign), text(&b.fields));
     let (request_id, token) = (text(&b.request_id), text(&b.token));
-    let (trans, error) = (text(&claim.click_trans_id), text(&claim.error));
+    let trans = b.complete.as_ref().map(|c| text(&c.click_trans_id));
+    let error = b.complete.as_ref().map(|c| text(&c.error));
     let digest = &b.digest[..];
-    let bind_args: [&(dyn ToSql + Sync); 7] = [
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &service_id,
         &sign,
         &digest,
-        &fields,
+        &fields_text,
         &request_id,
         &token,
         &b.time_us,
-    ];
-    let claim_args: [&(dyn ToSql + Sync); 9] = [
-        &service_id,
         &trans,
-        &error,
-        &request_id,
-        &token,
-        &b.time_us,
         &b.enforce_signature,
-        &sign,
-        &digest,
+        &error,
     ];
-    let first_args: [&(dyn ToSql + Sync); 2] = [&service_id, &trans];
-    let (bound, _, first) = tokio::try_join!(
-        c.query_one(&bind, &bind_args),
-        c.execute(&claim_stmt, &claim_args),
-        c.query_opt(&first, &first_args)
-    )?;
-    let signature = seen(&bound, b)?;
-    let earlier_complete_error = match first {
-        Some(row) => {
-            let error: String = row.try_get(0)?;
-            let first_token: String = row.try_get(1)?;
-            (first_token != token).then_some(error)
-        }
-        None => None,
+    params.extend(row.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)));
+    let stmt = c.prepare_cached(&ADMIT).await?;
+    let answer = c.query_one(&stmt, &params).await?;
+    let signature = seen(&answer, b)?;
+    let claimed_error: Option<String> = answer.try_get(3)?;
+    let claimed_token: Option<String> = answer.try_get(4)?;
+    let earlier: Option<String> = answer.try_get(5)?;
+    let earlier_complete_error = match (claimed_error, claimed_token) {
+        // Claimed: the first Complete of the transaction is this one, or the earlier one.
+        (Some(error), Some(t)) => (t != b.token).then_some(error),
+        // Not claimed (rule 1 refused it): whatever was first before.
+        _ => earlier,
     };
-    Ok(BindOutcome {
-        signature,
-        earlier_complete_error,
+    Ok(Admitted {
+        id: answer.try_get(6)?,
+        outcome: Some(BindOutcome {
+            signature,
+            earlier_complete_error,
+        }),
     })
 }
 
-/// Rule 1's verdict from the row [`BIND`] returned.
 fn seen(row: &Row, b: &Binding) -> Result<Seen, tokio_postgres::Error> {
     let digest: Vec<u8> = row.try_get(0)?;
     let fields: String = row.try_get(1)?;
@@ -822,22 +799,36 @@ fn seen(row: &Row, b: &Binding) -> Result<Seen, tokio_postgres::Error> {
     Ok(b.seen(&digest, &fields, &token))
 }
 
-/// One writer round in one transaction. Rows go in multi-row `INSERT`s (their ids come back
-/// in `VALUES` order, which PostgreSQL keeps for a plain `INSERT ... RETURNING`; Django's
-/// `bulk_create` relies on it too).
+/// One writer round in one transaction. Rows go in multi-row `INSERT`s.
 async fn apply(conn: &mut Object, ops: &[Op<'_>]) -> Result<Vec<OpResult>, tokio_postgres::Error> {
     let tx = conn.transaction().await?;
-    let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-    // Inserts, in runs of consecutive ones.
-    let mut run: Vec<(usize, &Record, &ClickFields)> = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        match op {
-            Op::Insert(rec, fields) => {
-                run.push((i, rec, fields));
-                if run.len() == ROWS_PER_INSERT {
-                    insert_rows(&tx, &run, &mut results).await?;
-                    run.clear();
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(match op {
+            Op::Rows(rows) => {
+                for chunk in rows.chunks(ROWS_PER_INSERT) {
+                    insert_rows(&tx, chunk).await?;
                 }
+                OpResult::Written(rows.len())
+            }
+            Op::Answers(answers) => {
+                for chunk in answers.chunks(ROWS_PER_INSERT) {
+                    insert_answers(&tx, chunk).await?;
+                }
+                OpResult::Written(answers.len())
+            }
+            Op::Corrections(corrections) => {
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE callbacks SET verdict = $2, reason = $3, hint = $4, detail = $5 WHERE id = $1",
+                    )
+                    .await?;
+                for c in corrections.iter() {
+                    let detail = c.detail.as_deref().map(text);
+                    tx.execute(&stmt, &[&c.callback, &c.verdict, &c.reason, &c.hint, &detail])
+                        .await?;
+                }
+                OpResult::Written(corrections.len())
             }
             Op::Prune { before_us, limit } => {
                 let limit = i64::from(*limit);
@@ -846,120 +837,79 @@ async fn apply(conn: &mut Object, ops: &[Op<'_>]) -> Result<Vec<OpResult>, tokio
                 for (n, sql) in PRUNE.iter().enumerate() {
                     let stmt = tx.prepare_cached(sql).await?;
                     let deleted = tx.execute(&stmt, &[before_us, &limit]).await?;
-                    more |= i64::try_from(deleted).is_ok_and(|d| d >= limit);
                     // The guard's rows age out with the ledger's; the metric counts callbacks.
+                    if n != 1 {
+                        more |= i64::try_from(deleted).is_ok_and(|d| d >= limit);
+                    }
                     if n == 0 {
                         rows = deleted;
                     }
                 }
-                results[i] = Some(OpResult::Pruned { rows, more });
+                OpResult::Pruned { rows, more }
             }
-            Op::Rows(rows) => {
-                // A writer batch: the same multi-row statements, ids not reported.
-                let batch: Vec<(usize, &Record, &ClickFields)> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(j, (rec, fields))| (j, *rec, *fields))
-                    .collect();
-                let mut ids = vec![None; batch.len()];
-                for chunk in batch.chunks(ROWS_PER_INSERT) {
-                    insert_rows(&tx, chunk, &mut ids).await?;
-                }
-                results[i] = Some(OpResult::Rows(rows.len()));
-            }
-            Op::Bind(_) => {}
             Op::PruneRefused { limit } => {
-                let stmt = tx.prepare_cached(super::store::PRUNE_REFUSED).await?;
+                let stmt = tx.prepare_cached(PRUNE_REFUSED).await?;
                 let limit = i64::from(*limit);
                 let rows = tx.execute(&stmt, &[&limit]).await?;
-                let more = i64::try_from(rows).is_ok_and(|d| d >= limit);
-                results[i] = Some(OpResult::Pruned { rows, more });
+                OpResult::Pruned {
+                    rows,
+                    more: i64::try_from(rows).is_ok_and(|d| d >= limit),
+                }
             }
-        }
-    }
-    if !run.is_empty() {
-        insert_rows(&tx, &run, &mut results).await?;
-    }
-    // Binds: every signature's row lock in one order, then every transaction's.
-    let mut binds: Vec<(usize, &Binding)> = ops
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match op {
-            Op::Bind(b) => Some((i, *b)),
-            _ => None,
-        })
-        .collect();
-    binds.sort_by(|a, b| (&a.1.service_id, &a.1.sign).cmp(&(&b.1.service_id, &b.1.sign)));
-    let mut seen = Vec::with_capacity(binds.len());
-    for (i, b) in &binds {
-        seen.push((*i, *b, bind_signature(&tx, b).await?));
-    }
-    let key = |b: &Binding| {
-        (
-            b.service_id.clone(),
-            b.complete
-                .as_ref()
-                .map(|c| c.click_trans_id.clone())
-                .unwrap_or_default(),
-        )
-    };
-    seen.sort_by_key(|(_, b, _)| key(b));
-    for (i, b, signature) in seen {
-        let earlier_complete_error = bind_complete(&tx, b, &signature).await?;
-        results[i] = Some(OpResult::Bound(BindOutcome {
-            signature,
-            earlier_complete_error,
-        }));
+            // The guard's binding is PostgreSQL's own: it never reads a row for it.
+            Op::Body(_) => OpResult::Body(None),
+        });
     }
     tx.commit().await?;
-    Ok(results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or(OpResult::Pruned {
-                rows: 0,
-                more: false,
-            })
-        })
-        .collect())
+    Ok(results)
 }
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
 async fn insert_rows(
     tx: &deadpool_postgres::Transaction<'_>,
-    run: &[(usize, &Record, &ClickFields)],
-    results: &mut [Option<OpResult>],
+    rows: &[NewRow<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let mut sql = String::from(INSERT_COLUMNS);
-    for r in 0..run.len() {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..INSERT_PARAMS {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", r * INSERT_PARAMS + c + 1));
-        }
-        sql.push(')');
+    let params: Vec<Param> = rows
+        .iter()
+        .flat_map(|r| insert_params(r.record, r.fields))
+        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
+    let stmt = tx
+        .prepare_cached(&model::insert_callbacks(rows.len(), false))
+        .await?;
+    tx.execute(&stmt, &refs).await?;
+    Ok(())
+}
+
+async fn insert_answers(
+    tx: &deadpool_postgres::Transaction<'_>,
+    answers: &[Answer],
+) -> Result<(), tokio_postgres::Error> {
+    let mut params: Vec<Param> = Vec::with_capacity(answers.len() * model::ANSWER_VALUES);
+    for a in answers {
+        let field = |get: fn(&super::BackendAnswer) -> &Option<String>| {
+            opt_text(a.backend.answer.as_ref().and_then(|x| get(x).as_deref()))
+        };
+        params.extend([
+            Box::new(a.callback) as Param,
+            Box::new(i64::from(a.backend.status)),
+            field(|x| &x.error),
+            field(|x| &x.error_note),
+            field(|x| &x.merchant_prepare_id),
+            field(|x| &x.merchant_confirm_id),
+            Box::new(a.upstream.map(micros)),
+            Box::new(micros(a.total)),
+        ]);
     }
-    sql.push_str(" RETURNING id");
-    let params: Vec<Param> = run
-        .iter()
-        .flat_map(|(_, rec, fields)| row_params(rec, fields))
-        .collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
+    // An answer written twice (a retried batch) keeps the first.
+    let sql = format!(
+        "{} ON CONFLICT (callback) DO NOTHING",
+        model::insert_answers(answers.len())
+    );
     let stmt = tx.prepare_cached(&sql).await?;
-    let rows = tx.query(&stmt, &refs).await?;
-    for ((i, _, _), row) in run.iter().zip(&rows) {
-        results[*i] = Some(OpResult::Inserted {
-            id: row.try_get(0)?,
-        });
-    }
+    tx.execute(&stmt, &refs).await?;
     Ok(())
 }
 
@@ -972,11 +922,10 @@ fn opt_text(s: Option<&str>) -> Param {
     Box::new(s.map(text))
 }
 
-fn row_params(rec: &Record, f: &ClickFields) -> Vec<Param> {
-    let answer = rec.backend.as_ref().and_then(|b| b.answer.as_ref());
-    let answer_field = |get: fn(&super::BackendAnswer) -> &Option<String>| {
-        opt_text(answer.and_then(|a| get(a).as_deref()))
-    };
+/// A row's values without its id (the database gives it), in the order of
+/// [`model::insert_callbacks`].
+fn insert_params(rec: &Record, f: &ClickFields) -> Vec<Param> {
+    let bound = rec.bound;
     vec![
         Box::new(unix_micros(rec.time)),
         Box::new(text(&rec.request_id)),
@@ -985,16 +934,9 @@ fn row_params(rec: &Record, f: &ClickFields) -> Vec<Param> {
         Box::new(text(&rec.path)),
         opt_text(rec.content_type.as_deref()),
         Box::new(rec.body.to_vec()),
-        opt_text(f.click_trans_id.as_deref()),
         opt_text(f.service_id.as_deref()),
-        opt_text(f.click_paydoc_id.as_deref()),
+        opt_text(f.click_trans_id.as_deref()),
         opt_text(f.merchant_trans_id.as_deref()),
-        opt_text(f.merchant_prepare_id.as_deref()),
-        opt_text(f.amount.as_deref()),
-        opt_text(f.action.as_deref()),
-        opt_text(f.error.as_deref()),
-        opt_text(f.error_note.as_deref()),
-        opt_text(f.sign_time.as_deref()),
         Box::new(rec.verdict.as_str().to_owned()),
         opt_text(rec.reason),
         opt_text(rec.hint),
@@ -1003,214 +945,35 @@ fn row_params(rec: &Record, f: &ClickFields) -> Vec<Param> {
             rec.verified
                 .map(|v| i64::try_from(v.slot).unwrap_or(i64::MAX)),
         ),
-        opt_text(rec.verified.as_ref().map(|v| v.fingerprint.as_str())),
+        Box::new(rec.verified.map(|v| v.fingerprint.as_str().to_owned())),
         Box::new(i64::try_from(rec.generation).unwrap_or(i64::MAX)),
         Box::new(rec.mode.as_str().to_owned()),
-        Box::new(rec.backend.as_ref().map(|b| i64::from(b.status))),
-        answer_field(|a| &a.error),
-        answer_field(|a| &a.error_note),
-        answer_field(|a| &a.merchant_prepare_id),
-        answer_field(|a| &a.merchant_confirm_id),
-        Box::new(micros(rec.timings.gateway)),
-        Box::new(rec.timings.upstream.map(micros)),
-        Box::new(micros(rec.timings.total)),
+        Box::new(micros(rec.gateway)),
+        Box::new(bound.map(|b| b.key)),
+        Box::new(bound.map(|b| b.digest)),
+        Box::new(bound.and_then(|b| b.complete_error)),
     ]
 }
 
-fn stored(r: &Row) -> Result<Stored, tokio_postgres::Error> {
-    Ok(Stored {
-        id: r.try_get(0)?,
-        time_us: r.try_get(1)?,
-        request_id: r.try_get(2)?,
-        peer: r.try_get(3)?,
-        client: r.try_get(4)?,
-        path: r.try_get(5)?,
-        content_type: r.try_get(6)?,
-        fields: ClickFields {
-            click_trans_id: r.try_get(7)?,
-            service_id: r.try_get(8)?,
-            click_paydoc_id: r.try_get(9)?,
-            merchant_trans_id: r.try_get(10)?,
-            merchant_prepare_id: r.try_get(11)?,
-            amount: r.try_get(12)?,
-            action: r.try_get(13)?,
-            error: r.try_get(14)?,
-            error_note: r.try_get(15)?,
-            sign_time: r.try_get(16)?,
-        },
-        verdict: r.try_get(17)?,
-        reason: r.try_get(18)?,
-        hint: r.try_get(19)?,
-        detail: r.try_get(20)?,
-        slot: r.try_get(21)?,
-        fp: r.try_get(22)?,
-        generation: r.try_get(23)?,
-        mode: r.try_get(24)?,
-        backend_status: r.try_get(25)?,
-        backend_error: r.try_get(26)?,
-        backend_error_note: r.try_get(27)?,
-        backend_prepare_id: r.try_get(28)?,
-        backend_confirm_id: r.try_get(29)?,
-        gateway_us: r.try_get(30)?,
-        upstream_us: r.try_get(31)?,
-        total_us: r.try_get(32)?,
-        body: r.try_get(33)?,
-    })
-}
+/// A PostgreSQL row, read by position for [`Stored::from_row`].
+struct Read<'a>(&'a Row);
 
-/// The rustls configuration the URL asks for, `None` for a plain connection. libpq's meaning
-/// of each `sslmode`: `require` (and `prefer`) encrypt but, without `sslrootcert`, take any
-/// certificate (an active attacker on the path can read the traffic); with `sslrootcert` they
-/// check the chain as `verify-ca` does; `verify-full` also checks the certificate is for the
-/// host, the one that authenticates the server.
-pub fn tls_config(url: &PgUrl) -> Result<Option<rustls::ClientConfig>, String> {
-    if url.tls() == TlsMode::Disable {
-        return Ok(None);
+impl model::RowRead for Read<'_> {
+    type Error = tokio_postgres::Error;
+    fn int(&self, i: usize) -> Result<i64, Self::Error> {
+        self.0.try_get(i)
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = match url.roots() {
-        None => None,
-        Some(roots) => Some(Arc::new(root_store(roots)?)),
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match (url.tls(), roots) {
-        (TlsMode::VerifyFull, Some(roots)) => {
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| format!("sslrootcert: {e}"))?
-        }
-        (_, Some(roots)) => Arc::new(ChainOnly(
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| format!("sslrootcert: {e}"))?,
-        )),
-        (_, None) => Arc::new(EncryptOnly(provider.clone())),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(Some(config))
-}
-
-fn root_store(roots: &RootCerts) -> Result<RootCertStore, String> {
-    let path = match roots {
-        RootCerts::File(p) => p.as_path(),
-        RootCerts::System => std::path::Path::new(SYSTEM_ROOTS),
-    };
-    let mut store = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-        store
-            .add(cert)
-            .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, Self::Error> {
+        self.0.try_get(i)
     }
-    if store.is_empty() {
-        return Err(format!(
-            "sslrootcert {}: no certificate in it",
-            path.display()
-        ));
+    fn text(&self, i: usize) -> Result<String, Self::Error> {
+        self.0.try_get(i)
     }
-    Ok(store)
-}
-
-/// `sslmode=require` without `sslrootcert`: any certificate, as libpq; the handshake's own
-/// signatures are still checked, so the session is with whoever holds the certificate's key.
-#[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+    fn opt_text(&self, i: usize) -> Result<Option<String>, Self::Error> {
+        self.0.try_get(i)
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to `sslrootcert`, for whatever host name.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, Self::Error> {
+        self.0.try_get(i)
     }
 }
 
@@ -1227,8 +990,9 @@ mod tests {
         let tls = PgUrl::parse("postgres://gw:pw@127.0.0.1/ledger?sslmode=require").unwrap();
         let config = tls_config(&tls).unwrap().expect("a TLS configuration");
         // The ring provider, nothing else: its suites, in its order.
-        let suites =
-            |p: &CryptoProvider| -> Vec<_> { p.cipher_suites.iter().map(|s| s.suite()).collect() };
+        let suites = |p: &rustls::crypto::CryptoProvider| -> Vec<_> {
+            p.cipher_suites.iter().map(|s| s.suite()).collect()
+        };
         assert_eq!(
             suites(config.crypto_provider()),
             suites(&rustls::crypto::ring::default_provider())
@@ -1236,27 +1000,6 @@ mod tests {
         // And the pool over it builds.
         let shared = PgShared::start(&tls, 1).unwrap();
         assert_eq!(shared.at(), "postgres://gw@127.0.0.1:5432/ledger");
-    }
-
-    #[test]
-    fn verify_full_needs_a_readable_root_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("none.pem");
-        let url = PgUrl::parse(&format!(
-            "postgres://h/db?sslmode=verify-full&sslrootcert={}",
-            missing.display()
-        ))
-        .unwrap();
-        let e = tls_config(&url).unwrap_err();
-        assert!(e.contains("sslrootcert"), "{e}");
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "").unwrap();
-        let url = PgUrl::parse(&format!(
-            "postgres://h/db?sslmode=verify-full&sslrootcert={}",
-            empty.display()
-        ))
-        .unwrap();
-        assert!(tls_config(&url).unwrap_err().contains("no certificate"));
     }
 
     #[test]

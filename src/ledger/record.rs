@@ -1,10 +1,12 @@
 //! What the data path hands the ledger about one callback: a [`Record`], owned and cheap to
-//! build (the body is a reference-counted [`Bytes`], the labels are `&'static str`), so the
-//! request never waits for anything but a short lock to queue it.
+//! build (the body is a reference-counted [`Bytes`], the labels are `&'static str`), and later,
+//! for a forwarded one, its [`Answer`].
 //!
-//! The Click fields are not part of a `Record`: the writer decodes them from the stored body
-//! with the gateway's own form parser ([`ClickFields::decode`]), off the request path, so the
-//! data path allocates nothing for them and the row shows exactly what that body says.
+//! A row is narrow: the body as received, the few ids the documented queries select on, and
+//! what only the gateway knew (its verdict and why, the key by slot and fingerprint, its time,
+//! the guard's key). The Click fields are decoded from the body with the gateway's own parser
+//! ([`ClickFields::decode`]) when a row is written (its ids) and when it is read (the rest), so
+//! the data path allocates nothing for them and every reading shows exactly what the body says.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,9 +54,36 @@ pub struct Record {
     pub generation: u64,
     /// The mode the verdict was given in (`enforce` or `shadow`).
     pub mode: Mode,
-    /// The backend's answer, for a forwarded callback.
-    pub backend: Option<Backend>,
-    pub timings: Timings,
+    /// Time in the gateway before it forwarded or answered (body read, verification, guard).
+    pub gateway: Duration,
+    /// The guard's binding, for a verified callback the guard let through: what SQLite's
+    /// in-memory index is rebuilt from at start ([`super::index`]).
+    pub bound: Option<Bound>,
+}
+
+/// The guard's entry of one forwarded, verified callback (see [`super::index`]): its
+/// signature's key and its message's digest, both 64 bits, and for a Complete, its `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub key: i64,
+    pub digest: i64,
+    /// A Complete's `error` as a number (Click's error codes are integers; anything else is
+    /// kept as [`super::index::UNREADABLE_ERROR`]).
+    pub complete_error: Option<i64>,
+}
+
+/// What became of a forwarded callback: the backend's status (or the one the gateway gave when
+/// the backend failed) and its Click answer, with the timings. Appended after the callback's
+/// row, without anybody waiting for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The callback's row (`callbacks.id`).
+    pub callback: i64,
+    pub backend: Backend,
+    /// From sending to the backend until its response headers; `None` when it failed.
+    pub upstream: Option<Duration>,
+    /// From the request's arrival until the response headers were ready.
+    pub total: Duration,
 }
 
 impl std::fmt::Debug for Record {
@@ -69,6 +98,7 @@ impl std::fmt::Debug for Record {
             .field("reason", &self.reason)
             .field("verified", &self.verified)
             .field("generation", &self.generation)
+            .field("bound", &self.bound.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -183,17 +213,6 @@ fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Where the time went, as in the log line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timings {
-    /// In the gateway before the backend call (body read, verification).
-    pub gateway: Duration,
-    /// From sending to the backend until its response headers; `None` when not forwarded.
-    pub upstream: Option<Duration>,
-    /// From the request's arrival until the response headers were ready.
-    pub total: Duration,
-}
-
 /// The Click fields of a body, decoded ("as sent": the form-decoded text, never re-rendered).
 /// A field that is absent, or sent more than once, is `None` (the stored body has them all).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -305,8 +324,8 @@ pub(crate) fn sample(merchant_trans_id: &str, time: SystemTime) -> Record {
         verified: None,
         generation: 1,
         mode: Mode::Enforce,
-        backend: None,
-        timings: Timings::default(),
+        gateway: Duration::ZERO,
+        bound: None,
     }
 }
 

@@ -1,13 +1,22 @@
 //! The SQLite store: one file in WAL mode, written by the ledger's writer thread and read by
 //! the commands at the same time (WAL lets readers see the last commit while a write goes on).
+//! One file (with its `-wal` and `-shm`): the replay guard keeps no database of its own, its
+//! index is rebuilt from this file's rows ([`super::index`]).
 //!
 //! The file is created `0600` by the gateway itself before SQLite opens it (SQLite would use
 //! `0644`); SQLite gives its `-wal` and `-shm` files the database file's permissions (and, run as
 //! root, its owner), so they are `0600` too. A body with its signature is material for guessing
 //! a weak key offline: the ledger is as private as the keys file.
 //!
-//! Commits are `synchronous = FULL`: a committed row is on disk, which a replay guard awaiting
-//! its commit relies on; group commit keeps that to one fsync per batch.
+//! **What a commit promises** (`ledger.synchronous`): `normal` (the default) writes each commit
+//! to the WAL, which the operating system holds: a process crash (`kill -9`) loses nothing
+//! committed; a power loss or a kernel crash may lose the commits since the last checkpoint
+//! (SQLite syncs the WAL when it checkpoints, every 1000 pages or so). `full` syncs the WAL at
+//! every commit: a committed row survives a power loss too, at the price of a disk sync per
+//! group commit.
+//!
+//! Row ids are the gateway's ([`super::Ledger`] hands them out in arrival order), so a row can
+//! be named before it is written: the guard's index does.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -15,14 +24,17 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::binding::{BindOutcome, Binding, Seen};
-use super::record::{micros, unix_micros, ClickFields};
-use super::store::{
-    Filter, Inspection, Op, OpResult, Stored, COLUMNS, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
+use super::index::GuardRow;
+use super::model::{
+    self, Dialect, Filter, Inspection, Stored, FORWARDED, PRUNE_REFUSED, REFUSED_FOR_SIGNATURE,
+    SCHEMA_VERSION,
 };
+use super::record::{micros, unix_micros, Answer, Bound};
+use super::store::{Correction, Op, OpResult, Row};
 use super::LedgerError;
+pub use crate::config::Synchronous;
 
 /// `PRAGMA application_id` of a ledger ("ClKG"), so a file that is some other program's
 /// database is refused instead of being given a `callbacks` table.
@@ -34,153 +46,32 @@ const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Readers only wait on WAL recovery or a rare checkpoint restart: they can afford more.
 const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The schema, one migration per version: `MIGRATIONS[n]` takes version `n` to `n + 1`.
-/// Append only; a released migration is never edited.
-const MIGRATIONS: &[&str] = &[
-    // v1: one row per request to a callback path.
-    "CREATE TABLE callbacks (
-        id                  INTEGER PRIMARY KEY,
-        time                INTEGER NOT NULL,
-        request_id          TEXT NOT NULL,
-        peer                TEXT NOT NULL,
-        client              TEXT NOT NULL,
-        path                TEXT NOT NULL,
-        content_type        TEXT,
-        body                BLOB NOT NULL,
-        click_trans_id      TEXT,
-        service_id          TEXT,
-        click_paydoc_id     TEXT,
-        merchant_trans_id   TEXT,
-        merchant_prepare_id TEXT,
-        amount              TEXT,
-        action              TEXT,
-        error               TEXT,
-        error_note          TEXT,
-        sign_time           TEXT,
-        verdict             TEXT NOT NULL,
-        reason              TEXT,
-        hint                TEXT,
-        detail              TEXT,
-        slot                INTEGER,
-        fp                  TEXT,
-        generation          INTEGER NOT NULL,
-        mode                TEXT NOT NULL,
-        backend_status      INTEGER,
-        backend_error       TEXT,
-        backend_error_note  TEXT,
-        backend_prepare_id  TEXT,
-        backend_confirm_id  TEXT,
-        gateway_us          INTEGER NOT NULL,
-        upstream_us         INTEGER,
-        total_us            INTEGER NOT NULL
-    );
-    CREATE INDEX callbacks_merchant_trans_id ON callbacks (merchant_trans_id);
-    CREATE INDEX callbacks_click_trans_id ON callbacks (click_trans_id, service_id);
-    CREATE INDEX callbacks_service_time ON callbacks (service_id, time);
-    CREATE INDEX callbacks_time ON callbacks (time);",
-    // v2: the replay guard. One row per verified signature, bound to the fields it first came
-    // with; one per transaction whose Complete was forwarded, with that Complete's `error`.
-    // Ids are decimal text, as in `callbacks` (a u64 does not fit SQLite's INTEGER).
-    "CREATE TABLE bindings (
-        service_id  TEXT NOT NULL,
-        sign        TEXT NOT NULL,
-        digest      BLOB NOT NULL,
-        fields      TEXT NOT NULL,
-        request_id  TEXT NOT NULL,
-        token       TEXT NOT NULL,
-        time        INTEGER NOT NULL,
-        PRIMARY KEY (service_id, sign)
-    ) WITHOUT ROWID;
-    CREATE INDEX bindings_time ON bindings (time);
-    CREATE TABLE completes (
-        service_id      TEXT NOT NULL,
-        click_trans_id  TEXT NOT NULL,
-        error           TEXT NOT NULL,
-        request_id      TEXT NOT NULL,
-        token           TEXT NOT NULL,
-        time            INTEGER NOT NULL,
-        PRIMARY KEY (service_id, click_trans_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX completes_time ON completes (time);",
-];
+/// The run's bookkeeping: where the last run began, and whether it ended cleanly (see
+/// [`SqliteStore::begin_run`]).
+const META: &str =
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;";
 
-/// Rule 1 in one statement: the first message of a signature is bound; a later one gets the
-/// first one's row back (the no-op update makes RETURNING see it), to compare.
-const BIND: &str =
-    "INSERT INTO bindings (service_id, sign, digest, fields, request_id, token, time)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-    ON CONFLICT (service_id, sign) DO UPDATE SET service_id = excluded.service_id
-    RETURNING digest, fields, token";
-
-/// Rule 2: the first forwarded Complete of a transaction stays; a later one gets its `error`.
-const COMPLETE: &str =
-    "INSERT INTO completes (service_id, click_trans_id, error, request_id, token, time)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-    ON CONFLICT (service_id, click_trans_id) DO UPDATE SET service_id = excluded.service_id
-    RETURNING error, token";
-
-const INSERT: &str = "INSERT INTO callbacks (
-    time, request_id, peer, client, path, content_type, body,
-    click_trans_id, service_id, click_paydoc_id, merchant_trans_id, merchant_prepare_id,
-    amount, action, error, error_note, sign_time,
-    verdict, reason, hint, detail, slot, fp, generation, mode,
-    backend_status, backend_error, backend_error_note, backend_prepare_id, backend_confirm_id,
-    gateway_us, upstream_us, total_us
-) VALUES (
-    ?1, ?2, ?3, ?4, ?5, ?6, ?7,
-    ?8, ?9, ?10, ?11, ?12,
-    ?13, ?14, ?15, ?16, ?17,
-    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25,
-    ?26, ?27, ?28, ?29, ?30,
-    ?31, ?32, ?33
-)";
-
-/// Runs the guard's statements for one binding (see [`BIND`] and [`COMPLETE`]).
-fn bind(tx: &Connection, b: &Binding) -> rusqlite::Result<BindOutcome> {
-    let (digest, fields, token): (Vec<u8>, String, String) = tx.prepare_cached(BIND)?.query_row(
-        params![
-            b.service_id,
-            b.sign,
-            &b.digest[..],
-            b.fields,
-            b.request_id,
-            b.token,
-            b.time_us
-        ],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let signature = b.seen(&digest, &fields, &token);
-    let mut earlier_complete_error = None;
-    if let Some(c) = &b.complete {
-        if b.enforce_signature && matches!(signature, Seen::Changed(_)) {
-            earlier_complete_error = tx
-                .prepare_cached(
-                    "SELECT error FROM completes WHERE service_id = ?1 AND click_trans_id = ?2",
-                )?
-                .query_row(params![b.service_id, c.click_trans_id], |r| r.get(0))
-                .optional()?;
-        } else {
-            let (error, token): (String, String) = tx.prepare_cached(COMPLETE)?.query_row(
-                params![
-                    b.service_id,
-                    c.click_trans_id,
-                    c.error,
-                    b.request_id,
-                    b.token,
-                    b.time_us
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            if token != b.token {
-                earlier_complete_error = Some(error);
-            }
-        }
-    }
-    Ok(BindOutcome {
-        signature,
-        earlier_complete_error,
-    })
-}
+/// Versions 1 and 2 had every Click field and the backend's answer in `callbacks` (and v2 the
+/// guard's tables, used only in a file of their own): their rows move to the v3 tables, the
+/// answer to `answers`; the guard's entry of each verified row is computed from its body
+/// ([`SqliteStore::fill_guard_columns`]).
+const FROM_V2: &str = "ALTER TABLE callbacks RENAME TO callbacks_v2;
+    @CREATE@
+    INSERT INTO callbacks (id, time, request_id, peer, client, path, content_type, body,
+        service_id, click_trans_id, merchant_trans_id, verdict, reason, hint, detail, slot, fp,
+        generation, mode, gateway_us)
+    SELECT id, time, request_id, peer, client, path, content_type, body,
+        service_id, click_trans_id, merchant_trans_id, verdict, reason, hint, detail, slot, fp,
+        generation, mode, gateway_us
+    FROM callbacks_v2;
+    INSERT INTO answers (callback, status, error, error_note, prepare_id, confirm_id,
+        upstream_us, total_us)
+    SELECT id, backend_status, backend_error, backend_error_note, backend_prepare_id,
+        backend_confirm_id, upstream_us, total_us
+    FROM callbacks_v2 WHERE backend_status IS NOT NULL;
+    DROP TABLE callbacks_v2;
+    DROP TABLE IF EXISTS bindings;
+    DROP TABLE IF EXISTS completes;";
 
 /// An open SQLite ledger.
 #[derive(Debug)]
@@ -214,7 +105,9 @@ impl SqliteStore {
         &self.path
     }
 
-    pub fn open_writer(path: &Path) -> Result<SqliteStore, LedgerError> {
+    /// Opens for writing, creating the file (`0600`) if needed, and migrates it to v3.
+    /// `synchronous`: `ledger.synchronous` (see [`Synchronous`]).
+    pub fn open_writer(path: &Path, synchronous: Synchronous) -> Result<SqliteStore, LedgerError> {
         let open_err = |source| LedgerError::Open {
             path: path.to_owned(),
             source,
@@ -276,9 +169,10 @@ impl SqliteStore {
         // temp_store: a statement that may have to undo itself halfway (a multi-row INSERT,
         // an upsert) journals the pages it changes, in a temporary file by default: one
         // created, written and deleted per statement, which was most of the writer's writes.
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
-        )
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
+            synchronous.pragma()
+        ))
         .map_err(open_err)?;
         let mut store = SqliteStore {
             conn,
@@ -299,7 +193,8 @@ impl SqliteStore {
     }
 
     /// Brings the schema to [`SCHEMA_VERSION`] in one write transaction (so two gateways
-    /// starting at once cannot both migrate).
+    /// starting at once cannot both migrate): a new file gets the v3 tables, a v1 or v2 one is
+    /// converted in place, its rows kept.
     fn migrate(&mut self) -> Result<(), LedgerError> {
         let path = self.path.clone();
         let err = |source| LedgerError::Open {
@@ -325,11 +220,19 @@ impl SqliteStore {
                 known: SCHEMA_VERSION,
             });
         }
-        let from = usize::try_from(version).unwrap_or(0);
-        for sql in MIGRATIONS.iter().skip(from) {
-            tx.execute_batch(sql).map_err(err)?;
-        }
-        if fresh || version < SCHEMA_VERSION {
+        if version < SCHEMA_VERSION {
+            let create = model::create_v3(Dialect::Sqlite, "callbacks");
+            let tables = if version == 0 {
+                create
+            } else {
+                FROM_V2.replace("@CREATE@", &create)
+            };
+            tx.execute_batch(&format!("{tables}\n{}\n{META}", model::indexes_v3()))
+                .map_err(err)?;
+            if version > 0 {
+                let filled = Self::fill_guard_columns(&tx).map_err(err)?;
+                tracing::info!(ledger = %path.display(), from = version, rows_bound = filled, "ledger: migrated to schema v3 (one narrow row per callback, answers apart, the guard's entries in the rows)");
+            }
             // Pragmas take no parameters; both values are constants of this file.
             tx.execute_batch(&format!(
                 "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
@@ -337,6 +240,26 @@ impl SqliteStore {
             .map_err(err)?;
         }
         tx.commit().map_err(err)
+    }
+
+    /// The guard's entry of every verified row of an older ledger, computed from its body as
+    /// the data path does (a migration's one pass); returns how many rows got one.
+    fn fill_guard_columns(tx: &Connection) -> rusqlite::Result<usize> {
+        let rows: Vec<(i64, Option<String>, Vec<u8>)> = tx
+            .prepare("SELECT id, content_type, body FROM callbacks WHERE verdict = 'verified'")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut update = tx.prepare(
+            "UPDATE callbacks SET guard_key = ?2, guard_digest = ?3, complete_error = ?4 WHERE id = ?1",
+        )?;
+        let mut filled = 0;
+        for (id, content_type, body) in rows {
+            if let Some(bound) = super::index::bound_of_body(content_type.as_deref(), &body) {
+                update.execute(params![id, bound.key, bound.digest, bound.complete_error])?;
+                filled += 1;
+            }
+        }
+        Ok(filled)
     }
 
     pub fn open_reader(path: &Path) -> Result<SqliteStore, LedgerError> {
@@ -523,6 +446,126 @@ impl SqliteStore {
         }
     }
 
+    /// The highest row id (0 for none): the gateway numbers new rows after it.
+    pub fn max_id(&self) -> Result<i64, LedgerError> {
+        self.conn
+            .query_row("SELECT coalesce(max(id), 0) FROM callbacks", [], |r| {
+                r.get(0)
+            })
+            .map_err(|source| self.query_err(source))
+    }
+
+    /// The guard's entries of the rows at or after `since_us`, oldest first: row id, service,
+    /// Click transaction, entry (what [`super::index::Index::rebuild`] takes). Rows are found
+    /// from the first one of the window by id (time order is insertion order), so no time
+    /// index is needed.
+    pub fn guard_rows(&self, since_us: i64) -> Result<Vec<GuardRow>, LedgerError> {
+        let first = self.first_id_at(since_us)?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, service_id, click_trans_id, guard_key, guard_digest, complete_error
+                 FROM callbacks WHERE id >= ?1 AND guard_key IS NOT NULL ORDER BY id",
+            )
+            .map_err(|source| self.query_err(source))?;
+        let rows = stmt
+            .query_map([first], |r| {
+                let service: Option<String> = r.get(1)?;
+                let trans: Option<String> = r.get(2)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    service.and_then(|s| s.parse().ok()),
+                    trans.and_then(|t| t.parse().ok()),
+                    Bound {
+                        key: r.get(3)?,
+                        digest: r.get(4)?,
+                        complete_error: r.get(5)?,
+                    },
+                ))
+            })
+            .map_err(|source| self.query_err(source))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, service, trans, bound) = row.map_err(|source| self.query_err(source))?;
+            if let Some(service) = service {
+                out.push((id, service, trans, bound));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first row id whose time is at or after `us`, by binary search over ids (rows are
+    /// in time order, up to clock steps): a few primary-key lookups, whatever the size.
+    fn first_id_at(&self, us: i64) -> Result<i64, LedgerError> {
+        let time_at = |id: i64| -> Result<Option<(i64, i64)>, LedgerError> {
+            self.conn
+                .query_row(
+                    "SELECT id, time FROM callbacks WHERE id >= ?1 ORDER BY id LIMIT 1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(|source| self.query_err(source))
+        };
+        let (mut lo, mut hi) = (0i64, self.max_id()? + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match time_at(mid)? {
+                Some((id, time)) if time < us => lo = id + 1,
+                Some(_) => hi = mid,
+                None => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Starts a run: returns how many forwarded callbacks of the last run have no recorded
+    /// answer when that run did not end cleanly (the gateway stopped while they were at the
+    /// backend), then marks this run begun.
+    pub fn begin_run(&mut self) -> Result<Option<u64>, LedgerError> {
+        let meta = |key: &str| -> Result<Option<i64>, LedgerError> {
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(|source| self.query_err(source))
+        };
+        let began = meta("run_began_after")?;
+        let clean = meta("run_ended_clean")?.unwrap_or(1) == 1;
+        let unanswered = match began {
+            Some(after) if !clean => Some(
+                self.conn
+                    .query_row(
+                        &format!(
+                            "SELECT count(*) FROM callbacks c WHERE c.id > ?1 AND c.{FORWARDED}
+                             AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.callback = c.id)"
+                        ),
+                        [after],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(|source| self.query_err(source))?
+                    .try_into()
+                    .unwrap_or(0),
+            ),
+            _ => None,
+        };
+        let max = self.max_id()?;
+        self.conn
+            .execute_batch(&format!(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('run_began_after', {max}), ('run_ended_clean', 0);"
+            ))
+            .map_err(|source| self.query_err(source))?;
+        Ok(unanswered)
+    }
+
+    /// Marks the run ended cleanly (every answer that was coming is written).
+    pub fn end_run(&mut self) -> Result<(), LedgerError> {
+        self.conn
+            .execute_batch(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('run_ended_clean', 1);",
+            )
+            .map_err(|source| self.query_err(source))
+    }
+
     pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
         let path = self.path.clone();
         let err = |source| LedgerError::Query {
@@ -530,8 +573,8 @@ impl SqliteStore {
             source,
         };
         // BEGIN and COMMIT as cached statements: rusqlite's `Transaction` parses them again
-        // for every batch, which on small batches (a guard's awaited commit) is a good share
-        // of the whole transaction.
+        // for every batch, which on small batches (a callback waiting for its record) is a
+        // good share of the whole transaction.
         let tx = &self.conn;
         tx.prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]))
@@ -554,53 +597,47 @@ impl SqliteStore {
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
-                Op::Insert(rec, fields) => {
-                    insert(tx, rec, fields)?;
-                    OpResult::Inserted {
-                        id: tx.last_insert_rowid(),
-                    }
-                }
                 Op::Rows(rows) => {
                     insert_rows(tx, rows)?;
-                    OpResult::Rows(rows.len())
+                    OpResult::Written(rows.len())
+                }
+                Op::Answers(answers) => {
+                    insert_answers(tx, answers)?;
+                    OpResult::Written(answers.len())
+                }
+                Op::Corrections(corrections) => {
+                    correct(tx, corrections)?;
+                    OpResult::Written(corrections.len())
                 }
                 Op::Prune { before_us, limit } => {
+                    // Oldest first by id (time order): the scan stops at the first row that
+                    // stays, so no time index is needed.
                     let rows = tx
                         .prepare_cached(
                             "DELETE FROM callbacks WHERE id IN
-                             (SELECT id FROM callbacks WHERE time < ?1 ORDER BY time LIMIT ?2)",
+                             (SELECT id FROM callbacks WHERE time < ?1 ORDER BY id LIMIT ?2)",
                         )
                         .and_then(|mut s| s.execute(params![before_us, limit]))?;
-                    let full = |n: usize| u32::try_from(n).is_ok_and(|n| n >= *limit);
-                    let mut more = full(rows);
-                    // The guard's rows age out with the ledger's (their own count is not
-                    // reported: the metric counts callbacks).
-                    for sql in [
-                        "DELETE FROM bindings WHERE (service_id, sign) IN
-                         (SELECT service_id, sign FROM bindings WHERE time < ?1 ORDER BY time LIMIT ?2)",
-                        "DELETE FROM completes WHERE (service_id, click_trans_id) IN
-                         (SELECT service_id, click_trans_id FROM completes WHERE time < ?1 ORDER BY time LIMIT ?2)",
-                    ] {
-                        let n = tx
-                            .prepare_cached(sql)
-                            .and_then(|mut s| s.execute(params![before_us, limit]))?;
-                        more |= full(n);
-                    }
+                    delete_orphan_answers(tx)?;
                     OpResult::Pruned {
                         rows: rows as u64,
-                        more,
+                        more: u32::try_from(rows).is_ok_and(|n| n >= *limit),
                     }
                 }
-                Op::Bind(b) => OpResult::Bound(bind(tx, b)?),
                 Op::PruneRefused { limit } => {
                     let rows = tx
-                        .prepare_cached(super::store::PRUNE_REFUSED)
+                        .prepare_cached(PRUNE_REFUSED)
                         .and_then(|mut s| s.execute(params![limit]))?;
                     OpResult::Pruned {
                         rows: rows as u64,
                         more: u32::try_from(rows).is_ok_and(|n| n >= *limit),
                     }
                 }
+                Op::Body(id) => OpResult::Body(
+                    tx.prepare_cached("SELECT content_type, body FROM callbacks WHERE id = ?1")?
+                        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?,
+                ),
             });
         }
         Ok(results)
@@ -620,21 +657,29 @@ impl SqliteStore {
             }};
         }
         if let Some(m) = &f.merchant_trans_id {
-            add!("merchant_trans_id", "=", m);
+            add!("c.merchant_trans_id", "=", m);
         }
         if let Some(c) = &f.click_trans_id {
             let column = if f.merchant_trans_id.is_some() {
-                "+click_trans_id"
+                "+c.click_trans_id"
             } else {
-                "click_trans_id"
+                "c.click_trans_id"
             };
             add!(column, "=", c);
         }
         if let Some(s) = &f.service_id {
-            add!(if by_id { "+service_id" } else { "service_id" }, "=", s);
+            add!(
+                if by_id {
+                    "+c.service_id"
+                } else {
+                    "c.service_id"
+                },
+                "=",
+                s
+            );
         }
-        add!(if by_id { "+time" } else { "time" }, ">=", &f.since_us);
-        self.select(&conditions.join(" AND "), f.bodies, &args)
+        add!(if by_id { "+c.time" } else { "c.time" }, ">=", &f.since_us);
+        self.select(&conditions.join(" AND "), &args)
     }
 
     pub fn refused_signatures(
@@ -644,13 +689,11 @@ impl SqliteStore {
     ) -> Result<Vec<Stored>, LedgerError> {
         match service_id {
             Some(s) => self.select(
-                &format!("service_id = ?1 AND time >= ?2 AND {REFUSED_FOR_SIGNATURE}"),
-                true,
+                &format!("c.service_id = ?1 AND c.time >= ?2 AND {REFUSED_FOR_SIGNATURE}"),
                 &[&s, &since_us],
             ),
             None => self.select(
-                &format!("time >= ?1 AND {REFUSED_FOR_SIGNATURE}"),
-                true,
+                &format!("c.time >= ?1 AND {REFUSED_FOR_SIGNATURE}"),
                 &[&since_us],
             ),
         }
@@ -659,21 +702,40 @@ impl SqliteStore {
     fn select(
         &self,
         condition: &str,
-        with_body: bool,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Stored>, LedgerError> {
-        let body = if with_body { "body" } else { "x''" };
-        let sql =
-            format!("SELECT {COLUMNS}, {body} FROM callbacks WHERE {condition} ORDER BY time, id");
+        let sql = format!("{} WHERE {condition} ORDER BY c.time, c.id", model::SELECT);
         let mut stmt = self
             .conn
             .prepare(&sql)
             .map_err(|source| self.query_err(source))?;
         let rows = stmt
-            .query_map(args, stored)
+            .query_map(args, |r| Stored::from_row(&Read(r)))
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|source| self.query_err(source))?;
         Ok(rows)
+    }
+}
+
+/// A SQLite row, read by position for [`Stored::from_row`].
+struct Read<'a, 'r>(&'a rusqlite::Row<'r>);
+
+impl model::RowRead for Read<'_, '_> {
+    type Error = rusqlite::Error;
+    fn int(&self, i: usize) -> rusqlite::Result<i64> {
+        self.0.get(i)
+    }
+    fn opt_int(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.0.get(i)
+    }
+    fn text(&self, i: usize) -> rusqlite::Result<String> {
+        self.0.get(i)
+    }
+    fn opt_text(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.0.get(i)
+    }
+    fn bytes(&self, i: usize) -> rusqlite::Result<Vec<u8>> {
+        self.0.get(i)
     }
 }
 
@@ -696,57 +758,41 @@ fn header(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
 /// halt, its bindings' reset) is paid once for them all.
 const ROWS_PER_INSERT: usize = 8;
 
-/// The multi-row `INSERT` for `rows` rows (1 to [`ROWS_PER_INSERT`]), built once.
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (1..=ROWS_PER_INSERT)
-            .map(|n| {
-                let head = &INSERT[..INSERT.find("VALUES").unwrap_or(INSERT.len())];
-                let row = |r: usize| {
-                    let marks: Vec<String> = (1..=INSERT_VALUES)
-                        .map(|c| format!("?{}", r * INSERT_VALUES + c))
-                        .collect();
-                    format!("({})", marks.join(", "))
-                };
-                let rows: Vec<String> = (0..n).map(row).collect();
-                format!("{head}VALUES {}", rows.join(", "))
-            })
-            .collect()
-    });
-    all.get(rows.saturating_sub(1))
-        .map_or(INSERT, String::as_str)
+/// The multi-row statements for 1 to [`ROWS_PER_INSERT`] rows, built once.
+fn statements(
+    build: fn(usize) -> String,
+    cache: &'static std::sync::OnceLock<Vec<String>>,
+    rows: usize,
+) -> &'static str {
+    let all = cache.get_or_init(|| (1..=ROWS_PER_INSERT).map(build).collect());
+    all.get(rows.saturating_sub(1)).map_or("", String::as_str)
 }
 
-/// Values in one row of [`INSERT`].
-const INSERT_VALUES: usize = 33;
-
-/// Inserts plain rows (nobody waits for their ids) in statements of up to
-/// [`ROWS_PER_INSERT`] rows.
-fn insert_rows(tx: &Connection, rows: &[(&super::Record, &ClickFields)]) -> rusqlite::Result<()> {
+fn insert_rows(tx: &Connection, rows: &[Row<'_>]) -> rusqlite::Result<()> {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut stmt = tx.prepare_cached(insert_sql(chunk.len()))?;
-        for (i, (rec, f)) in chunk.iter().enumerate() {
-            bind_row(&mut stmt, i * INSERT_VALUES, rec, f)?;
+        let sql = statements(|n| model::insert_callbacks(n, true), &SQL, chunk.len());
+        let mut stmt = tx.prepare_cached(sql)?;
+        for (i, row) in chunk.iter().enumerate() {
+            bind_row(&mut stmt, i * model::CALLBACK_VALUES, row)?;
         }
         stmt.raw_execute()?;
     }
     Ok(())
 }
 
-/// Binds one row's values at parameters `base + 1 ..= base + INSERT_VALUES`, in [`INSERT`]'s
-/// order.
+/// Binds one row's values at parameters `base + 1 ..= base + CALLBACK_VALUES`, in the order
+/// of [`model::insert_callbacks`].
 fn bind_row(
     stmt: &mut rusqlite::Statement<'_>,
     base: usize,
-    rec: &super::Record,
-    f: &ClickFields,
+    row: &Row<'_>,
 ) -> rusqlite::Result<()> {
-    let answer = rec.backend.as_ref().and_then(|b| b.answer.as_ref());
-    let answer_field =
-        |get: fn(&super::BackendAnswer) -> &Option<String>| answer.and_then(|a| get(a).as_deref());
+    let (rec, f) = (row.record, row.fields);
     let fp = rec.verified.map(|v| v.fingerprint);
-    let values: [&dyn rusqlite::ToSql; INSERT_VALUES] = [
+    let bound = rec.bound;
+    let values: [&dyn rusqlite::ToSql; model::CALLBACK_VALUES] = [
+        &row.id,
         &unix_micros(rec.time),
         &rec.request_id,
         &rec.peer.to_string(),
@@ -754,16 +800,9 @@ fn bind_row(
         &rec.path,
         &rec.content_type,
         &&rec.body[..],
-        &f.click_trans_id,
         &f.service_id,
-        &f.click_paydoc_id,
+        &f.click_trans_id,
         &f.merchant_trans_id,
-        &f.merchant_prepare_id,
-        &f.amount,
-        &f.action,
-        &f.error,
-        &f.error_note,
-        &f.sign_time,
         &rec.verdict.as_str(),
         &rec.reason,
         &rec.hint,
@@ -773,14 +812,10 @@ fn bind_row(
         &fp.as_ref().map(|fp| fp.as_str()),
         &i64::try_from(rec.generation).unwrap_or(i64::MAX),
         &rec.mode.as_str(),
-        &rec.backend.as_ref().map(|b| i64::from(b.status)),
-        &answer_field(|a| &a.error),
-        &answer_field(|a| &a.error_note),
-        &answer_field(|a| &a.merchant_prepare_id),
-        &answer_field(|a| &a.merchant_confirm_id),
-        &micros(rec.timings.gateway),
-        &rec.timings.upstream.map(micros),
-        &micros(rec.timings.total),
+        &micros(rec.gateway),
+        &bound.map(|b| b.key),
+        &bound.map(|b| b.digest),
+        &bound.and_then(|b| b.complete_error),
     ];
     for (i, value) in values.iter().enumerate() {
         stmt.raw_bind_parameter(base + i + 1, value)?;
@@ -788,409 +823,52 @@ fn bind_row(
     Ok(())
 }
 
-fn insert(tx: &Connection, rec: &super::Record, f: &ClickFields) -> rusqlite::Result<()> {
-    insert_rows(tx, &[(rec, f)])
+fn insert_answers(tx: &Connection, answers: &[Answer]) -> rusqlite::Result<()> {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    for chunk in answers.chunks(ROWS_PER_INSERT) {
+        let sql = statements(model::insert_answers, &SQL, chunk.len());
+        // An answer written twice (a retried batch) keeps the first.
+        let sql = sql.replacen("INSERT INTO", "INSERT OR IGNORE INTO", 1);
+        let mut stmt = tx.prepare_cached(&sql)?;
+        for (i, a) in chunk.iter().enumerate() {
+            let base = i * model::ANSWER_VALUES;
+            let field = |get: fn(&super::BackendAnswer) -> &Option<String>| {
+                a.backend.answer.as_ref().and_then(|x| get(x).clone())
+            };
+            let values: [&dyn rusqlite::ToSql; model::ANSWER_VALUES] = [
+                &a.callback,
+                &i64::from(a.backend.status),
+                &field(|x| &x.error),
+                &field(|x| &x.error_note),
+                &field(|x| &x.merchant_prepare_id),
+                &field(|x| &x.merchant_confirm_id),
+                &a.upstream.map(micros),
+                &micros(a.total),
+            ];
+            for (j, value) in values.iter().enumerate() {
+                stmt.raw_bind_parameter(base + j + 1, value)?;
+            }
+        }
+        stmt.raw_execute()?;
+    }
+    Ok(())
 }
 
-fn stored(r: &Row<'_>) -> rusqlite::Result<Stored> {
-    Ok(Stored {
-        id: r.get(0)?,
-        time_us: r.get(1)?,
-        request_id: r.get(2)?,
-        peer: r.get(3)?,
-        client: r.get(4)?,
-        path: r.get(5)?,
-        content_type: r.get(6)?,
-        fields: ClickFields {
-            click_trans_id: r.get(7)?,
-            service_id: r.get(8)?,
-            click_paydoc_id: r.get(9)?,
-            merchant_trans_id: r.get(10)?,
-            merchant_prepare_id: r.get(11)?,
-            amount: r.get(12)?,
-            action: r.get(13)?,
-            error: r.get(14)?,
-            error_note: r.get(15)?,
-            sign_time: r.get(16)?,
-        },
-        verdict: r.get(17)?,
-        reason: r.get(18)?,
-        hint: r.get(19)?,
-        detail: r.get(20)?,
-        slot: r.get(21)?,
-        fp: r.get(22)?,
-        generation: r.get(23)?,
-        mode: r.get(24)?,
-        backend_status: r.get(25)?,
-        backend_error: r.get(26)?,
-        backend_error_note: r.get(27)?,
-        backend_prepare_id: r.get(28)?,
-        backend_confirm_id: r.get(29)?,
-        gateway_us: r.get(30)?,
-        upstream_us: r.get(31)?,
-        total_us: r.get(32)?,
-        body: r.get(33)?,
-    })
+fn correct(tx: &Connection, corrections: &[Correction]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE callbacks SET verdict = ?2, reason = ?3, hint = ?4, detail = ?5 WHERE id = ?1",
+    )?;
+    for c in corrections {
+        stmt.execute(params![c.callback, c.verdict, c.reason, c.hint, c.detail])?;
+    }
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ledger::record::sample;
-    use std::time::SystemTime;
-
-    fn insert_one(store: &mut SqliteStore, merchant: &str) -> i64 {
-        let rec = sample(merchant, SystemTime::now());
-        let fields = ClickFields::decode(rec.content_type.as_deref(), &rec.body);
-        match store.apply(&[Op::Insert(&rec, &fields)]).unwrap()[..] {
-            [OpResult::Inserted { id }] => id,
-            ref other => panic!("{other:?}"),
-        }
-    }
-
-    fn binding(sign: &str, fields: &str, complete: Option<(&str, &str)>) -> Binding {
-        Binding {
-            service_id: "12345".into(),
-            sign: sign.into(),
-            digest: crate::guard::digest(&crate::guard::canonical(&[("f", fields)])),
-            fields: format!("{{\"f\":\"{fields}\"}}"),
-            request_id: "r".into(),
-            token: format!("{sign}{fields}{}", complete.map_or("", |c| c.1)),
-            time_us: 1,
-            enforce_signature: true,
-            complete: complete.map(|(t, e)| crate::ledger::CompleteClaim {
-                click_trans_id: t.into(),
-                error: e.into(),
-            }),
-        }
-    }
-
-    fn bind_one(store: &mut SqliteStore, b: &Binding) -> BindOutcome {
-        match store.apply(&[Op::Bind(b)]).unwrap().pop() {
-            Some(OpResult::Bound(o)) => o,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_signature_binds_to_its_first_message_and_a_complete_to_its_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open_writer(&dir.path().join("ledger.db")).unwrap();
-        let first = binding("aa", "x", Some(("7", "-5017")));
-        assert_eq!(bind_one(&mut store, &first).signature, Seen::First);
-        // A retry: another attempt (token), the same fields.
-        let retry = Binding {
-            token: "again".into(),
-            ..first.clone()
-        };
-        let found = bind_one(&mut store, &retry);
-        assert_eq!(found.signature, Seen::Same);
-        assert_eq!(found.earlier_complete_error.as_deref(), Some("-5017"));
-        // The same signature with other fields: named; refused, so not the transaction's.
-        let changed = binding("aa", "y", Some(("8", "0")));
-        assert_eq!(
-            bind_one(&mut store, &changed).signature,
-            Seen::Changed(vec!["f".into()])
-        );
-        let other = binding("bb", "z", Some(("8", "0")));
-        let found = bind_one(&mut store, &other);
-        assert_eq!(found.signature, Seen::First);
-        assert_eq!(
-            found.earlier_complete_error, None,
-            "the refused one did not count"
-        );
-    }
-
-    #[test]
-    fn a_v1_ledger_is_migrated_to_the_current_schema_keeping_its_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ledger.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.execute_batch(&format!(
-                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;"
-            ))
-            .unwrap();
-            conn.execute(
-                "INSERT INTO callbacks (time, request_id, peer, client, path, body, verdict, generation, mode, gateway_us, total_us)
-                 VALUES (1, 'old-row', 'p', 'c', '/', x'', 'verified', 1, 'enforce', 0, 0)",
-                [],
-            )
-            .unwrap();
-        }
-        let mut store = SqliteStore::open_writer(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        let kept: String = store
-            .conn
-            .query_row("SELECT request_id FROM callbacks", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(kept, "old-row");
-        assert_eq!(
-            bind_one(&mut store, &binding("cc", "x", None)).signature,
-            Seen::First
-        );
-    }
-
-    #[test]
-    fn a_new_ledger_is_private_wal_and_versioned() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ledger.db");
-        let mut store = SqliteStore::open_writer(&path).unwrap();
-        insert_one(&mut store, "order-1");
-        for file in ["ledger.db", "ledger.db-wal", "ledger.db-shm"] {
-            let mode = std::fs::metadata(dir.path().join(file)).unwrap().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{file}");
-        }
-        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        let (app, version, _) = header(&store.conn).unwrap();
-        assert_eq!((app, version), (APPLICATION_ID, SCHEMA_VERSION));
-        let mode: String = store
-            .conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        drop(store);
-        // Opening again migrates nothing and keeps the row.
-        let store = SqliteStore::open_writer(&path).unwrap();
-        let rows = store
-            .callbacks(&Filter {
-                merchant_trans_id: Some("order-1".into()),
-                ..Filter::default()
-            })
-            .unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].fields.amount.as_deref(), Some("1000.00"));
-        assert!(rows[0].body.is_empty(), "timelines carry no bodies");
-    }
-
-    #[test]
-    fn other_files_are_refused_and_never_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let other = dir.path().join("other.db");
-        let conn = Connection::open(&other).unwrap();
-        conn.execute_batch("CREATE TABLE accounts (x)").unwrap();
-        drop(conn);
-        let err = SqliteStore::open_writer(&other).unwrap_err();
-        assert!(
-            matches!(err, LedgerError::NotALedger { found: 0, .. }),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("is not a click-gateway ledger"),
-            "{err}"
-        );
-        assert!(matches!(
-            SqliteStore::open_reader(&other),
-            Err(LedgerError::NotALedger { .. })
-        ));
-
-        let junk = dir.path().join("junk.db");
-        std::fs::write(&junk, "not a database, and long enough to look like a header....................................................................").unwrap();
-        let before = std::fs::read(&junk).unwrap();
-        let err = SqliteStore::open_writer(&junk).unwrap_err();
-        assert!(err.to_string().contains("not a database"), "{err}");
-        assert_eq!(std::fs::read(&junk).unwrap(), before);
-
-        let newer = dir.path().join("newer.db");
-        drop(SqliteStore::open_writer(&newer).unwrap());
-        Connection::open(&newer)
-            .unwrap()
-            .execute_batch("PRAGMA user_version = 7")
-            .unwrap();
-        let err = SqliteStore::open_writer(&newer).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("has schema v7, newer than this click-gateway's v2"),
-            "{err}"
-        );
-        assert!(matches!(
-            SqliteStore::inspect(&newer),
-            Err(LedgerError::NewerSchema { found: 7, .. })
-        ));
-    }
-
-    #[test]
-    fn readers_need_an_existing_current_ledger() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("none.db");
-        let err = SqliteStore::open_reader(&path).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "no ledger at {}: is [ledger] database set and has the gateway run?",
-                path.display()
-            )
-        );
-        assert!(!path.exists(), "a reader creates nothing");
-        // An empty file is a database of schema v0: the gateway would migrate it, a reader
-        // says so.
-        std::fs::write(&path, b"").unwrap();
-        let err = SqliteStore::open_reader(&path).unwrap_err();
-        assert!(matches!(err, LedgerError::NotALedger { .. }), "{err}");
-        match SqliteStore::inspect(&path).unwrap() {
-            Inspection::Present {
-                version: 0,
-                rows: 0,
-                writable: Ok(()),
-                ..
-            } => {}
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            0,
-            "inspect wrote nothing"
-        );
-    }
-
-    #[test]
-    fn inspect_reports_without_creating() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.db");
-        assert_eq!(SqliteStore::inspect(&path).unwrap(), Inspection::Absent);
-        assert!(!path.exists());
-        let err = SqliteStore::inspect(&dir.path().join("no-such-dir/l.db")).unwrap_err();
-        assert!(err.to_string().contains("its directory"), "{err}");
-        let mut store = SqliteStore::open_writer(&path).unwrap();
-        insert_one(&mut store, "o");
-        match SqliteStore::inspect(&path).unwrap() {
-            Inspection::Present {
-                version: SCHEMA_VERSION,
-                rows: 1,
-                writable: Ok(()),
-                mode: 0o600,
-            } => {}
-            other => panic!("{other:?}"),
-        }
-    }
-
-    /// What the writer relies on when it recreates a deleted database.
-    #[test]
-    fn a_fresh_file_never_replays_the_wal_of_a_deleted_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.db");
-        let mut store = SqliteStore::open_writer(&path).unwrap();
-        insert_one(&mut store, "old");
-        assert!(!store.replaced());
-        // What `rm l.db` leaves: the -wal and -shm of the deleted database.
-        std::fs::remove_file(&path).unwrap();
-        assert!(store.replaced());
-        let wal = sidecar(&path, "-wal");
-        let stale = std::fs::read(&wal).unwrap();
-        assert!(!stale.is_empty());
-        // A copy survives the old connection's close, as it would if another process held it.
-        drop(store);
-        std::fs::write(&wal, &stale).unwrap();
-        let store = SqliteStore::open_writer(&path).unwrap();
-        let rows = store.callbacks(&Filter::default()).unwrap();
-        assert!(rows.is_empty(), "stale WAL pages replayed: {rows:?}");
-    }
-
-    #[test]
-    fn prune_deletes_the_oldest_in_bounded_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open_writer(&dir.path().join("l.db")).unwrap();
-        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let recs: Vec<_> = (0..5u64)
-            .map(|i| sample(&format!("o{i}"), base + Duration::from_secs(i)))
-            .collect();
-        let fields: Vec<_> = recs
-            .iter()
-            .map(|r| ClickFields::decode(r.content_type.as_deref(), &r.body))
-            .collect();
-        let ops: Vec<_> = recs
-            .iter()
-            .zip(&fields)
-            .map(|(r, f)| Op::Insert(r, f))
-            .collect();
-        store.apply(&ops).unwrap();
-        let cutoff = unix_micros(base + Duration::from_secs(4));
-        let prune = |store: &mut SqliteStore| match store
-            .apply(&[Op::Prune {
-                before_us: cutoff,
-                limit: 3,
-            }])
-            .unwrap()[..]
-        {
-            [OpResult::Pruned { rows, .. }] => rows,
-            ref other => panic!("{other:?}"),
-        };
-        assert_eq!(prune(&mut store), 3);
-        assert_eq!(prune(&mut store), 1);
-        assert_eq!(prune(&mut store), 0);
-        let left: Vec<_> = store
-            .callbacks(&Filter::default())
-            .unwrap()
-            .into_iter()
-            .map(|r| r.fields.merchant_trans_id.unwrap())
-            .collect();
-        assert_eq!(left, ["o4"]);
-    }
-
-    #[test]
-    fn a_guard_file_with_only_bindings_is_pruned_batch_after_batch() {
-        // A guard's own file holds no callbacks: its bindings must still say "more are due".
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open_writer(&dir.path().join("l.guard.db")).unwrap();
-        for i in 0..4 {
-            // time_us 1: long past any cutoff.
-            bind_one(&mut store, &binding(&format!("s{i}"), "a", None));
-        }
-        let prune = |store: &mut SqliteStore| match store
-            .apply(&[Op::Prune {
-                before_us: 2,
-                limit: 3,
-            }])
-            .unwrap()[..]
-        {
-            [OpResult::Pruned { rows, more }] => (rows, more),
-            ref other => panic!("{other:?}"),
-        };
-        assert_eq!(prune(&mut store), (0, true), "a whole batch of bindings");
-        assert_eq!(prune(&mut store), (0, false), "the last one");
-        let left: i64 = store
-            .conn
-            .query_row("SELECT count(*) FROM bindings", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(left, 0);
-    }
-
-    #[test]
-    fn lookups_use_their_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_writer(&dir.path().join("l.db")).unwrap();
-        let plan = |sql: &str| -> String {
-            let mut stmt = store
-                .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap();
-            let rows = stmt
-                .query_map([], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            rows.join("; ")
-        };
-        let q = |cond: &str| format!("SELECT id FROM callbacks WHERE {cond} ORDER BY time, id");
-        for (cond, index) in [
-            (
-                "merchant_trans_id = 'x' AND +service_id = '1' AND +time >= 0",
-                "callbacks_merchant_trans_id",
-            ),
-            (
-                "click_trans_id = '1' AND +time >= 0",
-                "callbacks_click_trans_id",
-            ),
-            (
-                "click_trans_id = '1' AND +service_id = '2' AND +time >= 0",
-                "callbacks_click_trans_id",
-            ),
-            ("service_id = '1' AND time >= 0", "callbacks_service_time"),
-            ("time >= 0 AND reason IN ('a')", "callbacks_time"),
-        ] {
-            let p = plan(&q(cond));
-            assert!(p.contains(index), "{cond}: {p}");
-        }
-    }
+/// Answers whose row was pruned go with it (the oldest rows: the answers table is keyed by
+/// the row's id, so they are its first entries).
+fn delete_orphan_answers(tx: &Connection) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "DELETE FROM answers WHERE callback < (SELECT coalesce(min(id), 9223372036854775807) FROM callbacks)",
+    )
+    .and_then(|mut s| s.execute([]))
 }

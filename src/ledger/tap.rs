@@ -1,27 +1,42 @@
-//! The ledger's view of a forwarded callback's answer: the backend's response body is read
-//! for its Click fields as it streams to Click, unchanged and never held back, and the row is
-//! queued when the body ends (or is dropped). Only the first [`MAX_BACKEND_ANSWER`] bytes are
-//! kept: a Click answer is a few dozen.
+//! The ledger's view of a forwarded callback's answer: the backend's response body is read for
+//! its Click fields as it streams to Click, unchanged and never held back, and the answer is
+//! queued when the body ends (or is dropped), beside the callback's row written before it was
+//! forwarded. Only the first [`MAX_BACKEND_ANSWER`] bytes are kept: a Click answer is a few
+//! dozen.
 
-use super::{Backend, BackendAnswer, Ledger, Record, MAX_BACKEND_ANSWER};
+use std::time::Duration;
+
+use super::{Answer, Backend, BackendAnswer, Ledger, MAX_BACKEND_ANSWER};
 use crate::proxy::stall::BodyObserver;
 
-/// Completes a callback's [`Record`] with the backend's answer, then records it.
+/// Appends a forwarded callback's [`Answer`] once its body has streamed.
 pub struct AnswerTap {
     ledger: Ledger,
-    record: Record,
+    callback: i64,
     status: u16,
+    upstream: Option<Duration>,
+    total: Duration,
     seen: Vec<u8>,
     /// The body outgrew [`MAX_BACKEND_ANSWER`]: not a Click answer.
     too_long: bool,
 }
 
 impl AnswerTap {
-    pub fn new(ledger: Ledger, record: Record, status: u16) -> Box<AnswerTap> {
+    /// The answer of row `callback`: the backend's `status`, after `upstream` (from sending to
+    /// its response headers) and `total` (from the request's arrival).
+    pub fn new(
+        ledger: Ledger,
+        callback: i64,
+        status: u16,
+        upstream: Option<Duration>,
+        total: Duration,
+    ) -> Box<AnswerTap> {
         Box::new(AnswerTap {
             ledger,
-            record,
+            callback,
             status,
+            upstream,
+            total,
             seen: Vec::new(),
             too_long: false,
         })
@@ -39,17 +54,17 @@ impl BodyObserver for AnswerTap {
     }
 
     fn finish(self: Box<Self>, complete: bool) {
-        let AnswerTap {
-            ledger,
-            mut record,
-            status,
-            seen,
-            too_long,
-        } = *self;
-        let answer = (complete && !too_long)
-            .then(|| BackendAnswer::parse(&seen))
+        let answer = (complete && !self.too_long)
+            .then(|| BackendAnswer::parse(&self.seen))
             .flatten();
-        record.backend = Some(Backend { status, answer });
-        ledger.record(record);
+        self.ledger.answer(Answer {
+            callback: self.callback,
+            backend: Backend {
+                status: self.status,
+                answer,
+            },
+            upstream: self.upstream,
+            total: self.total,
+        });
     }
 }

@@ -1,50 +1,45 @@
 //! The writer: one OS thread that owns the database connection, fed by two bounded queues.
 //!
-//! - the **row queue** takes [`Record`]s from the data path ([`Ledger::record`]) and flush
-//!   markers; the request side only takes a short lock to push, and never waits: a full queue
-//!   or a failing database costs the row, counted, not the callback's time;
-//! - the **urgent queue** takes [`Job`]s whose caller awaits the commit (a replay guard's
-//!   statement); it is drained first, so such a job never waits behind a backlog of rows.
+//! - the **write-ahead queue** takes the rows of callbacks about to be forwarded (SQLite; a
+//!   PostgreSQL row goes in one round trip of its own, [`super::postgres`]), each with the
+//!   callback waiting for its commit, and the reads the guard waits for; it is drained first;
+//! - the **row queue** takes what nobody waits for: refused callbacks' rows, forwarded ones'
+//!   answers, corrections; a full queue or a failing database costs such an entry, counted,
+//!   never a callback's time.
 //!
-//! Each round takes every urgent job and up to [`BATCH`] queued rows (only [`URGENT_RIDE`]
-//! along with urgent jobs, which should not wait for hundreds of inserts) and commits them in
-//! one transaction (group commit: one fsync for the lot), then answers the waiters. Rows alone
-//! wait for a round until [`COMMIT_WINDOW`] has passed since the last commit (or a batch is
-//! full, or someone flushes): a quiet ledger commits a row at once, a busy one in batches of
-//! hundreds, and most of a commit's cost is per page written, not per row (the WAL frames, the
-//! checkpoint that copies them, the fsync), so its cost per row falls with the batch. Before each
-//! round the writer checks that the path still names the file it has open (a deleted or
+//! **Group commit without a window.** Each round takes everything waiting (up to [`BATCH`]
+//! rows; only [`RIDE`] of the row queue along with write-ahead rows, which should not wait for
+//! hundreds of refusals) and commits it in one transaction, then answers the waiters: the
+//! next round gathers while a commit is in flight, and nothing ever waits for a timer. Before
+//! each round the writer checks that the path still names the file it has open (a deleted or
 //! replaced database would otherwise swallow rows into an unlinked inode) and recreates it if
-//! not. When the database fails, the round's rows are counted lost, waiters get the error, and
-//! the writer retries with a backoff (an urgent job triggers an attempt at once) until it works
-//! again; meanwhile rows wait in the queue, and beyond its capacity are counted `write_failed`.
-//!
-//! [`Ledger::record`]: super::Ledger::record
+//! not. When the database fails, the round's rows are counted lost, waiters get the error (and
+//! `guard.on_store_error` decides for their callbacks), and the writer retries with a backoff
+//! (a write-ahead row triggers an attempt at once) until it works again; meanwhile the row
+//! queue waits, and beyond its capacity entries are counted `write_failed`. Failures are
+//! logged when they start and when they end, and lost rows once a minute, never a line per
+//! callback.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{oneshot, watch};
 
-use super::record::{unix_micros, ClickFields, Record, Verdict};
-use super::store::{Location, Op, OpResult, Store};
-use super::{Done, Job, LedgerError};
+use super::model::Location;
+use super::record::{unix_micros, Answer, ClickFields, Record, Verdict};
+use super::store::{Correction, Op, OpResult, Row, Store, StoredBody};
+use super::{Admitted, LedgerError};
 use crate::click::MAX_CALLBACK_BODY;
+use crate::config::Synchronous;
 use crate::metrics::Metrics;
 
-/// Rows per transaction at most: a batch stays a few milliseconds of work, so an urgent job
-/// arriving during one waits little.
+/// Rows per transaction at most: a round stays a few milliseconds of work.
 pub const BATCH: usize = 512;
-/// Rows that ride along in a transaction carrying urgent jobs: enough to keep a backlog
-/// moving, few enough that the urgent job's commit is not held up by them.
-pub const URGENT_RIDE: usize = 64;
-/// How long rows may wait after a commit for the next one: an upper bound on the extra time a
-/// row spends queued (it is on no request's path) that turns a busy ledger's commits into a
-/// hundred a second, whatever the rate. Urgent jobs never wait for it.
-pub const COMMIT_WINDOW: Duration = Duration::from_millis(10);
+/// Entries of the row queue that ride along with write-ahead rows.
+pub const RIDE: usize = 64;
 /// Rows deleted per pruning transaction: pruning never holds the write lock for long.
 pub const PRUNE_BATCH: u32 = 500;
 /// How often the writer looks for rows past their retention.
@@ -56,23 +51,17 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The writer wakes at least this often when idle, for its housekeeping.
 const TICK: Duration = Duration::from_secs(1);
-/// How often the writer measures the ledger against `ledger.max_size` and `ledger.min_free`.
+/// How often the writer measures a SQLite ledger against `ledger.max_size` and
+/// `ledger.min_free` (besides after every commit of rows: a few page counts and a `statvfs`).
 const SIZE_EVERY: Duration = Duration::from_secs(1);
+/// How often it measures a PostgreSQL one (a query; nothing after commits).
+const PG_SIZE_EVERY: Duration = Duration::from_secs(60);
 
 /// `ledger.max_size` and `ledger.min_free`: beyond them, refused callbacks give way.
 #[derive(Debug, Clone, Copy)]
 pub struct SizeBounds {
     pub max_size: u64,
     pub min_free: u64,
-}
-
-/// What a store holds, for what its writer says when it fails: a lost ledger row costs a record,
-/// a guard store that cannot answer costs callbacks their guard (`guard.on_store_error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Ledger,
-    /// A SQLite ledger's `.guard` file: bindings only.
-    Guard,
 }
 
 /// Why a row was lost: the label of `ledger_dropped_total`.
@@ -102,16 +91,26 @@ impl DropReason {
     }
 }
 
-/// An entry of the row queue.
+/// An entry of the row queue: nobody waits for it (but a flush).
 enum Queued {
-    Row(Box<Record>),
+    /// A row, with its id when the gateway numbers rows (SQLite).
+    Row(Option<i64>, Box<Record>),
+    Answer(Answer),
+    Correction(Correction),
     /// Answered once everything queued before it has been committed or dropped.
-    Flush(oneshot::Sender<Result<Done, LedgerError>>),
+    Flush(oneshot::Sender<Result<(), LedgerError>>),
 }
 
-struct Urgent {
-    job: Job,
-    reply: oneshot::Sender<Result<Done, LedgerError>>,
+/// An entry of the write-ahead queue: a callback waits for it.
+enum Waited {
+    /// The row of a callback about to be forwarded: answered with its id once committed.
+    Row(
+        i64,
+        Box<Record>,
+        oneshot::Sender<Result<Admitted, LedgerError>>,
+    ),
+    /// A row's content type and body.
+    Body(i64, oneshot::Sender<Result<StoredBody, LedgerError>>),
 }
 
 #[derive(Default)]
@@ -119,7 +118,7 @@ struct State {
     rows: VecDeque<Queued>,
     /// Flush markers in `rows`: a round is due at once while there is one.
     flushes: usize,
-    urgent: VecDeque<Urgent>,
+    waited: VecDeque<Waited>,
     /// Set by `close`: drain until empty or until this instant (`None`: no deadline).
     closing: Option<Option<Instant>>,
     /// The writer has exited: nothing queued will be taken any more.
@@ -144,8 +143,9 @@ pub(super) struct Shared {
     bounds: SizeBounds,
     /// `ledger_unrecorded_total{reason="size"}`.
     unrecorded_size: Counter,
+    /// The next row id, when the gateway numbers rows (SQLite); 0 when the database does.
+    next_id: AtomicI64,
     exited_tx: watch::Sender<bool>,
-    role: Role,
 }
 
 impl Shared {
@@ -154,7 +154,7 @@ impl Shared {
         retention: Duration,
         bounds: SizeBounds,
         metrics: Arc<Metrics>,
-        role: Role,
+        first_id: Option<i64>,
     ) -> (Arc<Shared>, watch::Receiver<bool>) {
         let unrecorded_size = metrics
             .ledger_unrecorded
@@ -179,8 +179,8 @@ impl Shared {
             refused_full: AtomicBool::new(false),
             bounds,
             unrecorded_size,
+            next_id: AtomicI64::new(first_id.unwrap_or(0)),
             exited_tx,
-            role,
         };
         (Arc::new(shared), exited_rx)
     }
@@ -198,24 +198,31 @@ impl Shared {
         }
     }
 
-    /// Queues a row; never waits beyond the push itself. A refused callback's row is not
-    /// queued while the ledger is at its size bound (counted instead).
-    pub(super) fn record(&self, mut rec: Record) {
-        if matches!(rec.verdict, Verdict::Rejected | Verdict::Refused)
-            && self.refused_full.load(Ordering::Relaxed)
-        {
-            self.unrecorded_size.inc();
-            return;
+    /// A row id from the gateway's count (SQLite), in arrival order; `None` when the database
+    /// numbers rows.
+    pub(super) fn next_id(&self) -> Option<i64> {
+        match self.next_id.load(Ordering::Relaxed) {
+            0 => None,
+            _ => Some(self.next_id.fetch_add(1, Ordering::Relaxed)),
         }
-        // A callback body is at most this long; the ledger never holds more of anything else
-        // that reaches a callback path (a reference-counted slice: no copy).
+    }
+
+    /// A callback body is at most this long; the ledger never holds more of anything else
+    /// that reaches a callback path (a reference-counted slice: no copy).
+    fn clip(rec: &mut Record) {
         if rec.body.len() > MAX_CALLBACK_BODY {
             rec.body = rec.body.slice(..MAX_CALLBACK_BODY);
         }
+    }
+
+    /// Queues an entry nobody waits for; never waits beyond the push itself. Returns
+    /// whether it was queued (else counted lost).
+    fn queue(&self, entry: Queued) -> bool {
         let mut st = self.lock();
         if st.closing.is_some() || st.exited {
             drop(st);
-            return self.drop_rows(DropReason::Shutdown, 1);
+            self.drop_rows(DropReason::Shutdown, 1);
+            return false;
         }
         if st.rows.len() >= self.capacity {
             drop(st);
@@ -224,22 +231,45 @@ impl Shared {
             } else {
                 DropReason::QueueFull
             };
-            return self.drop_rows(reason, 1);
+            self.drop_rows(reason, 1);
+            return false;
         }
-        st.rows.push_back(Queued::Row(Box::new(rec)));
+        st.rows.push_back(entry);
         let depth = st.rows.len();
         self.metrics.ledger_queue_depth.set(depth as i64);
         drop(st);
-        // The writer sleeps past the commit window only on an empty queue; with rows queued it
-        // wakes at the window's end by itself, and a full batch cuts that short. So a row
-        // wakes it only in those two cases, not once per row (each wake is a futex call here
-        // and a context switch there).
-        if depth == 1 || depth == BATCH {
+        // The writer sleeps only on empty queues: it needs waking by the first entry alone.
+        if depth == 1 {
             self.wake.notify_one();
         }
+        true
     }
 
-    pub(super) fn flush(&self) -> oneshot::Receiver<Result<Done, LedgerError>> {
+    /// Queues a refused callback's row (not while the ledger is at its size bound: counted
+    /// instead); returns its id when queued and the gateway numbers rows.
+    pub(super) fn record(&self, mut rec: Record) -> Option<i64> {
+        if matches!(rec.verdict, Verdict::Rejected | Verdict::Refused)
+            && self.refused_full.load(Ordering::Relaxed)
+        {
+            self.unrecorded_size.inc();
+            return None;
+        }
+        Self::clip(&mut rec);
+        let id = self.next_id();
+        self.queue(Queued::Row(id, Box::new(rec)))
+            .then_some(id)
+            .flatten()
+    }
+
+    pub(super) fn answer(&self, answer: Answer) {
+        self.queue(Queued::Answer(answer));
+    }
+
+    pub(super) fn correct(&self, correction: Correction) {
+        self.queue(Queued::Correction(correction));
+    }
+
+    pub(super) fn flush(&self) -> oneshot::Receiver<Result<(), LedgerError>> {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
         if st.closing.is_some() || st.exited {
@@ -255,19 +285,41 @@ impl Shared {
         rx
     }
 
-    pub(super) fn submit(&self, job: Job) -> oneshot::Receiver<Result<Done, LedgerError>> {
+    /// Queues a write-ahead row (its id already given), answered once committed.
+    pub(super) fn write_ahead(
+        &self,
+        id: i64,
+        mut rec: Record,
+    ) -> oneshot::Receiver<Result<Admitted, LedgerError>> {
+        Self::clip(&mut rec);
         let (tx, rx) = oneshot::channel();
+        self.wait_for(Waited::Row(id, Box::new(rec), tx));
+        rx
+    }
+
+    pub(super) fn body(&self, id: i64) -> oneshot::Receiver<Result<StoredBody, LedgerError>> {
+        let (tx, rx) = oneshot::channel();
+        self.wait_for(Waited::Body(id, tx));
+        rx
+    }
+
+    fn wait_for(&self, w: Waited) {
         let mut st = self.lock();
-        if st.exited {
-            let _ = tx.send(Err(LedgerError::Closed));
-        } else if st.urgent.len() >= self.capacity {
-            let _ = tx.send(Err(LedgerError::QueueFull));
-        } else {
-            st.urgent.push_back(Urgent { job, reply: tx });
+        if st.exited || st.closing.is_some() || st.waited.len() >= self.capacity {
+            let e = if st.waited.len() >= self.capacity {
+                LedgerError::QueueFull
+            } else {
+                LedgerError::Closed
+            };
             drop(st);
+            return w.fail(e);
+        }
+        st.waited.push_back(w);
+        let first = st.waited.len() == 1;
+        drop(st);
+        if first {
             self.wake.notify_one();
         }
-        rx
     }
 
     /// Asks the writer to drain and exit, by `deadline` if given.
@@ -283,11 +335,24 @@ impl Shared {
     }
 }
 
+impl Waited {
+    fn fail(self, e: LedgerError) {
+        match self {
+            Waited::Row(_, _, tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Waited::Body(_, tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
 /// The database's health as the writer sees it.
 enum Health {
     Ok,
     Failing {
-        /// No round of rows before this (urgent jobs try at once).
+        /// No round of the row queue before this (write-ahead rows try at once).
         retry_at: Instant,
         backoff: Duration,
     },
@@ -296,14 +361,14 @@ enum Health {
 pub(super) struct Writer {
     shared: Arc<Shared>,
     location: Location,
+    /// `ledger.synchronous`, for a store opened anew.
+    synchronous: Synchronous,
     store: Option<Store>,
     health: Health,
     next_prune: Instant,
     last_log: Option<Instant>,
     /// The last failure, logged with the next drop report.
     last_error: Option<String>,
-    /// When the last round of rows was committed (see [`COMMIT_WINDOW`]).
-    last_commit: Instant,
     /// When the size bounds are checked next.
     next_size_check: Instant,
     /// At the size bound, the last prune found no refused row left: no more scans for them
@@ -320,19 +385,26 @@ impl Drop for ExitGuard {
         let mut st = self.0.lock();
         st.exited = true;
         let left = std::mem::take(&mut st.rows);
-        let urgent = std::mem::take(&mut st.urgent);
+        let waited = std::mem::take(&mut st.waited);
         drop(st);
         let rows = left
             .into_iter()
-            .filter(|q| matches!(q, Queued::Row(_)))
+            .filter(|q| !matches!(q, Queued::Flush(_)))
             .count();
         self.0.drop_rows(DropReason::Shutdown, rows as u64);
-        for u in urgent {
-            let _ = u.reply.send(Err(LedgerError::Closed));
+        for w in waited {
+            w.fail(LedgerError::Closed);
         }
         self.0.metrics.ledger_queue_depth.set(0);
         let _ = self.0.exited_tx.send(true);
     }
+}
+
+/// One round's work.
+struct Round {
+    waited: Vec<Waited>,
+    rows: Vec<Queued>,
+    exit: bool,
 }
 
 impl Writer {
@@ -340,6 +412,7 @@ impl Writer {
     pub(super) fn new(
         shared: Arc<Shared>,
         location: Location,
+        synchronous: Synchronous,
         store: Store,
         prune_soon: bool,
     ) -> Writer {
@@ -347,12 +420,12 @@ impl Writer {
         Writer {
             shared,
             location,
+            synchronous,
             store: Some(store),
             health: Health::Ok,
             next_prune: if prune_soon { now } else { now + PRUNE_EVERY },
             last_log: None,
             last_error: None,
-            last_commit: now.checked_sub(COMMIT_WINDOW).unwrap_or(now),
             next_size_check: now,
             refused_pruned_out: false,
         }
@@ -363,12 +436,18 @@ impl Writer {
         loop {
             let round = self.take();
             let exit = round.exit;
-            if !round.urgent.is_empty() || !round.rows.is_empty() {
-                self.commit(round.urgent, round.rows);
+            if !round.waited.is_empty() || !round.rows.is_empty() {
+                self.commit(round.waited, round.rows);
             }
             self.housekeeping();
             if exit {
                 self.report_drops(true);
+                // Every answer that was coming is in: the next start need not count any.
+                if let Some(Store::Sqlite(s)) = &mut self.store {
+                    if let Err(e) = s.end_run() {
+                        tracing::warn!(ledger = %self.location, error = %e, "ledger: cannot mark the run ended");
+                    }
+                }
                 // The connection closes here (SQLite checkpoints the WAL into the file).
                 self.store = None;
                 return;
@@ -388,35 +467,35 @@ impl Writer {
                 // Closing: one last attempt for what is queued, whatever the backoff.
                 Health::Failing { retry_at, .. } => now >= retry_at || closing.is_some(),
             };
-            let past_deadline = matches!(closing, Some(Some(d)) if now >= d);
-            if past_deadline {
+            if matches!(closing, Some(Some(d)) if now >= d) {
                 let left = std::mem::take(&mut st.rows);
                 st.flushes = 0;
-                let urgent: Vec<Urgent> = st.urgent.drain(..).collect();
+                let waited: Vec<Waited> = st.waited.drain(..).collect();
                 self.shared.metrics.ledger_queue_depth.set(0);
                 drop(st);
                 let mut rows = 0;
                 for q in left {
                     match q {
-                        Queued::Row(_) => rows += 1,
                         Queued::Flush(tx) => {
                             let _ = tx.send(Err(LedgerError::Closed));
                         }
+                        _ => rows += 1,
                     }
                 }
                 self.shared.drop_rows(DropReason::Shutdown, rows);
-                for u in urgent {
-                    let _ = u.reply.send(Err(LedgerError::Closed));
+                for w in waited {
+                    w.fail(LedgerError::Closed);
                 }
-                return Round::exit();
-            }
-            if !st.urgent.is_empty() || (rows_due && self.window_due(&st, now)) {
-                let urgent: Vec<Urgent> = st.urgent.drain(..).collect();
-                let cap = if urgent.is_empty() {
-                    BATCH
-                } else {
-                    URGENT_RIDE
+                return Round {
+                    waited: Vec::new(),
+                    rows: Vec::new(),
+                    exit: true,
                 };
+            }
+            if !st.waited.is_empty() || (rows_due && !st.rows.is_empty()) {
+                let n = st.waited.len().min(BATCH);
+                let waited: Vec<Waited> = st.waited.drain(..n).collect();
+                let cap = if waited.is_empty() { BATCH } else { RIDE };
                 let n = if rows_due {
                     batch_len(&st.rows, cap)
                 } else {
@@ -431,21 +510,21 @@ impl Writer {
                     .metrics
                     .ledger_queue_depth
                     .set(st.rows.len() as i64);
-                let exit = closing.is_some() && st.rows.is_empty() && st.urgent.is_empty();
-                return Round { urgent, rows, exit };
+                let exit = closing.is_some() && st.rows.is_empty() && st.waited.is_empty();
+                return Round { waited, rows, exit };
             }
             if closing.is_some() && st.rows.is_empty() {
-                return Round::exit();
+                return Round {
+                    waited: Vec::new(),
+                    rows: Vec::new(),
+                    exit: true,
+                };
             }
             let mut wake_at = now + TICK;
-            if !st.rows.is_empty() {
-                wake_at = wake_at.min(match self.health {
-                    Health::Ok => self.last_commit + COMMIT_WINDOW,
-                    // Both must have passed (see `rows_due` and `window_due`).
-                    Health::Failing { retry_at, .. } => {
-                        retry_at.max(self.last_commit + COMMIT_WINDOW)
-                    }
-                });
+            if let Health::Failing { retry_at, .. } = self.health {
+                if !st.rows.is_empty() {
+                    wake_at = wake_at.min(retry_at);
+                }
             }
             if let Some(Some(deadline)) = closing {
                 wake_at = wake_at.min(deadline);
@@ -464,27 +543,17 @@ impl Writer {
         }
     }
 
-    /// Queued rows make a round now: a batch is full, someone flushes, the ledger closes, or
-    /// the commit window since the last round of rows has passed (see [`COMMIT_WINDOW`]).
-    fn window_due(&self, st: &State, now: Instant) -> bool {
-        !st.rows.is_empty()
-            && (st.rows.len() >= BATCH
-                || st.flushes > 0
-                || st.closing.is_some()
-                || now >= self.last_commit + COMMIT_WINDOW)
-    }
-
     fn housekeeping_due(&self, now: Instant) -> bool {
-        let prune = matches!(self.health, Health::Ok)
-            && (now >= self.next_prune
-                || (now >= self.next_size_check && self.shared.role == Role::Ledger));
+        let ok = matches!(self.health, Health::Ok);
+        let prune = ok && now >= self.next_prune;
+        let size = ok && now >= self.next_size_check;
         let log = self
             .shared
             .unlogged
             .iter()
             .any(|n| n.load(Ordering::Relaxed) > 0)
             && self.last_log.is_none_or(|t| now >= t + LOG_EVERY);
-        prune || log
+        prune || size || log
     }
 
     /// Logs lost rows (at most once a minute), prunes a batch of old rows when due, and keeps
@@ -492,16 +561,21 @@ impl Writer {
     fn housekeeping(&mut self) {
         let now = Instant::now();
         self.report_drops(false);
-        if matches!(self.health, Health::Ok)
-            && self.shared.role == Role::Ledger
-            && now >= self.next_size_check
-        {
-            self.next_size_check = now + SIZE_EVERY;
+        if !matches!(self.health, Health::Ok) {
+            return;
+        }
+        if now >= self.next_size_check {
+            self.next_size_check = now
+                + if self.location.is_postgres() {
+                    PG_SIZE_EVERY
+                } else {
+                    SIZE_EVERY
+                };
             if self.measure() && !self.refused_pruned_out {
                 self.prune_refused();
             }
         }
-        if matches!(self.health, Health::Ok) && now >= self.next_prune {
+        if now >= self.next_prune {
             match self.attempt(&[prune_op(self.shared.retention)]) {
                 Ok(results) => {
                     let (pruned, more) = match results.first() {
@@ -523,7 +597,7 @@ impl Writer {
     /// Measures the ledger against `ledger.max_size` and `ledger.min_free` (after every commit
     /// of rows, and every [`SIZE_EVERY`]); returns whether it is at its bound. At either bound,
     /// refused callbacks stop being recorded and the oldest refused rows are pruned, a batch per
-    /// look (verified rows are always recorded: they find the pages pruning frees). Below 90 %
+    /// look (forwarded rows are always recorded: they find the pages pruning frees). Below 90 %
     /// of `max_size` with `min_free` free again, refused callbacks are recorded again.
     fn measure(&mut self) -> bool {
         let Some(store) = &self.store else {
@@ -552,7 +626,7 @@ impl Writer {
                     free,
                     max_size = bounds.max_size,
                     min_free = bounds.min_free,
-                    "ledger: at its size bound (ledger.max_size, or less than ledger.min_free free on its disk): refused callbacks are no longer recorded (click_gateway_ledger_unrecorded_total{{reason=\"size\"}}) and the oldest refused rows are pruned; verified callbacks are recorded as always. Free disk space or raise the bound"
+                    "ledger: at its size bound (ledger.max_size, or less than ledger.min_free free on its disk): refused callbacks are no longer recorded (click_gateway_ledger_unrecorded_total{{reason=\"size\"}}) and the oldest refused rows are pruned; forwarded callbacks are recorded as always. Free disk space or raise the bound"
                 );
             } else {
                 tracing::info!(ledger = %self.location, used, "ledger: back within its size bounds; refused callbacks are recorded again");
@@ -604,98 +678,103 @@ impl Writer {
             dropped = total,
             reasons = %by_reason.join(","),
             error = self.last_error.as_deref(),
-            "ledger: {total} row(s) not recorded since the last report; callbacks were served as usual"
+            "ledger: {total} refused row(s) or answer(s) not recorded since the last report; callbacks were served as usual"
         );
     }
 
     /// Commits a round, answering its waiters; counts what was lost.
-    fn commit(&mut self, urgent: Vec<Urgent>, rows: Vec<Queued>) {
-        let mut records: Vec<Box<Record>> = Vec::with_capacity(rows.len());
+    fn commit(&mut self, waited: Vec<Waited>, queued: Vec<Queued>) {
+        let mut records: Vec<(Option<i64>, Box<Record>)> = Vec::new();
+        let mut answers = Vec::new();
+        let mut corrections = Vec::new();
         let mut flushes = Vec::new();
-        for q in rows {
+        for q in queued {
             match q {
-                Queued::Row(r) => records.push(r),
+                Queued::Row(id, r) => records.push((id, r)),
+                Queued::Answer(a) => answers.push(a),
+                Queued::Correction(c) => corrections.push(c),
                 Queued::Flush(tx) => flushes.push(tx),
             }
         }
-        // Decoded here, off the request path.
-        let fields: Vec<ClickFields> = records
+        let mut reads = Vec::new();
+        let mut waiters = Vec::new();
+        let mut ahead: Vec<(Option<i64>, Box<Record>)> = Vec::new();
+        for w in waited {
+            match w {
+                Waited::Row(id, r, tx) => {
+                    ahead.push((Some(id), r));
+                    waiters.push((id, tx));
+                }
+                Waited::Body(id, tx) => reads.push((id, tx)),
+            }
+        }
+        // The ids the queries select on, decoded here, off the request path.
+        let all: Vec<&(Option<i64>, Box<Record>)> = ahead.iter().chain(&records).collect();
+        let fields: Vec<ClickFields> = all
             .iter()
-            .map(|r| ClickFields::decode(r.content_type.as_deref(), &r.body))
+            .map(|(_, r)| ClickFields::decode(r.content_type.as_deref(), &r.body))
             .collect();
-        let urgent_fields: Vec<Option<ClickFields>> = urgent
+        let rows: Vec<Row<'_>> = all
             .iter()
-            .map(|u| match &u.job {
-                Job::Record(r) => Some(ClickFields::decode(r.content_type.as_deref(), &r.body)),
-                Job::Prune | Job::Bind(_) => None,
+            .zip(&fields)
+            .map(|((id, record), fields)| Row {
+                id: *id,
+                record,
+                fields,
             })
             .collect();
-        let mut ops = Vec::with_capacity(urgent.len() + records.len());
-        for (u, f) in urgent.iter().zip(&urgent_fields) {
-            ops.push(match (&u.job, f) {
-                (Job::Record(r), Some(f)) => Op::Insert(r, f),
-                (Job::Bind(b), _) => Op::Bind(b),
-                _ => prune_op(self.shared.retention),
-            });
-        }
-        let rows: Vec<(&Record, &ClickFields)> =
-            records.iter().map(|r| &**r).zip(&fields).collect();
+        let mut ops = Vec::with_capacity(4 + reads.len());
         if !rows.is_empty() {
             ops.push(Op::Rows(&rows));
         }
+        if !answers.is_empty() {
+            ops.push(Op::Answers(&answers));
+        }
+        if !corrections.is_empty() {
+            ops.push(Op::Corrections(&corrections));
+        }
+        let reads_at = ops.len();
+        ops.extend(reads.iter().map(|(id, _)| Op::Body(*id)));
         let started = Instant::now();
         let outcome = self.attempt(&ops);
         drop(ops);
-        if !rows.is_empty() {
-            self.last_commit = Instant::now();
-        }
+        let m = self.shared.metrics.clone();
         match outcome {
             Ok(results) => {
-                if !rows.is_empty() && self.shared.role == Role::Ledger {
-                    self.measure();
-                }
-                let m = &self.shared.metrics;
                 m.ledger_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                m.ledger_rows_written.inc_by(
-                    results
-                        .iter()
-                        .map(|r| match r {
-                            OpResult::Inserted { .. } => 1,
-                            OpResult::Rows(n) => *n as u64,
-                            _ => 0,
-                        })
-                        .sum(),
-                );
-                for (u, result) in urgent.into_iter().zip(results) {
-                    let done = match result {
-                        OpResult::Inserted { id } => Done::Recorded { id },
-                        OpResult::Pruned { rows, .. } => {
-                            m.ledger_pruned_rows.inc_by(rows);
-                            Done::Pruned { rows }
-                        }
-                        OpResult::Bound(outcome) => Done::Bound(outcome),
-                        // Only the batch's own op, never an urgent job's.
-                        OpResult::Rows(_) => continue,
+                m.ledger_rows_written.inc_by(rows.len() as u64);
+                for (id, tx) in waiters {
+                    let _ = tx.send(Ok(Admitted {
+                        id: Some(id),
+                        outcome: None,
+                    }));
+                }
+                for ((_, tx), result) in reads.into_iter().zip(results.into_iter().skip(reads_at)) {
+                    let body = match result {
+                        OpResult::Body(body) => body,
+                        _ => None,
                     };
-                    let _ = u.reply.send(Ok(done));
+                    let _ = tx.send(Ok(body));
                 }
                 for tx in flushes {
-                    let _ = tx.send(Ok(Done::Flushed));
+                    let _ = tx.send(Ok(()));
+                }
+                if !rows.is_empty() && !self.location.is_postgres() {
+                    self.measure();
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                let lost_urgent = urgent
-                    .iter()
-                    .filter(|u| matches!(u.job, Job::Record(_)))
-                    .count();
                 self.shared.drop_rows(
                     DropReason::WriteFailed,
-                    (records.len() + lost_urgent) as u64,
+                    (records.len() + answers.len() + corrections.len()) as u64,
                 );
-                for u in urgent {
-                    let _ = u.reply.send(Err(LedgerError::Unavailable(message.clone())));
+                for (_, tx) in waiters {
+                    let _ = tx.send(Err(LedgerError::Unavailable(message.clone())));
+                }
+                for (_, tx) in reads {
+                    let _ = tx.send(Err(LedgerError::Unavailable(message.clone())));
                 }
                 for tx in flushes {
                     let _ = tx.send(Err(LedgerError::Unavailable(message.clone())));
@@ -711,17 +790,12 @@ impl Writer {
     fn attempt(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
         for _ in 0..2 {
             if self.store.as_ref().is_some_and(Store::replaced) {
-                match self.shared.role {
-                    Role::Ledger => tracing::warn!(
-                        ledger = %self.location,
-                        "ledger: the database file was deleted or replaced; opening it anew (rows already committed stay in the old file)"
-                    ),
-                    // Not a lost record but a forgotten guard: say so loudly.
-                    Role::Guard => tracing::error!(
-                        ledger = %self.location,
-                        "guard store: the database file was deleted or replaced; opening it anew: the signatures bound before are forgotten (a changed replay of a callback seen before would now be bound as new)"
-                    ),
-                }
+                // The rows before are in the old file; the guard's index still holds their
+                // entries until the next start.
+                tracing::error!(
+                    ledger = %self.location,
+                    "ledger: the database file was deleted or replaced; opening it anew (rows already committed stay in the old file; the guard keeps the signatures it has seen until the next start)"
+                );
                 if let Some(old) = self.store.take() {
                     old.retire();
                 }
@@ -729,7 +803,7 @@ impl Writer {
             let store = match &mut self.store {
                 Some(store) => store,
                 None => {
-                    let store = Store::open_writer(&self.location)?;
+                    let store = Store::open_writer(&self.location, self.synchronous)?;
                     self.shared.metrics.ledger_reopens.inc();
                     self.store.insert(store)
                 }
@@ -763,18 +837,11 @@ impl Writer {
         let now = Instant::now();
         let backoff = match self.health {
             Health::Ok => {
-                match self.shared.role {
-                    Role::Ledger => tracing::error!(
-                        ledger = %self.location,
-                        error = %e,
-                        "ledger: cannot write the database; callbacks are served as usual, their rows are counted as lost (click_gateway_ledger_dropped_total) until it works again"
-                    ),
-                    Role::Guard => tracing::error!(
-                        ledger = %self.location,
-                        error = %e,
-                        "guard store: cannot write the database; verified callbacks get guard.on_store_error (refuse: a 503, Click retries; allow: forwarded unguarded), counted in click_gateway_guard_checks_total{{outcome=\"store_error\"}}, until it works again"
-                    ),
-                }
+                tracing::error!(
+                    ledger = %self.location,
+                    error = %e,
+                    "ledger: cannot write the database; callbacks about to be forwarded get guard.on_store_error (refuse: a plain 503, Click retries; allow: forwarded unrecorded), refused rows and answers are counted as lost (click_gateway_ledger_dropped_total), until it works again. Check the disk (space, a read-only mount) and the file's permissions"
+                );
                 BACKOFF_MIN
             }
             Health::Failing { backoff, .. } => (backoff * 2).min(BACKOFF_MAX),
@@ -789,16 +856,10 @@ impl Writer {
 
     fn recovered(&mut self) {
         if let Health::Failing { .. } = self.health {
-            match self.shared.role {
-                Role::Ledger => tracing::info!(
-                    ledger = %self.location,
-                    "ledger: the database works again; recording resumed"
-                ),
-                Role::Guard => tracing::info!(
-                    ledger = %self.location,
-                    "guard store: the database works again; callbacks are guarded again"
-                ),
-            }
+            tracing::info!(
+                ledger = %self.location,
+                "ledger: the database works again; recording resumed"
+            );
             self.report_drops(true);
         }
         self.health = Health::Ok;
@@ -808,7 +869,7 @@ impl Writer {
 }
 
 /// One pruning statement: at most [`PRUNE_BATCH`] rows older than `retention` from now.
-fn prune_op(retention: Duration) -> Op<'static> {
+pub(super) fn prune_op(retention: Duration) -> Op<'static> {
     let cutoff = SystemTime::now()
         .checked_sub(retention)
         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -819,7 +880,7 @@ fn prune_op(retention: Duration) -> Op<'static> {
 }
 
 /// Prunes one batch in a transaction of its own; returns the callbacks deleted, and whether
-/// some table gave a whole batch (more are due).
+/// a whole batch was (more are due).
 pub(super) fn prune_batch(
     store: &mut Store,
     retention: Duration,
@@ -830,36 +891,21 @@ pub(super) fn prune_batch(
     }
 }
 
-/// Queue entries making up one batch: up to `cap` rows, flush markers riding along.
+/// Queue entries making up one batch: up to `cap` rows and answers, flush markers riding
+/// along.
 fn batch_len(rows: &VecDeque<Queued>, cap: usize) -> usize {
     let mut n = 0;
-    let mut records = 0;
+    let mut taken = 0;
     for q in rows {
-        if let Queued::Row(_) = q {
-            if records == cap {
+        if !matches!(q, Queued::Flush(_)) {
+            if taken == cap {
                 break;
             }
-            records += 1;
+            taken += 1;
         }
         n += 1;
     }
     n
-}
-
-struct Round {
-    urgent: Vec<Urgent>,
-    rows: Vec<Queued>,
-    exit: bool,
-}
-
-impl Round {
-    fn exit() -> Round {
-        Round {
-            urgent: Vec::new(),
-            rows: Vec::new(),
-            exit: true,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -890,7 +936,7 @@ mod tests {
 
     fn writer(dir: &std::path::Path, capacity: usize) -> (Arc<Shared>, Writer) {
         let location = Location::Sqlite(dir.join("l.db"));
-        let store = Store::open_writer(&location).unwrap();
+        let store = Store::open_writer(&location, Default::default()).unwrap();
         let (shared, _) = Shared::new(
             capacity,
             Duration::from_secs(3600),
@@ -899,44 +945,29 @@ mod tests {
                 min_free: 0,
             },
             Arc::new(Metrics::new()),
-            Role::Ledger,
+            Some(1),
         );
-        let w = Writer::new(shared.clone(), location, store, false);
+        let w = Writer::new(shared.clone(), location, Default::default(), store, false);
         (shared, w)
     }
 
     #[test]
-    fn rows_wait_for_the_commit_window_unless_a_batch_fills_or_a_flush_asks() {
+    fn a_round_takes_what_is_queued_at_once_and_write_ahead_rows_first() {
         let dir = tempfile::tempdir().unwrap();
         let (shared, mut w) = writer(dir.path(), 2 * BATCH);
-        let now = Instant::now();
-        let due = |w: &Writer| w.window_due(&shared.lock(), now);
-        // A quiet ledger: the first row commits at once.
-        assert!(!due(&w), "nothing queued");
-        shared.record(sample("a", SystemTime::now()));
-        assert!(due(&w), "a row long after the last commit");
-        // Just committed: the next rows wait for the window...
-        w.last_commit = now;
-        assert!(!due(&w));
-        for i in 1..BATCH {
+        for i in 0..100 {
             shared.record(sample(&format!("r{i}"), SystemTime::now()));
         }
-        assert!(due(&w), "...unless they fill a batch");
+        let waiting = shared.write_ahead(5000, sample("ahead", SystemTime::now()));
+        // No window: the round is there at once, the write-ahead row with only a ride of the
+        // refused rows.
         let round = w.take();
-        assert_eq!(round.rows.len(), BATCH);
-        // ...or a flush asks, which takes the rows before it along.
-        shared.record(sample("b", SystemTime::now()));
-        assert!(!due(&w));
-        let _flushed = shared.flush();
-        assert!(due(&w));
+        assert_eq!(round.waited.len(), 1);
+        assert_eq!(round.rows.len(), RIDE);
+        w.commit(round.waited, round.rows);
+        assert_eq!(waiting.blocking_recv().unwrap().unwrap().id, Some(5000));
         let round = w.take();
-        assert_eq!(round.rows.len(), 2, "the row and the flush marker");
-        assert_eq!(shared.lock().flushes, 0);
-        shared.record(sample("c", SystemTime::now()));
-        assert!(!due(&w));
-        // The window passed.
-        w.last_commit = now.checked_sub(COMMIT_WINDOW).unwrap();
-        assert!(due(&w));
+        assert_eq!(round.rows.len(), 100 - RIDE, "the rest, in the next round");
     }
 
     #[test]
@@ -959,7 +990,8 @@ mod tests {
             w.report_drops(false);
             let first = lines.take();
             assert!(
-                first.contains("3 row(s) not recorded") && first.contains("queue_full=3"),
+                first.contains("3 refused row(s) or answer(s) not recorded")
+                    && first.contains("queue_full=3"),
                 "{first}"
             );
             shared.record(sample("c", SystemTime::now()));
@@ -973,7 +1005,8 @@ mod tests {
             w.report_drops(false);
             let second = lines.take();
             assert!(
-                second.contains("1 row(s) not recorded") && second.contains("queue_full=1"),
+                second.contains("1 refused row(s) or answer(s) not recorded")
+                    && second.contains("queue_full=1"),
                 "{second}"
             );
             w.report_drops(false);
@@ -990,8 +1023,8 @@ mod tests {
         shared.record(rec);
         let st = shared.lock();
         match st.rows.front() {
-            Some(Queued::Row(r)) => assert_eq!(r.body.len(), MAX_CALLBACK_BODY),
-            _ => panic!("not queued"),
+            Some(Queued::Row(Some(1), r)) => assert_eq!(r.body.len(), MAX_CALLBACK_BODY),
+            _ => panic!("not queued with the first id"),
         }
         drop(st);
         let mut rows: VecDeque<Queued> = VecDeque::new();
@@ -999,10 +1032,10 @@ mod tests {
             if i % 100 == 0 {
                 rows.push_back(Queued::Flush(oneshot::channel().0));
             }
-            rows.push_back(Queued::Row(Box::new(sample("r", SystemTime::now()))));
+            rows.push_back(Queued::Row(None, Box::new(sample("r", SystemTime::now()))));
         }
         // 512 rows and the 6 flush markers among them; the 513th row starts the next batch.
         assert_eq!(batch_len(&rows, BATCH), BATCH + 6);
-        assert_eq!(batch_len(&rows, URGENT_RIDE), URGENT_RIDE + 1);
+        assert_eq!(batch_len(&rows, RIDE), RIDE + 1);
     }
 }

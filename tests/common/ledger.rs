@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use click_gateway::click::{Fingerprint, Secret, Verified};
 use click_gateway::config::{LedgerSettings, Mode, Span};
-use click_gateway::ledger::{Backend, BackendAnswer, Ledger, Record, Timings, Verdict};
+use click_gateway::ledger::{Answer, Backend, BackendAnswer, Ledger, Record, Verdict};
 use click_gateway::metrics::Metrics;
 
 use super::{ConfigDir, KEYS_TOML};
@@ -53,7 +53,7 @@ impl LedgerDir {
 
     pub fn open_with(&self, settings: LedgerSettings) -> (Ledger, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
-        let ledger = Ledger::open(&settings, metrics.clone()).unwrap();
+        let ledger = Ledger::open(&settings, GUARD_WINDOW, metrics.clone()).unwrap();
         (ledger, metrics)
     }
 
@@ -68,6 +68,57 @@ impl LedgerDir {
         LedgerSettings {
             retention,
             ..self.settings()
+        }
+    }
+}
+
+/// `guard.window`'s default.
+pub const GUARD_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+
+/// A row to keep, and for a forwarded callback its answer: `(backend, upstream, total)`.
+pub struct Entry {
+    pub record: Record,
+    pub answer: Option<(Backend, Option<Duration>, Duration)>,
+}
+
+impl From<Record> for Entry {
+    fn from(record: Record) -> Entry {
+        Entry {
+            record,
+            answer: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Entry {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        &self.record
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut Record {
+        &mut self.record
+    }
+}
+
+/// Keeps rows as the data path would: the row, then (for a forwarded callback) its answer.
+pub trait Keep {
+    fn keep(&self, entry: impl Into<Entry>);
+}
+
+impl Keep for Ledger {
+    fn keep(&self, entry: impl Into<Entry>) {
+        let Entry { record, answer } = entry.into();
+        let id = self.record(record);
+        if let (Some(id), Some((backend, upstream, total))) = (id, answer) {
+            self.answer(Answer {
+                callback: id,
+                backend,
+                upstream,
+                total,
+            });
         }
     }
 }
@@ -103,12 +154,8 @@ pub fn record(body: &str, time: SystemTime, request_id: &str) -> Record {
         verified: None,
         generation: 1,
         mode: Mode::Enforce,
-        backend: None,
-        timings: Timings {
-            gateway: Duration::from_micros(120),
-            upstream: None,
-            total: Duration::from_micros(120),
-        },
+        gateway: Duration::from_micros(120),
+        bound: None,
     }
 }
 
@@ -120,17 +167,21 @@ pub fn verified(
     slot: usize,
     status: u16,
     answer: Option<BackendAnswer>,
-) -> Record {
+) -> Entry {
     rec.verdict = Verdict::Verified;
     rec.verified = Some(Verified {
         service_id,
         slot,
         fingerprint: fp(key),
     });
-    rec.backend = Some(Backend { status, answer });
-    rec.timings.upstream = Some(Duration::from_micros(3000));
-    rec.timings.total = Duration::from_micros(3120);
-    rec
+    Entry {
+        record: rec,
+        answer: Some((
+            Backend { status, answer },
+            Some(Duration::from_micros(3000)),
+            Duration::from_micros(3120),
+        )),
+    }
 }
 
 /// `rec`, refused by the gateway in enforce mode for `reason`.

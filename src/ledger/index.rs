@@ -1,0 +1,330 @@
+//! The replay guard's index over a SQLite ledger's rows, in memory: what rule 1 and rule 2 of
+//! [`crate::guard`] look up, checked and updated in one step under a lock (so two workers
+//! racing two messages under one signature cannot both be first), before the callback's row is
+//! appended. It is not a second store: every entry is a column of a forwarded callback's row
+//! ([`super::Bound`]), and the index is rebuilt from those rows at start ([`Index::rebuild`]).
+//!
+//! - rule 1: the signature's key (64 bits of `sign_string` mixed with the service id) → the
+//!   message's digest (64 bits of the SHA-256 of its canonical text) and the first row's id
+//!   (to name the fields a changed message differs in);
+//! - rule 2: `(service_id, click_trans_id)` → the first forwarded Complete's `error`.
+//!
+//! **The window** (`guard.window`): entries live in three generations, a hash map taking the
+//! new ones and two sorted arrays (binary search; 24 and 24 bytes an entry, no spare
+//! capacity); every half window the youngest array becomes the oldest, the map becomes the
+//! youngest array, and the oldest is dropped. So an entry is kept at least one window and at
+//! most one and a half; a signature older than the window is the guard's to refuse by its
+//! `sign_time` ([`crate::guard`]).
+//!
+//! 64-bit keys and digests: two genuine messages of one window colliding is a chance of about
+//! one in 2^64 / n per callback (n entries); forging a changed message with the same digest
+//! prefix under a genuine signature is a second preimage of 64 bits of SHA-256.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::binding::Seen;
+
+/// A Complete's `error` that is not a number (Click's are; a number stands for itself).
+pub const UNREADABLE_ERROR: i64 = i64::MIN;
+
+const SHARDS: usize = 16;
+
+/// Rule 1's entry: the first message's digest and row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    pub digest: i64,
+    pub row: i64,
+}
+
+/// What the index found for one callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Rule 1. `Changed` carries no field names here: the caller names them from the first
+    /// row ([`Found::first_row`]).
+    pub signature: Seen,
+    /// The row the signature was first bound with, when it is another.
+    pub first_row: Option<i64>,
+    /// Rule 2: the first forwarded Complete's `error`, when another Complete was first.
+    pub earlier_complete_error: Option<i64>,
+}
+
+/// One callback's claim: its signature's key and entry, and, for a Complete, its transaction
+/// and `error`.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    pub key: i64,
+    pub signed: Signed,
+    /// `(service_id, click_trans_id, error)` of a Complete.
+    pub complete: Option<(u64, u64, i64)>,
+    /// Rule 1 is enforced: a message it refuses does not become its transaction's first
+    /// Complete.
+    pub enforce_signature: bool,
+}
+
+/// Rule 2's key: `(service_id, click_trans_id)`.
+type Transaction = (u64, u64);
+
+/// An index's shards, each behind its lock.
+type Shards<K, V> = Box<[Mutex<Generations<K, V>>]>;
+
+/// One row as the index is rebuilt from it: its id, service, Click transaction (when it is a
+/// number) and guard entry.
+pub type GuardRow = (i64, u64, Option<u64>, super::Bound);
+
+/// The index (see the module docs).
+#[derive(Debug)]
+pub struct Index {
+    signatures: Shards<i64, Signed>,
+    completes: Shards<Transaction, i64>,
+    half_window: Duration,
+}
+
+impl Index {
+    pub fn new(window: Duration) -> Index {
+        let now = Instant::now();
+        Index {
+            signatures: (0..SHARDS)
+                .map(|_| Mutex::new(Generations::new(now)))
+                .collect(),
+            completes: (0..SHARDS)
+                .map(|_| Mutex::new(Generations::new(now)))
+                .collect(),
+            half_window: window / 2,
+        }
+    }
+
+    /// Checks a verified callback against the index and binds it when it is first, in one
+    /// step per rule.
+    pub fn bind(&self, claim: &Claim) -> Found {
+        self.bind_at(claim, Instant::now())
+    }
+
+    fn bind_at(&self, claim: &Claim, now: Instant) -> Found {
+        let (signature, first_row) = {
+            let mut shard = lock(&self.signatures[shard_of(claim.key as u64)]);
+            shard.rotate(now, self.half_window);
+            match shard.get(&claim.key) {
+                None => {
+                    shard.insert(claim.key, claim.signed);
+                    (Seen::First, None)
+                }
+                Some(first) if first.digest == claim.signed.digest => (Seen::Same, None),
+                Some(first) => (Seen::Changed(Vec::new()), Some(first.row)),
+            }
+        };
+        let mut earlier_complete_error = None;
+        if let Some((service, trans, error)) = claim.complete {
+            let mut shard = lock(&self.completes[shard_of(service ^ trans.rotate_left(32))]);
+            shard.rotate(now, self.half_window);
+            let refused = claim.enforce_signature && matches!(signature, Seen::Changed(_));
+            match shard.get(&(service, trans)) {
+                Some(earlier) => earlier_complete_error = Some(earlier),
+                None if !refused => shard.insert((service, trans), error),
+                None => {}
+            }
+        }
+        Found {
+            signature,
+            first_row,
+            earlier_complete_error,
+        }
+    }
+
+    /// Fills the index from the rows of the window, oldest first (a key's first row is its
+    /// entry): each row's id, service, Click transaction and guard entry.
+    pub fn rebuild(&self, rows: impl IntoIterator<Item = GuardRow>) {
+        let mut signatures: Vec<Vec<(i64, Signed, i64)>> = vec![Vec::new(); SHARDS];
+        let mut completes: Vec<Vec<(Transaction, i64, i64)>> = vec![Vec::new(); SHARDS];
+        for (row, service, trans, bound) in rows {
+            let signed = Signed {
+                digest: bound.digest,
+                row,
+            };
+            signatures[shard_of(bound.key as u64)].push((bound.key, signed, row));
+            if let (Some(trans), Some(error)) = (trans, bound.complete_error) {
+                completes[shard_of(service ^ trans.rotate_left(32))].push((
+                    (service, trans),
+                    error,
+                    row,
+                ));
+            }
+        }
+        for (shard, entries) in self.signatures.iter().zip(signatures) {
+            lock(shard).young = Frozen::first_of(entries);
+        }
+        for (shard, entries) in self.completes.iter().zip(completes) {
+            lock(shard).young = Frozen::first_of(entries);
+        }
+    }
+
+    /// Entries held, rule 1's and rule 2's.
+    pub fn len(&self) -> (usize, usize) {
+        (
+            self.signatures.iter().map(|s| lock(s).len()).sum(),
+            self.completes.iter().map(|s| lock(s).len()).sum(),
+        )
+    }
+
+    /// Bytes the entries take (the arrays and the maps' tables).
+    pub fn bytes(&self) -> usize {
+        self.signatures
+            .iter()
+            .map(|s| lock(s).bytes())
+            .sum::<usize>()
+            + self
+                .completes
+                .iter()
+                .map(|s| lock(s).bytes())
+                .sum::<usize>()
+    }
+}
+
+fn shard_of(hash: u64) -> usize {
+    (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The key of a signature: the first 64 bits of `sign_string` (hex, either case) mixed with
+/// the service id; `None` for a `sign_string` that is not 32 hex digits (never a verified
+/// one).
+pub fn key(service_id: u64, sign: &str) -> Option<i64> {
+    let hex = sign.as_bytes().get(..16)?;
+    let mut bits = 0u64;
+    for &c in hex {
+        let v = (c as char).to_digit(16)?;
+        bits = bits << 4 | u64::from(v);
+    }
+    Some((bits ^ service_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64)
+}
+
+/// The first 64 bits of a message's SHA-256 digest ([`crate::click::digest::digest`]).
+pub fn short_digest(digest: &[u8; 32]) -> i64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(first)
+}
+
+/// A Complete's `error` as the index keeps it.
+pub fn error_code(error: &str) -> i64 {
+    error.parse().unwrap_or(UNREADABLE_ERROR)
+}
+
+/// Three generations of entries (see the module docs).
+#[derive(Debug)]
+struct Generations<K, V> {
+    live: HashMap<K, V>,
+    young: Frozen<K, V>,
+    old: Frozen<K, V>,
+    rotated: Instant,
+}
+
+impl<K: Copy + Ord + Hash, V: Copy> Generations<K, V> {
+    fn new(now: Instant) -> Self {
+        Generations {
+            live: HashMap::new(),
+            young: Frozen::default(),
+            old: Frozen::default(),
+            rotated: now,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.live
+            .get(key)
+            .copied()
+            .or_else(|| self.young.get(key))
+            .or_else(|| self.old.get(key))
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        self.live.insert(key, value);
+    }
+
+    fn rotate(&mut self, now: Instant, half_window: Duration) {
+        if now.saturating_duration_since(self.rotated) < half_window {
+            return;
+        }
+        self.rotated = now;
+        let live: Vec<(K, V, i64)> = std::mem::take(&mut self.live)
+            .into_iter()
+            .map(|(k, v)| (k, v, 0))
+            .collect();
+        self.old = std::mem::replace(&mut self.young, Frozen::first_of(live));
+    }
+
+    fn len(&self) -> usize {
+        self.live.len() + self.young.keys.len() + self.old.keys.len()
+    }
+
+    fn bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(K, V)>() + 1;
+        self.live.capacity() * entry + self.young.bytes() + self.old.bytes()
+    }
+}
+
+/// Entries sorted by key, for binary search; nothing spare.
+#[derive(Debug)]
+struct Frozen<K, V> {
+    keys: Box<[K]>,
+    values: Box<[V]>,
+}
+
+impl<K, V> Default for Frozen<K, V> {
+    fn default() -> Self {
+        Frozen {
+            keys: Box::new([]),
+            values: Box::new([]),
+        }
+    }
+}
+
+impl<K: Copy + Ord, V: Copy> Frozen<K, V> {
+    /// From `(key, value, order)` entries: the one of lowest order wins a key.
+    fn first_of(mut entries: Vec<(K, V, i64)>) -> Frozen<K, V> {
+        entries.sort_unstable_by_key(|(k, _, order)| (*k, *order));
+        entries.dedup_by_key(|(k, _, _)| *k);
+        Frozen {
+            keys: entries.iter().map(|(k, _, _)| *k).collect(),
+            values: entries.iter().map(|(_, v, _)| *v).collect(),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let i = self.keys.binary_search(key).ok()?;
+        self.values.get(i).copied()
+    }
+
+    fn bytes(&self) -> usize {
+        self.keys.len() * (std::mem::size_of::<K>() + std::mem::size_of::<V>())
+    }
+}
+
+/// The guard's entry of a verified callback, from its message's canonical text
+/// ([`crate::click::digest::canonical`]): its signature's key, its message's digest, and a
+/// Complete's `error` (`None` for a `sign_string` that is not hex, which never verifies).
+pub fn bound_of(canonical: &str, cb: &crate::click::Callback<'_>) -> Option<super::Bound> {
+    Some(super::Bound {
+        key: key(cb.service_id, cb.sign_string)?,
+        digest: short_digest(&crate::click::digest::digest(canonical)),
+        complete_error: (cb.action == crate::click::Action::Complete).then(|| error_code(cb.error)),
+    })
+}
+
+/// [`bound_of`] for a stored body (a migration's): parsed and read as the data path does.
+pub fn bound_of_body(content_type: Option<&str>, body: &[u8]) -> Option<super::Bound> {
+    use crate::click::{FormKind, KeySet, Parsed};
+    let kind = content_type
+        .and_then(|ct| FormKind::from_content_type(ct).ok())
+        .unwrap_or(FormKind::UrlEncoded);
+    let parsed = Parsed::parse(&kind, body).ok()?;
+    let keys = KeySet::default();
+    let verdict = parsed.judge(&keys);
+    let cb = verdict.callback?;
+    bound_of(&crate::click::digest::of(&parsed), &cb)
+}
