@@ -35,6 +35,7 @@ pub mod request_id;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod text;
 pub mod trust;
 
 pub use gateway::Gateway;

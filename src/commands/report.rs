@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::config::{self, Environment, Loaded, Span};
 use crate::ledger::{self, LedgerError, Location, Store};
+use crate::text::printable;
 
 /// Why a ledger command could not answer. Exit status 1, with this as the message.
 #[derive(Debug, thiserror::Error)]
@@ -72,24 +73,6 @@ pub fn span_text(span: Span) -> String {
 /// Now, in Unix microseconds.
 pub fn now_us() -> i64 {
     ledger::unix_micros(std::time::SystemTime::now())
-}
-
-/// Text a client chose, made safe for a terminal: control characters (a newline would forge
-/// a row, an escape sequence would reach the terminal) shown as `\u{..}`.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
 }
 
 /// `-` for what is unknown.
@@ -190,8 +173,8 @@ mod tests {
 
     #[test]
     fn client_text_cannot_break_a_line() {
-        assert_eq!(printable("order-1 №7"), "order-1 №7");
-        assert_eq!(printable("a\nb\u{1b}[31m"), "a\\u{a}b\\u{1b}[31m");
+        assert_eq!(or_dash(Some("order-1 №7")), "order-1 №7");
+        assert_eq!(or_dash(Some("a\nb\u{1b}[31m")), "a\\u{a}b\\u{1b}[31m");
         assert_eq!(or_dash(None), "-");
     }
 
