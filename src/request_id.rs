@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::click::hex;
+
 pub static HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Keeps a well-formed incoming id (1 to 64 of `[A-Za-z0-9._-]`), else sets a new one.
@@ -39,11 +41,8 @@ fn generate() -> HeaderValue {
         h.finish()
     });
     let n = splitmix64(start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)));
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 16];
-    for (i, c) in text.iter_mut().enumerate() {
-        *c = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    hex::encode_into(&n.to_be_bytes(), &mut text);
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0000000000000000"))
 }
 
@@ -68,6 +67,12 @@ mod tests {
             h.insert(&HEADER, HeaderValue::from_str(bad).unwrap());
             let id = ensure(&mut h);
             assert_eq!(id.len(), 16, "{bad:?}");
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
+                "{id:?}"
+            );
             assert_eq!(h.get_all(&HEADER).iter().count(), 1);
         }
         let (a, b) = (ensure(&mut HeaderMap::new()), ensure(&mut HeaderMap::new()));

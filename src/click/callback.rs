@@ -6,8 +6,41 @@
 //! `merchant_prepare_id`. Values keep their exact text, since that text is what was signed.
 
 use super::form::{self, Form};
-use super::respond::RejectReason;
 use super::sign::SignedFields;
+
+/// Why a form is not a well-formed callback: a field missing, repeated or malformed, or an
+/// unknown `action`. This layer's own error, as [`form::FormError`] is the form's: the request
+/// path wraps it in its `RejectReason` (`super::reject`), so nothing here depends on how a
+/// refusal is answered or logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("field {0:?} is sent more than once (Django would read the last one)")]
+    DuplicateField(String),
+    #[error("required field {0} is missing")]
+    MissingField(&'static str),
+    #[error("required field {0} is empty")]
+    EmptyField(&'static str),
+    #[error("{0} is not a decimal integer of at most 64 bits")]
+    MalformedId(&'static str),
+    #[error("{0} is malformed")]
+    MalformedField(&'static str),
+    #[error("action is neither 0 (prepare) nor 1 (complete)")]
+    UnknownAction,
+}
+
+impl FieldError {
+    /// A short, bounded label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FieldError::DuplicateField(_) => "duplicate_field",
+            FieldError::MissingField(_) => "missing_field",
+            FieldError::EmptyField(_) => "empty_field",
+            FieldError::MalformedId(_) => "malformed_id",
+            FieldError::MalformedField(_) => "malformed_field",
+            FieldError::UnknownAction => "bad_action",
+        }
+    }
+}
 
 /// Prepare (`action=0`) or Complete (`action=1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +212,7 @@ pub fn slot_fields(body: &[u8]) -> Option<SlotFields<'_>> {
 
 impl<'f, 'a> Slots<'f, 'a> {
     /// Sorts the fields into slots; the first repeated name (known or not) is an error.
-    pub fn of(form: &'f Form<'a>) -> Result<Self, RejectReason> {
+    pub fn of(form: &'f Form<'a>) -> Result<Self, FieldError> {
         let mut slots = [None; SLOTS];
         for (i, f) in form.fields.iter().enumerate() {
             let repeated = match slot_of(&f.name) {
@@ -187,7 +220,7 @@ impl<'f, 'a> Slots<'f, 'a> {
                 None => form.fields[..i].iter().any(|g| g.name == f.name),
             };
             if repeated {
-                return Err(RejectReason::DuplicateField(clip(&f.name)));
+                return Err(FieldError::DuplicateField(clip(&f.name)));
             }
         }
         Ok(Slots(slots))
@@ -229,40 +262,40 @@ impl<'a> Callback<'a> {
     /// Checks the form in a fixed order, so a given body always gets the same answer:
     /// repeated names, missing fields (`-8`); `action` (`-3`); `merchant_prepare_id` for a
     /// Complete and the shape of every id and the amount (`-8`).
-    pub fn from_form(form: &'a Form<'a>) -> Result<Callback<'a>, RejectReason> {
+    pub fn from_form(form: &'a Form<'a>) -> Result<Callback<'a>, FieldError> {
         Self::from_slots(&Slots::of(form)?)
     }
 
     /// As [`Callback::from_form`], with the fields already slotted.
-    pub fn from_slots(slots: &Slots<'a, 'a>) -> Result<Callback<'a>, RejectReason> {
+    pub fn from_slots(slots: &Slots<'a, 'a>) -> Result<Callback<'a>, FieldError> {
         for (name, k) in REQUIRED {
             match slots.field(k) {
-                None => return Err(RejectReason::MissingField(name)),
-                Some(("", _)) => return Err(RejectReason::EmptyField(name)),
+                None => return Err(FieldError::MissingField(name)),
+                Some(("", _)) => return Err(FieldError::EmptyField(name)),
                 Some(_) => {}
             }
         }
         // `let ... else` rather than `ok_or(reason)?`: a reason built eagerly is also dropped
         // on the success path, at a cost the hot path notices.
         let Some((error_note, _)) = slots.field(ERROR_NOTE) else {
-            return Err(RejectReason::MissingField("error_note"));
+            return Err(FieldError::MissingField("error_note"));
         };
 
         let action = match slots.value(ACTION) {
             "0" => Action::Prepare,
             "1" => Action::Complete,
-            _ => return Err(RejectReason::UnknownAction),
+            _ => return Err(FieldError::UnknownAction),
         };
         let prepare_id = match (action, slots.field(MERCHANT_PREPARE_ID)) {
             (Action::Complete, None) => {
-                return Err(RejectReason::MissingField("merchant_prepare_id"))
+                return Err(FieldError::MissingField("merchant_prepare_id"))
             }
             (Action::Complete, Some(("", _))) => {
-                return Err(RejectReason::EmptyField("merchant_prepare_id"))
+                return Err(FieldError::EmptyField("merchant_prepare_id"))
             }
             (Action::Complete, Some(field)) if parse_id(field.0).is_some() => Some(field),
             (Action::Complete, Some(_)) => {
-                return Err(RejectReason::MalformedId("merchant_prepare_id"))
+                return Err(FieldError::MalformedId("merchant_prepare_id"))
             }
             // A Prepare carries no merchant_prepare_id; one sent anyway is not signed.
             (Action::Prepare, _) => None,
@@ -270,16 +303,16 @@ impl<'a> Callback<'a> {
 
         let id = |k: usize, name: &'static str| match parse_id(slots.value(k)) {
             Some(id) => Ok(id),
-            None => Err(RejectReason::MalformedId(name)),
+            None => Err(FieldError::MalformedId(name)),
         };
         let click_trans_id = id(CLICK_TRANS_ID, "click_trans_id")?;
         let service_id = id(SERVICE_ID, "service_id")?;
         id(CLICK_PAYDOC_ID, "click_paydoc_id")?;
         if !is_integer(slots.value(ERROR)) {
-            return Err(RejectReason::MalformedField("error"));
+            return Err(FieldError::MalformedField("error"));
         }
         if !is_amount(slots.value(AMOUNT)) {
-            return Err(RejectReason::MalformedField("amount"));
+            return Err(FieldError::MalformedField("amount"));
         }
 
         let signed = SignedFields {
@@ -365,7 +398,7 @@ mod tests {
 
     const V1: &str = "click_trans_id=2103045678&service_id=12345&click_paydoc_id=3302114455&merchant_trans_id=order-1001&amount=1000.00&action=0&error=0&error_note=Success&sign_time=2024-05-01+12%3A30%3A45&sign_string=4c30b2304e2d17ef17eec7d8710e914c";
 
-    fn check(body: &str) -> Result<Action, RejectReason> {
+    fn check(body: &str) -> Result<Action, FieldError> {
         let form = parse_urlencoded(body.as_bytes()).unwrap();
         Callback::from_form(&form).map(|c| c.action)
     }
@@ -401,12 +434,12 @@ mod tests {
     #[test]
     fn every_required_field_missing_or_empty() {
         for (name, _) in REQUIRED {
-            assert_eq!(check(&without(name)), Err(RejectReason::MissingField(name)));
-            assert_eq!(check(&with(name, "")), Err(RejectReason::EmptyField(name)));
+            assert_eq!(check(&without(name)), Err(FieldError::MissingField(name)));
+            assert_eq!(check(&with(name, "")), Err(FieldError::EmptyField(name)));
         }
         assert_eq!(
             check(&without("error_note")),
-            Err(RejectReason::MissingField("error_note"))
+            Err(FieldError::MissingField("error_note"))
         );
         assert_eq!(check(&with("error_note", "")), Ok(Action::Prepare));
     }
@@ -416,7 +449,7 @@ mod tests {
         for bad in ["2", "00", "-1", "+0", "prepare", "0 "] {
             assert_eq!(
                 check(&with("action", bad)),
-                Err(RejectReason::UnknownAction),
+                Err(FieldError::UnknownAction),
                 "{bad}"
             );
         }
@@ -427,15 +460,15 @@ mod tests {
         let complete = with("action", "1");
         assert_eq!(
             check(&complete),
-            Err(RejectReason::MissingField("merchant_prepare_id"))
+            Err(FieldError::MissingField("merchant_prepare_id"))
         );
         assert_eq!(
             check(&format!("{complete}&merchant_prepare_id=")),
-            Err(RejectReason::EmptyField("merchant_prepare_id"))
+            Err(FieldError::EmptyField("merchant_prepare_id"))
         );
         assert_eq!(
             check(&format!("{complete}&merchant_prepare_id=5x")),
-            Err(RejectReason::MalformedId("merchant_prepare_id"))
+            Err(FieldError::MalformedId("merchant_prepare_id"))
         );
         assert_eq!(
             check(&format!("{complete}&merchant_prepare_id=5001")),
@@ -452,17 +485,17 @@ mod tests {
         for bad in ["18446744073709551616", "1e3", "-1", "12.0", "%2B1", "0x10"] {
             assert_eq!(
                 check(&with("click_trans_id", bad)),
-                Err(RejectReason::MalformedId("click_trans_id")),
+                Err(FieldError::MalformedId("click_trans_id")),
                 "{bad}"
             );
         }
         assert_eq!(
             check(&with("service_id", "12a")),
-            Err(RejectReason::MalformedId("service_id"))
+            Err(FieldError::MalformedId("service_id"))
         );
         assert_eq!(
             check(&with("click_paydoc_id", "x")),
-            Err(RejectReason::MalformedId("click_paydoc_id"))
+            Err(FieldError::MalformedId("click_paydoc_id"))
         );
     }
 
@@ -533,13 +566,13 @@ mod tests {
             assert!(!is_amount(bad), "{bad}");
             assert_eq!(
                 check(&with("amount", bad)),
-                Err(RejectReason::MalformedField("amount"))
+                Err(FieldError::MalformedField("amount"))
             );
         }
         assert_eq!(check(&with("error", "-5017")), Ok(Action::Prepare));
         assert_eq!(
             check(&with("error", "x")),
-            Err(RejectReason::MalformedField("error"))
+            Err(FieldError::MalformedField("error"))
         );
     }
 
@@ -548,16 +581,16 @@ mod tests {
         let body = format!("{V1}&amount=1");
         assert_eq!(
             check(&body),
-            Err(RejectReason::DuplicateField("amount".into()))
+            Err(FieldError::DuplicateField("amount".into()))
         );
         // Encoded and unknown names are compared too.
         assert_eq!(
             check(&format!("{V1}&%61ction=1")),
-            Err(RejectReason::DuplicateField("action".into()))
+            Err(FieldError::DuplicateField("action".into()))
         );
         assert_eq!(
             check(&format!("{V1}&x=1&x=2")),
-            Err(RejectReason::DuplicateField("x".into()))
+            Err(FieldError::DuplicateField("x".into()))
         );
         let twice = format!("{V1}&click_trans_id=7");
         let form = parse_urlencoded(twice.as_bytes()).unwrap();

@@ -13,6 +13,10 @@ use std::borrow::Cow;
 
 use super::hex;
 
+/// Largest callback body accepted. Click's callbacks are under 1 KiB; 16 KiB leaves room for
+/// long `merchant_trans_id`/`error_note` values without letting a body grow unbounded.
+pub const MAX_CALLBACK_BODY: usize = 16 * 1024;
+
 /// Django's default `DATA_UPLOAD_MAX_NUMBER_FIELDS` is 1000; a Click callback has 11 fields.
 /// Capping far lower keeps duplicate detection cheap on hostile bodies.
 pub const MAX_FIELDS: usize = 64;

@@ -8,20 +8,18 @@ pub mod digest;
 pub mod form;
 pub(crate) mod hex;
 pub mod keys;
+pub mod reject;
 pub mod respond;
 pub mod sign;
 pub mod verify;
 
-pub use callback::{Action, Callback, Echo};
+pub use callback::{Action, Callback, Echo, FieldError};
 pub use diagnose::Diagnosis;
-pub use form::{Form, FormKind};
+pub use form::{Form, FormKind, MAX_CALLBACK_BODY};
 pub use keys::{Fingerprint, KeySet, Secret};
-pub use respond::{ClickError, RejectReason};
+pub use reject::RejectReason;
+pub use respond::ClickError;
 pub use verify::Verified;
-
-/// Largest callback body accepted. Click's callbacks are under 1 KiB; 16 KiB leaves room for
-/// long `merchant_trans_id`/`error_note` values without letting a body grow unbounded.
-pub const MAX_CALLBACK_BODY: usize = 16 * 1024;
 
 /// The gateway's verdict on one parsed callback form.
 #[derive(Debug)]
@@ -86,7 +84,7 @@ pub fn judge<'a>(form: &'a Form<'a>, keys: &KeySet) -> Verdict<'a> {
         Err(reason) => Verdict {
             echo: Echo::from_form(form),
             callback: None,
-            outcome: Err(reason),
+            outcome: Err(RejectReason::Field(reason)),
         },
     }
 }
@@ -97,7 +95,7 @@ fn judge_slots<'a>(slots: callback::Slots<'a, 'a>, keys: &KeySet) -> Verdict<'a>
         Err(reason) => Verdict {
             echo,
             callback: None,
-            outcome: Err(reason),
+            outcome: Err(RejectReason::Field(reason)),
         },
         Ok(cb) => {
             let outcome = verify::verify(&cb, keys).map_err(RejectReason::Signature);

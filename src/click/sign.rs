@@ -61,7 +61,9 @@ impl Signature {
 /// Lowercase hex, the form Click sends.
 impl std::fmt::Display for Signature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let mut text = [0u8; 32];
+        hex::encode_into(&self.0, &mut text);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?)
     }
 }
 
@@ -135,10 +137,10 @@ pub fn encode_component(value: &str, out: &mut String) {
             }
             b' ' => out.push('+'),
             _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                let [hi, lo] = hex::upper(b);
                 out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0x0f)]));
+                out.push(char::from(hi));
+                out.push(char::from(lo));
             }
         }
     }

@@ -13,10 +13,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::report::{self, action_name, or_dash, printable, CommandError, Format, Table};
+use super::report::{self, action_name, or_dash, CommandError, Format, Table};
 use crate::config::{Environment, Span};
 use crate::ledger::time::{rfc3339_micros, rfc3339_secs};
 use crate::ledger::{Filter, Store, Stored};
+use crate::text::printable;
 
 /// Which callbacks to show: at least one of the three; given together, all must match.
 #[derive(Debug, Clone, PartialEq, Eq)]

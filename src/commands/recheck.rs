@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::report::{self, or_dash, printable, CommandError, Format, Table};
+use super::report::{self, or_dash, CommandError, Format, Table};
 use crate::click::keys::{KeyEntry, KeySource, ServiceKeys};
 use crate::click::{callback, FormKind, KeySet, Parsed, Secret};
 use crate::config::{Environment, Span};
 use crate::ledger::time::rfc3339_secs;
 use crate::ledger::{Store, Stored};
+use crate::text::printable;
 
 /// Which refused callbacks to judge again, and with what.
 #[derive(Debug, Clone)]

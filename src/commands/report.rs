@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::config::{self, Environment, Loaded, Span};
 use crate::ledger::{self, LedgerError, Location, Store};
+use crate::text::printable;
 
 /// Why a ledger command could not answer. Exit status 1, with this as the message.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +74,6 @@ pub fn span_text(span: Span) -> String {
 pub fn now_us() -> i64 {
     ledger::unix_micros(std::time::SystemTime::now())
 }
-
-pub use crate::text::printable;
 
 /// `-` for what is unknown.
 pub fn or_dash(v: Option<&str>) -> String {
@@ -174,8 +173,8 @@ mod tests {
 
     #[test]
     fn client_text_cannot_break_a_line() {
-        assert_eq!(printable("order-1 №7"), "order-1 №7");
-        assert_eq!(printable("a\nb\u{1b}[31m"), "a\\u{a}b\\u{1b}[31m");
+        assert_eq!(or_dash(Some("order-1 №7")), "order-1 №7");
+        assert_eq!(or_dash(Some("a\nb\u{1b}[31m")), "a\\u{a}b\\u{1b}[31m");
         assert_eq!(or_dash(None), "-");
     }
 

@@ -13,7 +13,8 @@ use std::path::Path;
 use crate::click::keys::{KeyEntry, KeySet, KeySource, Secret, ServiceKeys};
 
 use super::dotenv;
-use super::{Environment, Problem};
+use super::environment::Environment;
+use super::problem::Problem;
 
 /// Name pattern shared by `click.env_file` and the process environment.
 const ENV_PREFIX: &str = "CLICK_SERVICE_";

@@ -9,8 +9,10 @@
 pub mod cidr;
 pub mod dotenv;
 pub mod duration;
+pub mod environment;
 pub mod keys;
 pub mod postgres;
+pub mod problem;
 pub mod size;
 pub mod tls;
 pub mod trust;
@@ -27,6 +29,8 @@ use serde::Deserialize;
 
 use crate::click::KeySet;
 pub use duration::Span;
+pub use environment::Environment;
+pub use problem::Problem;
 pub use size::ByteSize;
 
 /// Prefix of the environment variables that override `gateway.toml` settings.
@@ -577,33 +581,6 @@ impl fmt::Display for UpstreamUrl {
     }
 }
 
-/// One thing wrong with the configuration: where (file or variable, and setting), and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub origin: String,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(origin: &str, key: Option<String>, message: String) -> Problem {
-        Problem {
-            origin: origin.to_owned(),
-            key,
-            message,
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.key {
-            Some(key) => write!(f, "{}: {}: {}", self.origin, key, self.message),
-            None => write!(f, "{}: {}", self.origin, self.message),
-        }
-    }
-}
-
 /// The configuration could not be loaded; every problem found is listed.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", display_problems(.problems))]
@@ -617,55 +594,6 @@ fn display_problems(problems: &[Problem]) -> String {
         .map(Problem::to_string)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// A snapshot of environment variables, passed in rather than read inside, so tests stay
-/// independent of the process environment and a reload reads what startup read. Its `Debug`
-/// shows names only: values include secret keys.
-#[derive(Clone, Default)]
-pub struct Environment {
-    vars: Vec<(String, String)>,
-    /// Names whose value is not UTF-8 (reported when they matter, e.g. a key variable).
-    not_utf8: Vec<String>,
-}
-
-impl fmt::Debug for Environment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.vars.iter().map(|(k, _)| k))
-            .finish()
-    }
-}
-
-impl Environment {
-    /// The process environment (variables whose name is not UTF-8 are skipped).
-    pub fn from_process() -> Environment {
-        let mut env = Environment::default();
-        for (k, v) in std::env::vars_os() {
-            let Ok(k) = k.into_string() else { continue };
-            match v.into_string() {
-                Ok(v) => env.vars.push((k, v)),
-                Err(_) => env.not_utf8.push(k),
-            }
-        }
-        env
-    }
-
-    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Environment {
-        Environment {
-            vars: pairs.into_iter().collect(),
-            not_utf8: Vec::new(),
-        }
-    }
-
-    /// Names of variables whose value is not UTF-8.
-    pub fn not_utf8(&self) -> &[String] {
-        &self.not_utf8
-    }
-
-    pub fn vars(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.vars.iter().map(|(k, v)| (k, v))
-    }
 }
 
 /// One `CLICK_GATEWAY_<SECTION>__<KEY>` variable as a figment provider, so an error in its

@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use super::Problem;
+use super::problem::Problem;
 use crate::clock::{format_unix, unix_now};
 
 /// Warn when the certificate expires sooner than this.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::keys::read_stable;
-use super::Problem;
+use super::problem::Problem;
 use crate::trust::{Trust, TrustSecret};
 
 /// Shorter secrets are refused: the HMAC is only as strong as its key (`openssl rand -hex 32`

@@ -15,10 +15,16 @@ use http::request::Parts;
 use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Full};
 
+use super::error::ProxyError;
+use super::headers;
 use super::stall::{BodyObserver, StallGuard};
-use super::{headers, ProxyBody, ProxyError, Upstream};
+use super::upstream::Upstream;
 use crate::lane::Lane;
 use crate::metrics::Metrics;
+
+/// A response body: the backend's stream (with a deadline between frames), or an answer the
+/// gateway wrote itself.
+pub type ProxyBody = Either<StallGuard, Full<Bytes>>;
 
 /// Sends requests to the backend for one worker.
 #[derive(Debug)]

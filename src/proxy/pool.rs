@@ -37,7 +37,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ProxyError;
+use super::error::ProxyError;
 use crate::config::UpstreamTarget;
 use crate::lane::Lane;
 

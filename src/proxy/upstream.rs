@@ -15,8 +15,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::error::ProxyError;
 use super::pool::{Lease, Pool, Slots};
-use super::ProxyError;
 use crate::config::UpstreamSettings;
 use crate::lane::Lane;
 
