@@ -37,42 +37,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::checkpoint::{Decision, Judgment};
 use crate::click::{digest, Action, Callback, Parsed, RejectReason};
-use crate::config::{GuardMode, GuardSettings, LedgerSettings, Mode, StoreErrorPolicy};
+use crate::config::{GuardMode, Mode, StoreErrorPolicy};
 use crate::ledger::index::{self, Claim, Signed};
 use crate::ledger::{
     self, Admitted, BindOutcome, Binding, CompleteClaim, Correction, Ledger, LedgerError, Record,
     Seen,
 };
 use crate::metrics::{GuardLabels, Metrics, ReasonLabels};
-
-/// The guard's rules as configured, with a ledger to keep their bindings in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rules {
-    pub signature: GuardMode,
-    pub transaction: GuardMode,
-    pub on_store_error: StoreErrorPolicy,
-    pub timeout: Duration,
-    pub window: Duration,
-}
-
-impl Rules {
-    /// The rules `[guard]` sets, given whether a ledger is configured; `None` without one (the
-    /// rules off, and no record to write).
-    pub fn new(s: &GuardSettings, ledger: &LedgerSettings) -> Option<Rules> {
-        let default = |mode: Option<GuardMode>, on: GuardMode| mode.unwrap_or(on);
-        ledger.database.is_some().then(|| Rules {
-            signature: default(s.mode, GuardMode::Enforce),
-            transaction: default(s.transaction_mode, GuardMode::Shadow),
-            on_store_error: s.on_store_error,
-            timeout: s.timeout.0,
-            window: s.window(ledger.retention),
-        })
-    }
-}
+pub use crate::runtime::GuardRules as Rules;
 
 /// What became of a callback on its way to the backend.
 #[derive(Debug)]
@@ -446,30 +422,5 @@ mod tests {
         let (a, b) = (token(), token());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
-    }
-
-    #[test]
-    fn the_rules_need_a_ledger_and_default_to_enforce_and_shadow() {
-        let s = GuardSettings::default();
-        assert_eq!(Rules::new(&s, &LedgerSettings::default()), None);
-        let ledger = LedgerSettings {
-            database: Some("l.db".into()),
-            ..LedgerSettings::default()
-        };
-        let r = Rules::new(&s, &ledger).unwrap();
-        assert_eq!(
-            (r.signature, r.transaction),
-            (GuardMode::Enforce, GuardMode::Shadow)
-        );
-        assert_eq!(r.window, Duration::from_secs(30 * 86_400));
-        let short = LedgerSettings {
-            retention: crate::config::Span::secs(7 * 86_400),
-            ..ledger
-        };
-        assert_eq!(
-            Rules::new(&s, &short).unwrap().window,
-            Duration::from_secs(7 * 86_400),
-            "never longer than the retention"
-        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::click::KeySet;
-use crate::config::{Loaded, Mode};
+use crate::config::{GuardMode, GuardSettings, LedgerSettings, Loaded, Mode, StoreErrorPolicy};
 use crate::metrics::{Metrics, ServiceLabels};
 use crate::trust::Trust;
 
@@ -40,7 +40,7 @@ pub struct Runtime {
     /// The attestation secrets (`[trust]`), when configured.
     pub trust: Option<Trust>,
     /// The replay guard's rules (`[guard]`), when any is on (they need a ledger).
-    pub guard: Option<crate::guard::Rules>,
+    pub guard: Option<GuardRules>,
 }
 
 /// The handle shared by every connection.
@@ -65,7 +65,7 @@ impl Runtime {
             sign_time_offset: click.sign_time_zone.0,
             service_labels: ServiceLabels::new(&loaded.keys, metrics),
             trust: loaded.trust.clone(),
-            guard: crate::guard::Rules::new(&loaded.settings.guard, &loaded.settings.ledger),
+            guard: GuardRules::new(&loaded.settings.guard, &loaded.settings.ledger),
         }
     }
 
@@ -136,6 +136,32 @@ fn percent_decode_path(path: &str) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&out).into_owned().into()
 }
 
+/// The replay guard's rules as configured ([`crate::guard`]), with a ledger to keep their
+/// bindings in: resolved with the rest of the runtime, so a reload swaps them with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardRules {
+    pub signature: GuardMode,
+    pub transaction: GuardMode,
+    pub on_store_error: StoreErrorPolicy,
+    pub timeout: Duration,
+    pub window: Duration,
+}
+
+impl GuardRules {
+    /// The rules `[guard]` sets, given whether a ledger is configured; `None` without one (the
+    /// rules off, and no record to write).
+    pub fn new(s: &GuardSettings, ledger: &LedgerSettings) -> Option<GuardRules> {
+        let default = |mode: Option<GuardMode>, on: GuardMode| mode.unwrap_or(on);
+        ledger.database.is_some().then(|| GuardRules {
+            signature: default(s.mode, GuardMode::Enforce),
+            transaction: default(s.transaction_mode, GuardMode::Shadow),
+            on_store_error: s.on_store_error,
+            timeout: s.timeout.0,
+            window: s.window(ledger.retention),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +198,30 @@ mod tests {
         assert!(!rt.is_callback_path("/click/prepare/x"));
         assert!(!rt.is_callback_path("/click/prepare/%"));
         assert!(!rt.is_callback_path("/CLICK/prepare/"));
+    }
+
+    #[test]
+    fn the_rules_need_a_ledger_and_default_to_enforce_and_shadow() {
+        let s = GuardSettings::default();
+        assert_eq!(GuardRules::new(&s, &LedgerSettings::default()), None);
+        let ledger = LedgerSettings {
+            database: Some("l.db".into()),
+            ..LedgerSettings::default()
+        };
+        let r = GuardRules::new(&s, &ledger).unwrap();
+        assert_eq!(
+            (r.signature, r.transaction),
+            (GuardMode::Enforce, GuardMode::Shadow)
+        );
+        assert_eq!(r.window, Duration::from_secs(30 * 86_400));
+        let short = LedgerSettings {
+            retention: crate::config::Span::secs(7 * 86_400),
+            ..ledger
+        };
+        assert_eq!(
+            GuardRules::new(&s, &short).unwrap().window,
+            Duration::from_secs(7 * 86_400),
+            "never longer than the retention"
+        );
     }
 }

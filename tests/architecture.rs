@@ -669,27 +669,9 @@ fn assert_no_cycles(graph: &Graph, cycles: &[Vec<String>]) {
 }
 
 #[test]
-#[ignore = "src/ledger/ still has cycles, in files being rewritten on another branch: \
-            ledger/mod.rs <-> postgres.rs, sqlite.rs, store.rs, tap.rs, writer.rs (children use \
-            LedgerError, Done, Job, Backend, BackendAnswer, Ledger, MAX_BACKEND_ANSWER and the \
-            re-exported Record through super::), store.rs <-> postgres.rs, sqlite.rs (PgStore, \
-            SqliteStore against Op, OpResult, Inspection, Stored, ...); \
-            `cargo test --test architecture -- --ignored` lists them"]
 fn src_has_no_import_cycles() {
     let graph = graph(&src());
     assert_no_cycles(&graph, &cycles(&graph));
-}
-
-/// Until the ledger's circles are cut (see the `#[ignore]` above), no new one may appear
-/// elsewhere. Delete this test when that one runs again.
-#[test]
-fn src_has_no_import_cycles_outside_the_ledger() {
-    let graph = graph(&src());
-    let cycles: Vec<_> = cycles(&graph)
-        .into_iter()
-        .filter(|cycle| !cycle.iter().all(|file| file.starts_with("ledger/")))
-        .collect();
-    assert_no_cycles(&graph, &cycles);
 }
 
 #[test]

@@ -44,10 +44,10 @@ fn json_string(out: &mut String, text: &str) {
                 b'"' => out.push_str("\\\""),
                 b'\\' => out.push_str("\\\\"),
                 _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    let [hi, lo] = super::hex::lower(b);
                     out.push_str("\\u00");
-                    out.push(char::from(HEX[usize::from(b >> 4)]));
-                    out.push(char::from(HEX[usize::from(b & 0x0f)]));
+                    out.push(char::from(hi));
+                    out.push(char::from(lo));
                 }
             }
             plain = i + 1;

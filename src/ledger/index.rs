@@ -26,6 +26,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::binding::Seen;
+use super::record::Bound;
 
 /// A Complete's `error` that is not a number (Click's are; a number stands for itself).
 pub const UNREADABLE_ERROR: i64 = i64::MIN;
@@ -72,7 +73,7 @@ type Shards<K, V> = Box<[Mutex<Generations<K, V>>]>;
 
 /// One row as the index is rebuilt from it: its id, service, Click transaction (when it is a
 /// number) and guard entry.
-pub type GuardRow = (i64, u64, Option<u64>, super::Bound);
+pub type GuardRow = (i64, u64, Option<u64>, Bound);
 
 /// The index (see the module docs).
 #[derive(Debug)]
@@ -308,8 +309,8 @@ impl<K: Copy + Ord, V: Copy> Frozen<K, V> {
 /// The guard's entry of a verified callback, from its message's canonical text
 /// ([`crate::click::digest::canonical`]): its signature's key, its message's digest, and a
 /// Complete's `error` (`None` for a `sign_string` that is not hex, which never verifies).
-pub fn bound_of(canonical: &str, cb: &crate::click::Callback<'_>) -> Option<super::Bound> {
-    Some(super::Bound {
+pub fn bound_of(canonical: &str, cb: &crate::click::Callback<'_>) -> Option<Bound> {
+    Some(Bound {
         key: key(cb.service_id, cb.sign_string)?,
         digest: short_digest(&crate::click::digest::digest(canonical)),
         complete_error: (cb.action == crate::click::Action::Complete).then(|| error_code(cb.error)),
@@ -317,7 +318,7 @@ pub fn bound_of(canonical: &str, cb: &crate::click::Callback<'_>) -> Option<supe
 }
 
 /// [`bound_of`] for a stored body (a migration's): parsed and read as the data path does.
-pub fn bound_of_body(content_type: Option<&str>, body: &[u8]) -> Option<super::Bound> {
+pub fn bound_of_body(content_type: Option<&str>, body: &[u8]) -> Option<Bound> {
     use crate::click::{FormKind, KeySet, Parsed};
     let kind = content_type
         .and_then(|ct| FormKind::from_content_type(ct).ok())

@@ -44,12 +44,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::binding::{BindOutcome, Binding, Seen};
+use super::error::LedgerError;
 use super::model::{
-    self, Dialect, Filter, Inspection, Stored, PRUNE_REFUSED, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
+    self, Admitted, Dialect, Filter, Inspection, Op, OpResult, Row as NewRow, Stored,
+    PRUNE_REFUSED, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
 };
 use super::record::{micros, unix_micros, Answer, ClickFields, Record};
-use super::store::{Op, OpResult, Row as NewRow};
-use super::{Admitted, LedgerError};
 use crate::config::postgres::{tls_config, PgUrl};
 
 /// Connections one gateway holds at most. A bind is one short round trip, so a handful
@@ -888,7 +888,7 @@ async fn insert_answers(
 ) -> Result<(), tokio_postgres::Error> {
     let mut params: Vec<Param> = Vec::with_capacity(answers.len() * model::ANSWER_VALUES);
     for a in answers {
-        let field = |get: fn(&super::BackendAnswer) -> &Option<String>| {
+        let field = |get: fn(&super::record::BackendAnswer) -> &Option<String>| {
             opt_text(a.backend.answer.as_ref().and_then(|x| get(x).as_deref()))
         };
         params.extend([

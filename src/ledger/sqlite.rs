@@ -26,14 +26,13 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use super::error::LedgerError;
 use super::index::GuardRow;
 use super::model::{
-    self, Dialect, Filter, Inspection, Stored, FORWARDED, PRUNE_REFUSED, REFUSED_FOR_SIGNATURE,
-    SCHEMA_VERSION,
+    self, Correction, Dialect, Filter, Inspection, Op, OpResult, Row, Stored, FORWARDED,
+    PRUNE_REFUSED, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
 };
 use super::record::{micros, unix_micros, Answer, Bound};
-use super::store::{Correction, Op, OpResult, Row};
-use super::LedgerError;
 pub use crate::config::Synchronous;
 
 /// `PRAGMA application_id` of a ledger ("ClKG"), so a file that is some other program's
@@ -832,7 +831,7 @@ fn insert_answers(tx: &Connection, answers: &[Answer]) -> rusqlite::Result<()> {
         let mut stmt = tx.prepare_cached(&sql)?;
         for (i, a) in chunk.iter().enumerate() {
             let base = i * model::ANSWER_VALUES;
-            let field = |get: fn(&super::BackendAnswer) -> &Option<String>| {
+            let field = |get: fn(&super::record::BackendAnswer) -> &Option<String>| {
                 a.backend.answer.as_ref().and_then(|x| get(x).clone())
             };
             let values: [&dyn rusqlite::ToSql; model::ANSWER_VALUES] = [

@@ -10,68 +10,10 @@
 
 use std::sync::Arc;
 
-use super::model::{Filter, Inspection, Location, Stored};
+use super::error::LedgerError;
+use super::model::{Filter, Inspection, Location, Op, OpResult, Stored};
 use super::postgres::{PgShared, PgStore};
-use super::record::{Answer, ClickFields, Record};
 use super::sqlite::SqliteStore;
-use super::LedgerError;
-
-/// One row to insert: its id (SQLite's rows get theirs from the gateway; PostgreSQL's from the
-/// database), the record, and the ids decoded from its body.
-#[derive(Debug, Clone, Copy)]
-pub struct Row<'a> {
-    pub id: Option<i64>,
-    pub record: &'a Record,
-    pub fields: &'a ClickFields,
-}
-
-/// A row's content type and body, when it is there.
-pub type StoredBody = Option<(Option<String>, Vec<u8>)>;
-
-/// A correction of a row written before its guard's finding was known (PostgreSQL, where the
-/// row and the binding are one statement): the verdict and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Correction {
-    pub callback: i64,
-    pub verdict: &'static str,
-    pub reason: Option<&'static str>,
-    pub hint: Option<&'static str>,
-    pub detail: Option<String>,
-}
-
-/// One statement of a writer's transaction. A batch of them commits or fails as a whole.
-#[derive(Debug)]
-pub enum Op<'a> {
-    /// Insert callback rows, several per statement.
-    Rows(&'a [Row<'a>]),
-    /// Insert the answers of forwarded callbacks.
-    Answers(&'a [Answer]),
-    /// Correct rows' verdicts.
-    Corrections(&'a [Correction]),
-    /// Delete at most `limit` rows older than `before_us` (Unix microseconds), oldest first,
-    /// with their answers (and on PostgreSQL as many of the guard's bindings).
-    Prune { before_us: i64, limit: u32 },
-    /// Delete at most `limit` of the oldest rows of refused callbacks (see
-    /// [`super::model::PRUNE_REFUSED`]).
-    PruneRefused { limit: u32 },
-    /// Read one row's body and content type (to name what a changed message differs in).
-    Body(i64),
-}
-
-/// What an [`Op`] did, in the same order as the ops.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpResult {
-    /// Rows or answers or corrections written.
-    Written(usize),
-    Pruned {
-        /// Callbacks deleted (what `ledger_pruned_rows_total` counts).
-        rows: u64,
-        /// A whole batch was deleted: more are due at once.
-        more: bool,
-    },
-    /// [`Op::Body`]: the content type and body, when the row exists.
-    Body(StoredBody),
-}
 
 /// A ledger store.
 #[derive(Debug)]

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use super::{Answer, Backend, BackendAnswer, Ledger, MAX_BACKEND_ANSWER};
+use super::handle::Ledger;
+use super::record::{Answer, Backend, BackendAnswer, MAX_BACKEND_ANSWER};
 use crate::proxy::stall::BodyObserver;
 
 /// Appends a forwarded callback's [`Answer`] once its body has streamed.

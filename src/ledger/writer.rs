@@ -28,10 +28,11 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{oneshot, watch};
 
+use super::error::LedgerError;
 use super::model::Location;
+use super::model::{Admitted, Correction, Op, OpResult, Row, StoredBody};
 use super::record::{unix_micros, Answer, ClickFields, Record, Verdict};
-use super::store::{Correction, Op, OpResult, Row, Store, StoredBody};
-use super::{Admitted, LedgerError};
+use super::store::Store;
 use crate::click::MAX_CALLBACK_BODY;
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
