@@ -232,7 +232,7 @@ impl Gateway {
         body: Incoming,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let arrival = Arrival::of(&parts);
+        let arrival = Arrival::of(&parts, self.ledger.is_some());
         let declared = content_length(&parts.headers);
         let head = checkpoint::precheck(&parts, declared);
         // Limits are never shadowed: what was not read cannot be forwarded.

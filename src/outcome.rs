@@ -68,7 +68,16 @@ pub struct Arrival {
 }
 
 impl Arrival {
-    pub fn of(parts: &Parts) -> Arrival {
+    /// `keep`: whether a ledger will keep it. Without one the head is not copied (the bare
+    /// gateway's callback pays nothing for the ledger it does not have).
+    pub fn of(parts: &Parts, keep: bool) -> Arrival {
+        if !keep {
+            return Arrival {
+                time: SystemTime::now(),
+                path: String::new(),
+                content_type: None,
+            };
+        }
         Arrival {
             time: SystemTime::now(),
             path: parts.uri.path().to_owned(),
@@ -106,7 +115,6 @@ impl LogContext<'_> {
     ) {
         let cb = d.callback.as_ref();
         let reason = d.failure.as_ref();
-        let merchant = d.echo.merchant_trans_id.map(printable);
         let why = reason.map(tracing::field::display);
         let fields = (
             d.outcome(),
@@ -134,7 +142,8 @@ impl LogContext<'_> {
                     mode = d.mode.as_str(),
                     service_id = cb.map(|c| c.service_id),
                     click_trans_id = d.echo.click_trans_id,
-                    merchant_trans_id = merchant.as_deref(),
+                    // Escaped only when the line is written.
+                    merchant_trans_id = d.echo.merchant_trans_id.map(printable).as_deref(),
                     action = cb.map(|c| c.action.as_str()),
                     slot = d.verified.map(|v| v.slot),
                     fp = d.verified.map(|v| tracing::field::display(v.fingerprint)),

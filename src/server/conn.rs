@@ -25,12 +25,14 @@
 //! not one per request.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use atomic_waker::AtomicWaker;
 use bytes::{Buf, Bytes};
 use http::Version;
 use hyper::body::{Body, Frame, SizeHint};
@@ -268,6 +270,44 @@ pub async fn serve<I>(
     }
 }
 
+/// What woke the watchdog.
+enum Event {
+    /// The connection ended (with hyper's error, if any).
+    Ended(Option<String>),
+    /// The gateway is draining.
+    Drain,
+    /// Chosen to close to make room at `server.max_connections`.
+    Evicted,
+    /// Pressure came or went: the deadlines changed.
+    Pressure,
+    /// An HTTP/2 body started streaming: its send deadline may be the next one.
+    Stream,
+    /// The timer reached the deadline it was set to.
+    Timer,
+}
+
+/// The waker of the watchdog's own signals (drain, eviction, pressure, a stream's deadline,
+/// the timer): it marks them woken and wakes the connection's task. The task is woken far more
+/// often by its connection (every read and write); on those wake-ups the signals are not
+/// polled at all. Polling them each time (as `select!` does) cost about a thousand
+/// instructions a keep-alive request (callgrind, `benches/instructions.sh`).
+#[derive(Default)]
+struct Signals {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Signals {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 /// The watchdog of one connection (see the module docs).
 struct Watch {
     activity: Arc<Activity>,
@@ -301,22 +341,67 @@ impl Watch {
         // The connection's one timer, reset to each deadline.
         let timer = tokio::time::sleep_until(activity.next_deadline(timers.now()).into());
         tokio::pin!(timer);
+        let signals = Arc::new(Signals::default());
+        let signal_waker = Waker::from(signals.clone());
+        // Set once the pressure's sender is gone (the gateway is stopping): never polled again.
+        let mut pressure_gone = false;
         loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
+            // This round's signals, polled once to register them, then only when one woke us.
+            let event = {
+                let drained = drain.changed();
+                let evicted = activity.evicted();
+                let pressure = timers.pressure.changed();
+                let stream = activity.changed.notified();
+                tokio::pin!(drained, evicted, pressure, stream);
+                signals.woken.store(true, Ordering::Release);
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Ended(result.err().map(|e| e.to_string())));
+                    }
+                    signals.task.register(cx.waker());
+                    if !signals.woken.swap(false, Ordering::AcqRel) {
+                        return Poll::Pending;
+                    }
+                    let mut cx = Context::from_waker(&signal_waker);
+                    if !closing && drained.as_mut().poll(&mut cx).is_ready() {
+                        return Poll::Ready(Event::Drain);
+                    }
+                    if close_by.is_none() && evicted.as_mut().poll(&mut cx).is_ready() {
+                        return Poll::Ready(Event::Evicted);
+                    }
+                    if !closing && !pressure_gone {
+                        if let Poll::Ready(changed) = pressure.as_mut().poll(&mut cx) {
+                            if changed.is_ok() {
+                                return Poll::Ready(Event::Pressure);
+                            }
+                            pressure_gone = true;
+                        }
+                    }
+                    if !closing && stream.as_mut().poll(&mut cx).is_ready() {
+                        return Poll::Ready(Event::Stream);
+                    }
+                    if (!closing || close_by.is_some()) && timer.as_mut().poll(&mut cx).is_ready() {
+                        return Poll::Ready(Event::Timer);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match event {
+                Event::Ended(error) => {
+                    if let Some(e) = error {
                         tracing::debug!(peer = %log_addr, "connection ended: {e}");
                     }
                     return;
                 }
-                _ = drain.changed(), if !closing => {
+                Event::Drain => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
                 // Chosen to make room at the cap (counted by the chooser): an idle HTTP/2
                 // connection gets a GOAWAY and a moment; anything else, idle or still waiting
                 // for its client, is dropped now.
-                () = activity.evicted(), if close_by.is_none() => {
+                Event::Evicted => {
                     let idle = activity.in_flight.load(Ordering::Relaxed) == 0
                         && activity.requests.load(Ordering::Relaxed) > 0;
                     if !(idle && activity.h2.load(Ordering::Relaxed)) {
@@ -330,17 +415,19 @@ impl Watch {
                     conn.as_mut().graceful_shutdown();
                 }
                 // Pressure came or went: the deadlines changed.
-                Ok(()) = timers.pressure.changed(), if !closing => {
-                    timer.as_mut().reset(activity.next_deadline(timers.now()).into());
+                Event::Pressure => {
+                    timer
+                        .as_mut()
+                        .reset(activity.next_deadline(timers.now()).into());
                 }
                 // An HTTP/2 body started streaming: its send deadline may be the next one.
-                () = activity.changed.notified(), if !closing => {
+                Event::Stream => {
                     let next = activity.next_deadline(timers.now());
                     if next < timer.deadline().into_std() {
                         timer.as_mut().reset(next.into());
                     }
                 }
-                () = &mut timer, if !closing || close_by.is_some() => {
+                Event::Timer => {
                     let deadlines = timers.now();
                     let now = Instant::now();
                     if close_by.is_some_and(|by| by <= now) {
@@ -362,10 +449,18 @@ impl Watch {
                     }
                     if activity.requests.load(Ordering::Relaxed) == 0 {
                         tracing::debug!(peer = %log_addr, "no request within {:?}: closing", deadlines.first_request);
-                        metrics.connections_closed.get_or_create(&ReasonLabels { reason: "first_request_timeout" }).inc();
+                        metrics
+                            .connections_closed
+                            .get_or_create(&ReasonLabels {
+                                reason: "first_request_timeout",
+                            })
+                            .inc();
                         return;
                     }
-                    metrics.connections_closed.get_or_create(&ReasonLabels { reason: "idle" }).inc();
+                    metrics
+                        .connections_closed
+                        .get_or_create(&ReasonLabels { reason: "idle" })
+                        .inc();
                     if !activity.h2.load(Ordering::Relaxed) {
                         // HTTP/1: no next request head within header_read_timeout (hyper's rule).
                         tracing::debug!(peer = %log_addr, "no request head within {:?} of the last response: closing", deadlines.first_request);
