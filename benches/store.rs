@@ -13,7 +13,8 @@
 //!   them Completes), opened: the time the index takes to rebuild, and the bytes it holds.
 //!
 //! `cargo bench --bench store` (a temporary directory on the disk `TMPDIR` names; `ROWS`,
-//! 50,000 by default; `REBUILD`, 1,000,000). Not a criterion bench: criterion times wall-clock,
+//! 50,000 by default; `REBUILD`, 1,000,000; `IN_FLIGHT=1,2` for those write-ahead batches
+//! alone). Not a criterion bench: criterion times wall-clock,
 //! which here would be the disk's; CPU time comes from `/proc/self/task/*/schedstat`.
 
 use std::collections::BTreeMap;
@@ -307,7 +308,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    // `IN_FLIGHT=2,4` measures those batch sizes alone (with synchronous = normal), nothing
+    // else: for a profiler.
+    let only: Option<Vec<usize>> = std::env::var("IN_FLIGHT")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     let dir = tempfile::tempdir().unwrap();
+    if let Some(batches) = only {
+        for in_flight in batches {
+            write_ahead(dir.path(), rows, in_flight, Synchronous::Normal);
+        }
+        return;
+    }
     for sync in [Synchronous::Normal, Synchronous::Full] {
         for in_flight in [1, 16, 64] {
             write_ahead(dir.path(), rows, in_flight, sync);

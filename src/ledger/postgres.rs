@@ -180,7 +180,7 @@ fn migrations(found: i64) -> Vec<String> {
             -- The identity goes on after the ids the rows brought.
             SELECT setval(pg_get_serial_sequence('callbacks', 'id'),
                 (SELECT coalesce(max(id), 0) + 1 FROM callbacks), false);",
-            model::indexes_v3()
+            model::indexes_v3(Dialect::Postgres)
         ));
     }
     out

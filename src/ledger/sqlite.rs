@@ -226,8 +226,11 @@ impl SqliteStore {
             } else {
                 FROM_V2.replace("@CREATE@", &create)
             };
-            tx.execute_batch(&format!("{tables}\n{}\n{META}", model::indexes_v3()))
-                .map_err(err)?;
+            tx.execute_batch(&format!(
+                "{tables}\n{}\n{META}",
+                model::indexes_v3(Dialect::Sqlite)
+            ))
+            .map_err(err)?;
             if version > 0 {
                 let filled = Self::fill_guard_columns(&tx).map_err(err)?;
                 tracing::info!(ledger = %path.display(), from = version, rows_bound = filled, "ledger: migrated to schema v3 (one narrow row per callback, answers apart, the guard's entries in the rows)");
@@ -493,29 +496,8 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// The first row id whose time is at or after `us`, by binary search over ids (rows are
-    /// in time order, up to clock steps): a few primary-key lookups, whatever the size.
     fn first_id_at(&self, us: i64) -> Result<i64, LedgerError> {
-        let time_at = |id: i64| -> Result<Option<(i64, i64)>, LedgerError> {
-            self.conn
-                .query_row(
-                    "SELECT id, time FROM callbacks WHERE id >= ?1 ORDER BY id LIMIT 1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(|source| self.query_err(source))
-        };
-        let (mut lo, mut hi) = (0i64, self.max_id()? + 1);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match time_at(mid)? {
-                Some((id, time)) if time < us => lo = id + 1,
-                Some(_) => hi = mid,
-                None => hi = mid,
-            }
-        }
-        Ok(lo)
+        first_id_at(&self.conn, us).map_err(|source| self.query_err(source))
     }
 
     /// Starts a run: returns how many forwarded callbacks of the last run have no recorded
@@ -609,14 +591,15 @@ impl SqliteStore {
                     OpResult::Written(corrections.len())
                 }
                 Op::Prune { before_us, limit } => {
-                    // Oldest first by id (time order): the scan stops at the first row that
-                    // stays, so no time index is needed.
+                    // Oldest first, by id: the rows before the first one of the retention
+                    // window (time order is insertion order, so no time index is needed).
+                    let first = first_id_at(tx, *before_us)?;
                     let rows = tx
                         .prepare_cached(
                             "DELETE FROM callbacks WHERE id IN
-                             (SELECT id FROM callbacks WHERE time < ?1 ORDER BY id LIMIT ?2)",
+                             (SELECT id FROM callbacks WHERE id < ?1 ORDER BY id LIMIT ?2)",
                         )
-                        .and_then(|mut s| s.execute(params![before_us, limit]))?;
+                        .and_then(|mut s| s.execute(params![first, limit]))?;
                     delete_orphan_answers(tx)?;
                     OpResult::Pruned {
                         rows: rows as u64,
@@ -644,8 +627,7 @@ impl SqliteStore {
 
     pub fn callbacks(&self, f: &Filter) -> Result<Vec<Stored>, LedgerError> {
         // The most selective filter leads and gets its index; the others are written `+col`,
-        // which keeps SQLite (without statistics) from picking the (service_id, time) index
-        // for a merchant_trans_id lookup in a busy service.
+        // which keeps SQLite (without statistics) from using a second index for them.
         let by_id = f.merchant_trans_id.is_some() || f.click_trans_id.is_some();
         let mut conditions = Vec::new();
         let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
@@ -677,7 +659,15 @@ impl SqliteStore {
                 s
             );
         }
-        add!(if by_id { "+c.time" } else { "c.time" }, ">=", &f.since_us);
+        // A window of time is a range of ids (there is no time index): by id when no other
+        // filter leads, else checked on the rows the leading index found.
+        let first;
+        if by_id {
+            add!("+c.time", ">=", &f.since_us);
+        } else {
+            first = self.first_id_at(f.since_us)?;
+            add!("c.id", ">=", &first);
+        }
         self.select(&conditions.join(" AND "), &args)
     }
 
@@ -686,14 +676,15 @@ impl SqliteStore {
         service_id: Option<&str>,
         since_us: i64,
     ) -> Result<Vec<Stored>, LedgerError> {
+        let first = self.first_id_at(since_us)?;
         match service_id {
             Some(s) => self.select(
-                &format!("c.service_id = ?1 AND c.time >= ?2 AND {REFUSED_FOR_SIGNATURE}"),
-                &[&s, &since_us],
+                &format!("c.id >= ?1 AND c.service_id = ?2 AND {REFUSED_FOR_SIGNATURE}"),
+                &[&first, &s],
             ),
             None => self.select(
-                &format!("c.time >= ?1 AND {REFUSED_FOR_SIGNATURE}"),
-                &[&since_us],
+                &format!("c.id >= ?1 AND {REFUSED_FOR_SIGNATURE}"),
+                &[&first],
             ),
         }
     }
@@ -714,6 +705,30 @@ impl SqliteStore {
             .map_err(|source| self.query_err(source))?;
         Ok(rows)
     }
+}
+
+/// The first row id whose time is at or after `us`, by binary search over ids (rows are in
+/// time order, up to clock steps): a few primary-key lookups, whatever the size. What stands
+/// in for a time index: a window of time is a range of ids.
+fn first_id_at(conn: &Connection, us: i64) -> rusqlite::Result<i64> {
+    let mut at =
+        conn.prepare_cached("SELECT id, time FROM callbacks WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    let mut lo = 0i64;
+    let mut hi: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM callbacks")?
+        .query_row([], |r| r.get(0))?;
+    hi += 1;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match at
+            .query_row([mid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?
+        {
+            Some((id, time)) if time < us => lo = id + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 /// A SQLite row, read by position for [`Stored::from_row`].

@@ -53,8 +53,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The writer wakes at least this often when idle, for its housekeeping.
 const TICK: Duration = Duration::from_secs(1);
 /// How often the writer measures a SQLite ledger against `ledger.max_size` and
-/// `ledger.min_free` (besides after every commit of rows: a few page counts and a `statvfs`).
+/// `ledger.min_free` (a few page counts and a `statvfs`), besides after each [`MEASURE_BYTES`]
+/// written.
 const SIZE_EVERY: Duration = Duration::from_secs(1);
+/// Rows' bytes written between two measures of a SQLite ledger: small beside any bound (a
+/// flood of refused rows overshoots it by at most this much), large beside a commit. Measuring
+/// after every commit cost more than the commit's rows at low batch sizes (callgrind).
+const MEASURE_BYTES: usize = 1 << 20;
+/// What a row costs beside its body, for [`MEASURE_BYTES`]: its other columns, its index
+/// entries, its answer (a rough figure; the measure itself is exact).
+const ROW_OVERHEAD: usize = 256;
 /// How often it measures a PostgreSQL one (a query; nothing after commits).
 const PG_SIZE_EVERY: Duration = Duration::from_secs(60);
 
@@ -375,6 +383,8 @@ pub(super) struct Writer {
     /// At the size bound, the last prune found no refused row left: no more scans for them
     /// until the bound is left (nothing refused is recorded meanwhile).
     refused_pruned_out: bool,
+    /// Rows' bytes written since the last measure (see [`MEASURE_BYTES`]).
+    unmeasured: usize,
 }
 
 /// Marks the writer exited however its thread ends, so nothing waits for it in vain: pending
@@ -429,6 +439,7 @@ impl Writer {
             last_error: None,
             next_size_check: now,
             refused_pruned_out: false,
+            unmeasured: 0,
         }
     }
 
@@ -595,12 +606,13 @@ impl Writer {
         }
     }
 
-    /// Measures the ledger against `ledger.max_size` and `ledger.min_free` (after every commit
-    /// of rows, and every [`SIZE_EVERY`]); returns whether it is at its bound. At either bound,
+    /// Measures the ledger against `ledger.max_size` and `ledger.min_free` (after every
+    /// [`MEASURE_BYTES`] of rows, and every [`SIZE_EVERY`]); returns whether it is at its bound. At either bound,
     /// refused callbacks stop being recorded and the oldest refused rows are pruned, a batch per
     /// look (forwarded rows are always recorded: they find the pages pruning frees). Below 90 %
     /// of `max_size` with `min_free` free again, refused callbacks are recorded again.
     fn measure(&mut self) -> bool {
+        self.unmeasured = 0;
         let Some(store) = &self.store else {
             return false;
         };
@@ -761,8 +773,14 @@ impl Writer {
                 for tx in flushes {
                     let _ = tx.send(Ok(()));
                 }
-                if !rows.is_empty() && !self.location.is_postgres() {
-                    self.measure();
+                if !self.location.is_postgres() {
+                    self.unmeasured += rows
+                        .iter()
+                        .map(|r| r.record.body.len() + ROW_OVERHEAD)
+                        .sum::<usize>();
+                    if self.unmeasured >= MEASURE_BYTES {
+                        self.measure();
+                    }
                 }
             }
             Err(e) => {
