@@ -4,9 +4,10 @@
 //! the fields it covers with no separator, so one signature fits several messages: a captured
 //! Complete with `error=-5017` (the payment failed) still verifies with `error=0`, and
 //! `merchant_prepare_id=5001&amount=1000.00` hashes the same string as
-//! `merchant_prepare_id=500&amount=11000.00` (see `click-protocol.md`, "Unsigned"). The
-//! gateway sees every callback, so it can bind each signature to the message it first came
-//! with:
+//! `merchant_prepare_id=500&amount=11000.00`: both formulas of Click's SHOP-API documentation
+//! (<https://docs.click.uz/en/click-api-request/>, [`crate::click::sign`]) leave those three
+//! fields out and concatenate the rest. The gateway sees every callback, so it can bind each
+//! signature to the message it first came with:
 //!
 //! - **rule 1** (`guard.mode`, `enforce` by default with a ledger): a verified callback's
 //!   `(service_id, sign_string)` is bound to a digest of all its decoded fields, signed and
@@ -28,7 +29,8 @@
 //! gateways, cannot both pass. The index remembers `guard.window` (30 days by default): a
 //! signature older than that is bound anew as if first, so a changed replay of a callback
 //! signed longer ago would pass it; `click.max_sign_age`, enforced and shorter than the
-//! window, refuses those (`check` says so when it is not).
+//! window, refuses those (nothing warns when it is not: `check` does not compare the two). On
+//! PostgreSQL the bindings are kept, and pruned, with the rows (`ledger.retention`).
 //!
 //! When the record cannot be committed within `guard.timeout`, `guard.on_store_error` decides:
 //! `refuse` (a plain 503: Click retries later; the ledger never lacks a callback the backend

@@ -1,9 +1,11 @@
 //! From a parsed form to a typed Click callback, or the reason it is malformed.
 //!
-//! Which fields are required and how they look is set by the Click SHOP-API field list
-//! (see `click-protocol.md`): ids are decimal integers up to 64 bits (never floats), `amount` is
-//! decimal text, `action` is `0` (Prepare) or `1` (Complete), Complete adds
-//! `merchant_prepare_id`. Values keep their exact text, since that text is what was signed.
+//! Which fields are required and how they look is set by the field list of Click's SHOP-API
+//! documentation (<https://docs.click.uz/en/click-api-request/>, "Request parameters"): ids are
+//! decimal integers up to 64 bits (never floats: `click_trans_id` and `click_paydoc_id` are
+//! `bigint` there), `amount` is decimal text, `action` is `0` (Prepare) or `1` (Complete),
+//! Complete adds `merchant_prepare_id`. Values keep their exact text, since that text is what
+//! was signed.
 
 use super::form::{self, Form};
 use super::sign::SignedFields;
@@ -149,7 +151,7 @@ fn slot_of(name: &str) -> Option<usize> {
 /// How many fields a callback can have that the gateway reads.
 const SLOTS: usize = 11;
 
-/// The names of the fields of a callback, by slot ([`slot_of`] is the same table as a match,
+/// The names of the fields of a callback, by slot (`slot_of` is the same table as a match,
 /// which compiles to a length switch on the hot path; a test holds the two together).
 pub const FIELD_NAMES: [&str; SLOTS] = [
     "click_trans_id",

@@ -1,9 +1,10 @@
 //! One text per message, and its digest: what the replay guard binds a signature to.
 //!
-//! Click's `sign_string` covers only some fields (`click-protocol.md`, "Unsigned"), so the
-//! guard compares whole messages: every decoded field but the signature, in one canonical
-//! text ([`canonical`]), hashed ([`digest`]). The same fields give the same text whatever
-//! order or encoding the body used; any other fields give another.
+//! Click's `sign_string` covers only some fields (not `error`, `error_note` nor
+//! `click_paydoc_id`: see the formulas in [`super::sign`]), so the guard compares whole
+//! messages: every decoded field but the signature, in one canonical text ([`canonical`]),
+//! hashed ([`digest`]). The same fields give the same text whatever order or encoding the body
+//! used; any other fields give another.
 
 use super::Parsed;
 

@@ -10,8 +10,8 @@
 //!   first (an HTTP/1 keep-alive between requests, an HTTP/2 connection with no stream open),
 //!   the longest idle first, a batch at a time; then, if none is idle, the one that has waited
 //!   longest for its client (a TLS handshake, a request head, or a request body that has not
-//!   arrived) if it has waited [`MIN_WAITING`] at least. A connection whose request the
-//!   gateway is judging, forwarding or answering is never closed for room. With nothing to
+//!   arrived) if it has waited half a second (`MIN_WAITING`) at least. A connection whose
+//!   request the gateway is judging, forwarding or answering is never closed for room. With nothing to
 //!   close yet, the new connection is still taken while the gateway is within a sixteenth of
 //!   the cap above it (the waiting connections will have waited long
 //!   enough, or be cut by the pressure deadline, soon); beyond that it is closed at once
