@@ -46,7 +46,7 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 SCENARIOS=${SCENARIOS:-"signed-prepare fresh-tls h2-tls-get plain-get"}
 VARIANTS=${VARIANTS:-"bare shipped"}
 # Distinct bodies per signed-prepare run; a run that outlasts them starts over (noted).
-POOL=${POOL:-$(( DURATION * 40000 ))}
+POOL=${POOL:-$(( DURATION * 100000 ))}
 THREADS=$(nproc)
 TICK=$(getconf CLK_TCK)
 
@@ -57,9 +57,15 @@ cargo build --release --quiet
 GATEWAY=$PWD/target/release/click-gateway
 # Room for the idle-connection measurement and the load generators.
 ulimit -n "$(( IDLE_CONNS + 4096 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+PG_PID=
 before_cleanup() {
     if [ -n "${KEEP:-}" ]; then
         mkdir -p "$KEEP" && cp "$work/results.tsv" "$work"/*.log "$KEEP"/ 2>/dev/null || true
+    fi
+    # PostgreSQL (not this shell's child): a fast shutdown, awaited before its directory goes.
+    if [ -n "$PG_PID" ]; then
+        kill -INT "$PG_PID" 2>/dev/null || true
+        while kill -0 "$PG_PID" 2>/dev/null; do sleep 0.1; done
     fi
 }
 
@@ -100,6 +106,23 @@ $(tls_listen "${TLS_PORT[nginx-lua]}" "$work/cert.pem" "$work/key.pem")" "$work/
 # not know yet is skipped with a note; any other problem stops the run.
 gateways=()
 declare -A SERVE_ARGS
+# @PG_URL@: a PostgreSQL cluster of Debian's postgresql, started here (initdb in the scratch
+# directory, as the postgres user: it refuses root), with its defaults (fsync and
+# synchronous_commit on), for the variants whose ledger is on PostgreSQL.
+PG_URL=
+start_postgres() {
+    install_missing /usr/lib/postgresql:postgresql
+    local bin pg_port
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+    pg_port=$(free_port)
+    mkdir -p "$work/pg" && chown postgres "$work/pg"
+    runuser -u postgres -- "$bin/initdb" -D "$work/pg/data" -U postgres --auth=trust \
+        --no-locale -E UTF8 > "$work/pg/initdb.log"
+    runuser -u postgres -- "$bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w \
+        -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1" start > /dev/null
+    PG_PID=$(head -n1 "$work/pg/data/postmaster.pid")
+    PG_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+}
 for v in $VARIANTS; do
     fragment=benches/variants/$v.toml
     [ -f "$fragment" ] || { echo "no variant $fragment" >&2; exit 1; }
@@ -119,7 +142,9 @@ pool_max_idle = $UPSTREAM_KEEPALIVE
 [click]
 keys_file = "keys.toml"
 EOF
-        sed -e "s|@DIR@|$dir|g" -e "s|@ADMIN_PORT@|$(free_port)|g" "$fragment"
+        if grep -q "@PG_URL@" "$fragment" && [ -z "$PG_URL" ]; then start_postgres; fi
+        sed -e "s|@DIR@|$dir|g" -e "s|@ADMIN_PORT@|$(free_port)|g" -e "s|@PG_URL@|$PG_URL|g" \
+            "$fragment"
     } > "$dir/gateway.toml"
     if ! "$GATEWAY" check --config "$dir/gateway.toml" > "$dir/check.out" 2>&1; then
         if grep -q "unknown section" "$dir/check.out"; then
@@ -291,8 +316,9 @@ hold() { # port -> holds $IDLE_CONNS keep-alive connections until stdin closes
 import socket, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 socks = []
-for _ in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
+for i in range(n):
+    # From 16 addresses: below server.max_connections_per_address (256) for 4,000 of them.
+    s = socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.3.{1 + i % 16}", 0))
     s.sendall(b"GET /api/ping HTTP/1.1\r\nHost: shop.example\r\n\r\n")
     socks.append(s)
 for s in socks:

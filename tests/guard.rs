@@ -386,3 +386,97 @@ async fn a_failing_store_never_refuses_a_service_in_shadow_mode() {
     std::fs::remove_dir(&db).unwrap();
     gw.stop().await;
 }
+
+/// One `finish` for every way a callback can end: each one moves `callbacks_total` by exactly
+/// one, under the label of how it ended, including the two exits that once went uncounted (a
+/// body that stopped arriving, a record that could not be written).
+#[tokio::test]
+async fn every_exit_of_a_callback_is_counted_once_in_callbacks_total() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut up = TestUpstream::start().await;
+    let gw = gateway(&up, "timeout = \"500ms\"").await;
+    let counted =
+        |m: &std::collections::BTreeMap<String, f64>| -> std::collections::BTreeMap<String, f64> {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("click_gateway_callbacks_total"))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        };
+    let before = counted(&scrape(gw.admin_addr).await);
+
+    // Verified and forwarded.
+    let body = callback_body(900, None, "1000.00", "0", T1);
+    let resp = callback(gw.addr, "/click/prepare/", &body).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    up.next().await;
+    // Forged.
+    let forged = body.replace("amount=1000.00", "amount=1.00");
+    let resp = callback(gw.addr, "/click/prepare/", &forged).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    // Replayed with changes (the guard's rule 1).
+    let replay = body.replace("click_paydoc_id=", "click_paydoc_id=9");
+    assert_ne!(replay, body);
+    let resp = callback(gw.addr, "/click/prepare/", &replay).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    // Too large.
+    let resp = callback(gw.addr, "/click/prepare/", &"a=1&".repeat(5000)).await;
+    assert_ne!(resp.status, 502, "{}", resp.text());
+    // A body that stops arriving: its client closes after 10 of 200 bytes.
+    let mut s = connect_from("127.0.0.1", gw.addr).await.unwrap();
+    s.write_all(b"POST /click/prepare/ HTTP/1.1\r\nHost: shop.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\nclick_tran")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    // A record that cannot be written: 503 (on_store_error = "refuse").
+    let db = break_guard_store(&gw);
+    let resp = callback(
+        gw.addr,
+        "/click/prepare/",
+        &callback_body(901, None, "1000.00", "0", T1),
+    )
+    .await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(up.try_next().is_none());
+    std::fs::remove_dir(&db).unwrap();
+
+    let after = counted(&scrape(gw.admin_addr).await);
+    let moved: std::collections::BTreeMap<&str, f64> = after
+        .iter()
+        .map(|(k, v)| (k.as_str(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect();
+    let label = |service: &str, action: &str, outcome: &str, reason: &str| {
+        format!("click_gateway_callbacks_total{{service_id=\"{service}\",action=\"{action}\",outcome=\"{outcome}\",reason=\"{reason}\",hint=\"none\"}}")
+    };
+    let want = [
+        label("12345", "prepare", "verified", "none"),
+        label("12345", "prepare", "rejected", "replayed_with_changes"),
+        label("none", "unknown", "rejected", "body_too_large"),
+        label("none", "unknown", "refused", "body_aborted"),
+        label("12345", "prepare", "refused", "store_unavailable"),
+    ];
+    for key in &want {
+        assert_eq!(moved.get(key.as_str()), Some(&1.0), "{key} in {moved:#?}");
+    }
+    // The forged one, under whatever hint its diagnosis gave.
+    let forged_counted: f64 = moved
+        .iter()
+        .filter(|(k, _)| {
+            k.contains("service_id=\"12345\",action=\"prepare\",outcome=\"rejected\"")
+                && !k.contains("replayed_with_changes")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(forged_counted, 1.0, "{moved:#?}");
+    assert_eq!(
+        moved.values().sum::<f64>(),
+        6.0,
+        "six callbacks, six counts: {moved:#?}"
+    );
+    gw.stop().await;
+}

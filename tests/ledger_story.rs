@@ -68,6 +68,32 @@ async fn committed(admin: std::net::SocketAddr, rows: f64) {
     }
 }
 
+/// `payments --format json` of an order once every forwarded callback of it has its
+/// backend's answer recorded (answers are appended without waiting: a moment after).
+async fn answered(config: &Path, order: &str) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (code, out, err) = run(
+            &["payments", "--merchant-trans-id", order, "--format", "json"],
+            config,
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        let timeline = json_lines(&out);
+        if timeline
+            .iter()
+            .all(|r| r["verdict"] != "verified" || !r["backend_status"].is_null())
+        {
+            return timeline;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "answers never recorded: {out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_for_a_missing_key_rechecked_fixed_and_shown_as_a_timeline() {
     let backend = tempfile::tempdir().unwrap();
@@ -172,20 +198,9 @@ async fn refused_for_a_missing_key_rechecked_fixed_and_shown_as_a_timeline() {
     );
     committed(admin, 5.0).await;
 
-    // What happened to order 82, oldest first, with the backend's answers.
-    let (code, out, err) = run(
-        &[
-            "payments",
-            "--merchant-trans-id",
-            "order-82",
-            "--format",
-            "json",
-        ],
-        &cfg,
-        "",
-    );
-    assert_eq!(code, 0, "{err}");
-    let timeline = json_lines(&out);
+    // What happened to order 82, oldest first, with the backend's answers (appended without
+    // waiting: read once they are in).
+    let timeline = answered(&cfg, "order-82").await;
     assert_eq!(timeline.len(), 3, "{out}");
     let pick = |row: &serde_json::Value, keys: &[&str]| -> Vec<serde_json::Value> {
         keys.iter().map(|k| row[*k].clone()).collect()
@@ -266,8 +281,126 @@ async fn refused_for_a_missing_key_rechecked_fixed_and_shown_as_a_timeline() {
     drop(gw);
 }
 
+/// The `click_trans_id` of a form-encoded callback body.
+fn click_trans_id(body: &[u8]) -> Option<String> {
+    std::str::from_utf8(body)
+        .ok()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("click_trans_id="))
+        .map(str::to_owned)
+}
+
+/// The write-ahead promise: a callback's row is committed before the backend sees a byte of
+/// it, so `kill -9` under load loses none that the backend received; the next start says how
+/// many of them have no recorded answer, and `payments` shows each as forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_9_under_load_leaves_a_database_holding_every_committed_callback() {
+async fn kill_9_under_load_loses_no_callback_the_backend_received() {
+    let mut up = TestUpstream::start().await;
+    let config = ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "workers = 2",
+        "",
+        "[ledger]\ndatabase = \"ledger.db\"\n",
+    );
+    let cfg = config.path();
+    let mut gw = GatewayProcess::start(&config).await;
+    let admin = gw.admin_addr.unwrap();
+    let addr = gw.addr;
+    // Eight keep-alive clients sending distinct valid Prepares of one order, without pause...
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let next = next.clone();
+        load.push(tokio::spawn(async move {
+            let mut conn = h1_connect(addr).await;
+            loop {
+                if conn.ready().await.is_err() {
+                    return;
+                }
+                let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let req = callback_request(
+                    "/click/prepare/",
+                    &signed_prepare(1_000_000 + id, "o-kill", "1000.00"),
+                );
+                if conn.send_request(req).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    // ...and SIGKILL in the middle of it.
+    committed(admin, 600.0).await;
+    gw.signal(libc::SIGKILL);
+    gw.wait_exit().await;
+    for task in load {
+        task.await.unwrap();
+    }
+
+    // The next start counts the forwarded callbacks whose answer was never recorded.
+    let mut gw = GatewayProcess::start(&config).await;
+    // Logged before the gateway is ready.
+    let log = gw.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the last run did not end cleanly"))
+        .unwrap_or_else(|| panic!("no crash report in {log}"));
+    let unanswered: usize = line
+        .split_once("unanswered")
+        .map(|(_, rest)| rest.trim_start_matches(|c: char| !c.is_ascii_digit()))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"));
+    let (code, out, err) = run(
+        &[
+            "payments",
+            "--merchant-trans-id",
+            "o-kill",
+            "--format",
+            "json",
+        ],
+        &cfg,
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let timeline = json_lines(&out);
+    let recorded: std::collections::HashSet<String> = timeline
+        .iter()
+        .filter(|row| row["verdict"] == "verified")
+        .filter_map(|row| row["click_trans_id"].as_str().map(str::to_owned))
+        .collect();
+    let without_answer = timeline
+        .iter()
+        .filter(|row| row["backend_status"].is_null())
+        .count();
+    assert_eq!(
+        without_answer, unanswered,
+        "the start's count is the rows that payments shows without an answer"
+    );
+    // Everything the backend ever received (the gateway is dead: nothing more comes).
+    let mut received = Vec::new();
+    while let Some(r) = up.try_next() {
+        received.push(click_trans_id(&r.body).expect("a callback body"));
+    }
+    assert!(received.len() >= 600, "{} received", received.len());
+    let missing: Vec<&String> = received
+        .iter()
+        .filter(|id| !recorded.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} callbacks the backend received are not in the ledger: {missing:?}",
+        missing.len(),
+        received.len()
+    );
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit().await, Some(0));
+}
+
+/// The guard's index is rebuilt from the rows at start: a binding made just before a
+/// `kill -9` still holds. The flipped replay is refused, the identical retry forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_survives_kill_9_the_flipped_replay_is_refused_and_the_retry_forwarded() {
     let mut up = TestUpstream::start().await;
     let config = ConfigDir::with_click(
         up.addr,
@@ -277,60 +410,38 @@ async fn kill_9_under_load_leaves_a_database_holding_every_committed_callback() 
         "[ledger]\ndatabase = \"ledger.db\"\n",
     );
     let mut gw = GatewayProcess::start(&config).await;
-    let admin = gw.admin_addr.unwrap();
-    let addr = gw.addr;
-    // 200 callbacks answered and committed...
-    let mut answered = Vec::new();
-    for i in 0..200u64 {
-        let resp = callback(
-            addr,
-            "/click/prepare/",
-            &signed_prepare(i + 1, "o-1", "1000.00"),
-        )
-        .await;
-        assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
-        answered.push(resp.header("x-request-id").unwrap().to_owned());
-    }
-    committed(admin, 200.0).await;
-    // ...then more load, and SIGKILL in the middle of it.
-    let load = tokio::spawn(async move {
-        let mut conn = h1_connect(addr).await;
-        for i in 0..100_000u64 {
-            if conn.ready().await.is_err() {
-                return;
-            }
-            let req = callback_request(
-                "/click/prepare/",
-                &signed_prepare(10_000 + i, "o-2", "1000.00"),
-            );
-            if conn.send_request(req).await.is_err() {
-                return;
-            }
-        }
-    });
-    committed(admin, 300.0).await;
+    let original = signed_prepare(4242, "o-bind", "1000.00");
+    let resp = callback(gw.addr, "/click/prepare/", &original).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    assert_eq!(up.next().await.body, original.as_bytes());
     gw.signal(libc::SIGKILL);
     gw.wait_exit().await;
-    load.await.unwrap();
-    while up.try_next().is_some() {}
 
-    let db = rusqlite::Connection::open(config.dir.path().join("ledger.db")).unwrap();
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    let mut stmt = db.prepare("SELECT request_id FROM callbacks").unwrap();
-    let stored: std::collections::HashSet<String> = stmt
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert!(stored.len() >= 300, "{} rows", stored.len());
-    for id in &answered {
-        assert!(stored.contains(id), "committed callback {id} is missing");
-    }
-    // And the gateway opens it again.
     let gw = GatewayProcess::start(&config).await;
+    // The same signature over other unsigned fields (click_paydoc_id is not signed).
+    let flipped = original.replace("click_paydoc_id=1", "click_paydoc_id=999");
+    assert_ne!(
+        flipped, original,
+        "the body has a click_paydoc_id to change"
+    );
+    let resp = callback(gw.addr, "/click/prepare/", &flipped).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    assert!(
+        up.try_next().is_none(),
+        "the flipped replay reached the backend"
+    );
+    // Click's retry of the very same message goes through.
+    let resp = callback(gw.addr, "/click/prepare/", &original).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    assert_eq!(up.next().await.body, original.as_bytes());
+    // One database file and its WAL: no guard file beside it.
+    let mut files: Vec<String> = std::fs::read_dir(config.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("ledger"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["ledger.db", "ledger.db-shm", "ledger.db-wal"]);
     drop(gw);
 }
 
@@ -473,4 +584,140 @@ async fn payments_and_recheck_run_while_the_gateway_writes() {
     );
     assert_eq!(json_lines(&out).len(), 300);
     while up.try_next().is_some() {}
+}
+
+/// A SQLite file made from one of `tests/data`'s dumps, its times moved so that its newest row
+/// is a moment ago (the dump's rows must stay inside the guard's window and the retention).
+fn database_from_dump(path: &Path, dump: &str, shift_tables: &[&str]) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.execute_batch(dump).unwrap();
+    let _: String = db
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    for table in shift_tables {
+        db.execute(
+            &format!("UPDATE {table} SET time = time + (?1 - (SELECT max(time) FROM {table}))"),
+            [now - 1_000_000],
+        )
+        .unwrap();
+    }
+}
+
+/// The upgrade: a ledger and its guard file written by the release before the write-ahead
+/// ledger (fb60095, schema v2: `tests/data/ledger-v2*.sql`) open under this one. The ledger is
+/// migrated in place, its rows kept for `payments` and `recheck`, its bindings kept (computed
+/// again from the rows' bodies); the old guard file is left alone, with a word in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_and_guard_file_of_the_previous_release_open_with_their_rows_and_bindings() {
+    use serde_json::json;
+    let mut up = TestUpstream::start().await;
+    let config = ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        "[ledger]\ndatabase = \"ledger.db\"\n",
+    );
+    let cfg = config.path();
+    let dir = config.dir.path();
+    database_from_dump(
+        &dir.join("ledger.db"),
+        include_str!("data/ledger-v2.sql"),
+        &["callbacks"],
+    );
+    database_from_dump(
+        &dir.join("ledger.guard.db"),
+        include_str!("data/ledger-v2.guard.sql"),
+        &["bindings", "completes"],
+    );
+    let guard_file = std::fs::read(dir.join("ledger.guard.db")).unwrap();
+
+    let mut gw = GatewayProcess::start(&config).await;
+    // Logged before the gateway is ready.
+    let log = gw.log_text();
+    let migrated = log
+        .lines()
+        .find(|l| l.contains("migrated to schema v3"))
+        .unwrap_or_else(|| panic!("no migration in {log}"));
+    assert!(migrated.contains("rows_bound=2"), "{migrated}");
+    assert!(log.contains("is no longer used"), "{log}");
+
+    // The rows, for the commands.
+    let (code, out, err) = run(
+        &[
+            "payments",
+            "--merchant-trans-id",
+            "order-v2",
+            "--format",
+            "json",
+        ],
+        &cfg,
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let timeline = json_lines(&out);
+    let summary: Vec<_> = timeline
+        .iter()
+        .map(|r| {
+            (
+                r["action"].clone(),
+                r["verdict"].clone(),
+                r["backend_status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (json!("prepare"), json!("verified"), json!(200)),
+            (json!("complete"), json!("verified"), json!(200)),
+        ]
+    );
+    assert_eq!(timeline[1]["merchant_confirm_id"], "7001");
+    let (code, out, err) = run(
+        &["recheck", "--service-id", "82154", "--secret-file", "-"],
+        &cfg,
+        &format!("{KEY_12345}\n"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 of 1 refused callback of service 82154 since"),
+        "{out}"
+    );
+
+    // The bindings: the old Prepare's signature over another click_paydoc_id is refused, the
+    // same message again (Click's retry) is forwarded.
+    let old_prepare = timeline[0]["request_id"].as_str().unwrap().to_owned();
+    let db = rusqlite::Connection::open(dir.join("ledger.db")).unwrap();
+    let body: Vec<u8> = db
+        .query_row(
+            "SELECT body FROM callbacks WHERE request_id = ?1",
+            [&old_prepare],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let original = String::from_utf8(body).unwrap();
+    let flipped = original.replace("click_paydoc_id=77", "click_paydoc_id=78");
+    assert_ne!(flipped, original);
+    let resp = callback(gw.addr, "/click/prepare/", &flipped).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    assert!(
+        up.try_next().is_none(),
+        "the flipped replay reached the backend"
+    );
+    let resp = callback(gw.addr, "/click/prepare/", &original).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    assert_eq!(up.next().await.body, original.as_bytes());
+
+    // The old guard file is as it was.
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit().await, Some(0));
+    assert_eq!(
+        std::fs::read(dir.join("ledger.guard.db")).unwrap(),
+        guard_file
+    );
 }

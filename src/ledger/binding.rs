@@ -12,7 +12,7 @@ pub struct Binding {
     pub service_id: String,
     /// `sign_string` in lowercase (Click compares it case-insensitively).
     pub sign: String,
-    /// SHA-256 of every decoded field, signed and unsigned ([`crate::guard::digest`]).
+    /// SHA-256 of every decoded field, signed and unsigned ([`crate::click::digest`]).
     pub digest: [u8; 32],
     /// The fields themselves, `name → value` sorted by name, as JSON: what a later message is
     /// compared with to name the fields it changed.

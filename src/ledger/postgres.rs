@@ -18,7 +18,7 @@
 //! and the next ones connect anew, with no gateway restart.
 //!
 //! **The write-ahead record** of a callback about to be forwarded is one statement in one round
-//! trip on a pooled connection in autocommit ([`ADMIT`]): the guard's binding and the row
+//! trip on a pooled connection in autocommit (`ADMIT`): the guard's binding and the row
 //! together, committed (durable under PostgreSQL's default `synchronous_commit = on`) when the
 //! answer arrives, never queued behind the writer's rows. `INSERT ... ON CONFLICT DO UPDATE`
 //! makes a second instance's insert of the same signature wait for the first one's commit,
@@ -304,7 +304,7 @@ impl Drop for PgRuntime {
 }
 
 /// A pool of connections to one PostgreSQL database, and the runtime they live on. Shared by
-/// the writer's [`PgStore`] and the guard's binds ([`PgShared::bind`]).
+/// the writer's [`PgStore`] and the guard's binds ([`PgShared::admit`]).
 pub struct PgShared {
     url: PgUrl,
     // Dropped before the runtime: the connections end, then their thread.
@@ -442,7 +442,7 @@ impl PgShared {
 
     /// A callback's write-ahead record, on a pooled connection in autocommit: one statement,
     /// committed when its answer arrives, carrying the guard's binding when given (see
-    /// [`ADMIT`]). Dropping the receiver (the guard's timeout) abandons the wait, and that
+    /// `ADMIT`). Dropping the receiver (the guard's timeout) abandons the wait, and that
     /// connection with it.
     pub fn admit(
         self: &Arc<Self>,
@@ -589,7 +589,7 @@ impl PgStore {
         })
     }
 
-    /// Runs `ops` in one transaction, within [`WRITE_TIMEOUT`].
+    /// Runs `ops` in one transaction, within `WRITE_TIMEOUT`.
     pub fn apply(&mut self, ops: &[Op<'_>]) -> Result<Vec<OpResult>, LedgerError> {
         let s = &self.shared;
         s.block(WRITE_TIMEOUT, async move {

@@ -5,7 +5,9 @@
 //!   callback waiting for its commit, and the reads the guard waits for; it is drained first;
 //! - the **row queue** takes what nobody waits for: refused callbacks' rows, forwarded ones'
 //!   answers, corrections; a full queue or a failing database costs such an entry, counted,
-//!   never a callback's time.
+//!   never a callback's time. Such an entry waits up to `LINGER` for write-ahead rows to
+//!   ride along with (under load it finds some at once), so that answers do not each cost a
+//!   commit of their own.
 //!
 //! **Group commit without a window.** Each round takes everything waiting (up to [`BATCH`]
 //! rows; only [`RIDE`] of the row queue along with write-ahead rows, which should not wait for
@@ -52,6 +54,12 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The writer wakes at least this often when idle, for its housekeeping.
 const TICK: Duration = Duration::from_secs(1);
+/// How long entries of the row queue alone wait for write-ahead rows to commit with, unless
+/// [`RIDE`] of them are queued: a commit costs about as much whether it holds one row or
+/// sixteen (benches/store.rs), and an answer committed apart would double the writer's work
+/// per callback. What `kill -9` can lose is therefore the last instants of refused rows and
+/// answers (this long, and a commit in flight), never a row that a callback waited for.
+const LINGER: Duration = Duration::from_millis(2);
 /// How often the writer measures a SQLite ledger against `ledger.max_size` and
 /// `ledger.min_free` (a few page counts and a `statvfs`), besides after each [`MEASURE_BYTES`]
 /// written.
@@ -132,6 +140,10 @@ struct State {
     closing: Option<Option<Instant>>,
     /// The writer has exited: nothing queued will be taken any more.
     exited: bool,
+    /// The writer waits on `wake` (else it is at work and looks at the queues before waiting).
+    sleeping: bool,
+    /// When the oldest entry of `rows` was queued (see [`LINGER`]).
+    rows_since: Option<Instant>,
 }
 
 /// What the data path and the writer share.
@@ -246,9 +258,17 @@ impl Shared {
         st.rows.push_back(entry);
         let depth = st.rows.len();
         self.metrics.ledger_queue_depth.set(depth as i64);
-        drop(st);
-        // The writer sleeps only on empty queues: it needs waking by the first entry alone.
         if depth == 1 {
+            st.rows_since = Some(Instant::now());
+        }
+        // A writer at work takes the entry in its next round, and one asleep with rows
+        // queued already wakes for them in time: no futex call for either.
+        let wake = st.sleeping && (depth == 1 || depth == RIDE);
+        if wake {
+            st.sleeping = false;
+        }
+        drop(st);
+        if wake {
             self.wake.notify_one();
         }
         true
@@ -324,9 +344,11 @@ impl Shared {
             return w.fail(e);
         }
         st.waited.push_back(w);
-        let first = st.waited.len() == 1;
+        // A writer at work takes it in its next round: no futex call for it.
+        let wake = st.sleeping;
+        st.sleeping = false;
         drop(st);
-        if first {
+        if wake {
             self.wake.notify_one();
         }
     }
@@ -504,7 +526,14 @@ impl Writer {
                     exit: true,
                 };
             }
-            if !st.waited.is_empty() || (rows_due && !st.rows.is_empty()) {
+            // Rows alone: once they have waited LINGER for write-ahead rows, or when RIDE
+            // are queued, a flush waits, or the writer is closing.
+            let rows_ready = !st.rows.is_empty()
+                && (st.rows.len() >= RIDE
+                    || st.flushes > 0
+                    || closing.is_some()
+                    || st.rows_since.is_none_or(|t| now >= t + LINGER));
+            if !st.waited.is_empty() || (rows_due && rows_ready) {
                 let n = st.waited.len().min(BATCH);
                 let waited: Vec<Waited> = st.waited.drain(..n).collect();
                 let cap = if waited.is_empty() { BATCH } else { RIDE };
@@ -514,6 +543,7 @@ impl Writer {
                     0
                 };
                 let rows: Vec<Queued> = st.rows.drain(..n).collect();
+                st.rows_since = (!st.rows.is_empty()).then_some(now);
                 st.flushes -= rows
                     .iter()
                     .filter(|q| matches!(q, Queued::Flush(_)))
@@ -533,6 +563,9 @@ impl Writer {
                 };
             }
             let mut wake_at = now + TICK;
+            if let (Some(since), true) = (st.rows_since, rows_due && !st.rows.is_empty()) {
+                wake_at = wake_at.min(since + LINGER);
+            }
             if let Health::Failing { retry_at, .. } = self.health {
                 if !st.rows.is_empty() {
                     wake_at = wake_at.min(retry_at);
@@ -547,11 +580,13 @@ impl Writer {
                 st = shared.lock();
                 continue;
             }
+            st.sleeping = true;
             st = shared
                 .wake
                 .wait_timeout(st, wake_at.saturating_duration_since(now))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            st.sleeping = false;
         }
     }
 

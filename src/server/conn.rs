@@ -80,7 +80,7 @@ impl Timers {
 const H2_SLICE: usize = 16 * 1024;
 
 /// A response body that keeps its request in flight until it is fully sent or dropped, and on
-/// HTTP/2 hands out its data in [`H2_SLICE`] pieces on a [`StreamClock`].
+/// HTTP/2 hands out its data in `H2_SLICE` pieces on a `StreamClock`.
 pub struct TrackedBody {
     inner: ProxyBody,
     in_flight: InFlight,
