@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use click_gateway::click::digest::DigestKey;
 use click_gateway::click::keys::Secret;
 use click_gateway::click::Verified;
 use click_gateway::config::{LedgerSettings, Mode, Synchronous};
@@ -223,7 +224,7 @@ fn refused(dir: &std::path::Path, rows: usize) {
 }
 
 fn index_bind(entries: usize) {
-    let index = Index::new(WINDOW);
+    let index = Index::new(WINDOW, DigestKey::from_halves(1, 2));
     let claim = |i: usize| Claim {
         key: (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as i64,
         signed: Signed {

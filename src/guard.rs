@@ -84,15 +84,10 @@ pub async fn admit(
     let Some(cb) = judgment.callback.clone().filter(|_| guarded) else {
         return recorded(rules, ledger, metrics, judgment, record(judgment), None).await;
     };
-    let canonical = digest::of(parsed);
     match ledger.index() {
-        Some(index) => {
-            sqlite(
-                rules, ledger, index, metrics, &canonical, cb, judgment, record,
-            )
-            .await
-        }
+        Some(index) => sqlite(rules, ledger, index, metrics, parsed, cb, judgment, record).await,
         None => {
+            let canonical = digest::of(parsed);
             let refuses = rules.signature == GuardMode::Enforce && judgment.service_enforced();
             let binding = binding(refuses, &canonical, &cb, request_id);
             let rec = record(judgment);
@@ -112,12 +107,12 @@ async fn sqlite(
     ledger: &Ledger,
     index: &index::Index,
     metrics: &Metrics,
-    canonical: &str,
+    parsed: &Parsed<'_>,
     cb: Callback<'_>,
     judgment: &mut Judgment<'_>,
     record: impl Fn(&Judgment<'_>) -> Record,
 ) -> Admission {
-    let (Some(bound), Some(id)) = (index::bound_of(canonical, &cb), ledger.row_id()) else {
+    let (Some(bound), Some(id)) = (index.bound_of(parsed, &cb), ledger.row_id()) else {
         return recorded(rules, ledger, metrics, judgment, record(judgment), None).await;
     };
     let found = index.bind(&Claim {
@@ -133,7 +128,7 @@ async fn sqlite(
     });
     let signature = match found.signature {
         Seen::Changed(_) => Seen::Changed(match found.first_row {
-            Some(row) => first_fields(rules, ledger, row, canonical).await,
+            Some(row) => first_fields(rules, ledger, row, &digest::of(parsed)).await,
             None => Vec::new(),
         }),
         seen => seen,

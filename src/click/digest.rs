@@ -58,7 +58,65 @@ fn json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// SHA-256 of the canonical text: what rule 1 compares (one pass over a few hundred bytes).
+/// The key of [`keyed`]: 128 random bits a ledger keeps (its `meta` table) from its creation,
+/// so that digests stay comparable across restarts. Never shown: `Debug` prints nothing of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DigestKey([u8; 16]);
+
+impl DigestKey {
+    pub fn from_halves(a: i64, b: i64) -> DigestKey {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&a.to_le_bytes());
+        key[8..].copy_from_slice(&b.to_le_bytes());
+        DigestKey(key)
+    }
+
+    /// A new random key, as two halves for the ledger's `meta` table.
+    pub fn random_halves() -> (i64, i64) {
+        use ring::rand::{SecureRandom, SystemRandom};
+        let mut bytes = [0u8; 16];
+        // The system's generator does not fail on Linux once it is seeded; if it ever did,
+        // a key of the time still differs per ledger (the digest's secret is a second line:
+        // forging needs a genuine signature first).
+        if SystemRandom::new().fill(&mut bytes).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            bytes = now.to_le_bytes();
+        }
+        let (a, b) = bytes.split_at(8);
+        let half = |h: &[u8]| i64::from_le_bytes(h.try_into().unwrap_or([0; 8]));
+        (half(a), half(b))
+    }
+}
+
+impl std::fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestKey(..)")
+    }
+}
+
+/// Rule 1's digest of a message on SQLite: SipHash-1-3 under the ledger's [`DigestKey`] of
+/// the same fields as [`canonical`], each name and value preceded by its length (so that no
+/// two lists of fields feed it the same bytes), without building the text. A keyed hash: a
+/// changed message with the digest of a genuine one cannot be searched for without the key
+/// (SipHash is a pseudo-random function; its output is never shown), at a fifth of the cost
+/// of SHA-256 over the canonical text (callgrind).
+pub fn keyed(key: &DigestKey, fields: &[(&str, &str)]) -> i64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_key(&key.0);
+    for (name, value) in fields {
+        h.write(&(name.len() as u64).to_le_bytes());
+        h.write(name.as_bytes());
+        h.write(&(value.len() as u64).to_le_bytes());
+        h.write(value.as_bytes());
+    }
+    h.finish() as i64
+}
+
+/// SHA-256 of the canonical text: what rule 1 compares on PostgreSQL, where several gateways
+/// share the bindings and no key is shared (one pass over a few hundred bytes).
 pub fn digest(canonical: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
@@ -87,6 +145,18 @@ pub fn differing(first: &str, now: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_keyed_digest_tells_fields_apart_and_depends_on_the_key() {
+        let k = DigestKey::from_halves(1, 2);
+        let d = keyed(&k, &[("a", "bc")]);
+        assert_eq!(d, keyed(&k, &[("a", "bc")]));
+        // The same bytes split otherwise, or one more empty field: another digest.
+        assert_ne!(d, keyed(&k, &[("ab", "c")]));
+        assert_ne!(d, keyed(&k, &[("a", "bc"), ("", "")]));
+        assert_ne!(d, keyed(&DigestKey::from_halves(1, 3), &[("a", "bc")]));
+        assert_eq!(format!("{k:?}"), "DigestKey(..)");
+    }
 
     #[test]
     fn the_canonical_text_tells_re_split_fields_apart_and_is_json() {

@@ -237,7 +237,7 @@ fn rebuild_index(
         .checked_sub(window)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let rows = store.guard_rows(unix_micros(since))?;
-    let index = index::Index::new(window);
+    let index = index::Index::new(window, store.digest_key()?);
     index.rebuild(rows);
     let (signatures, completes) = index.len();
     tracing::info!(

@@ -5,8 +5,9 @@
 //! ([`super::Bound`]), and the index is rebuilt from those rows at start ([`Index::rebuild`]).
 //!
 //! - rule 1: the signature's key (64 bits of `sign_string` mixed with the service id) → the
-//!   message's digest (64 bits of the SHA-256 of its canonical text) and the first row's id
-//!   (to name the fields a changed message differs in);
+//!   message's digest (a SipHash of its fields under the ledger's secret key,
+//!   [`crate::click::digest::keyed`]) and the first row's id (to name the fields a changed
+//!   message differs in);
 //! - rule 2: `(service_id, click_trans_id)` → the first forwarded Complete's `error`.
 //!
 //! **The window** (`guard.window`): entries live in three generations, a hash map taking the
@@ -18,7 +19,8 @@
 //!
 //! 64-bit keys and digests: two genuine messages of one window colliding is a chance of about
 //! one in 2^64 / n per callback (n entries); forging a changed message with the same digest
-//! prefix under a genuine signature is a second preimage of 64 bits of SHA-256.
+//! under a genuine signature means guessing a keyed pseudo-random function whose key and
+//! outputs never leave the ledger file.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::binding::Seen;
 use super::record::Bound;
+use crate::click::digest::DigestKey;
 
 /// A Complete's `error` that is not a number (Click's are; a number stands for itself).
 pub const UNREADABLE_ERROR: i64 = i64::MIN;
@@ -81,12 +84,15 @@ pub struct Index {
     signatures: Shards<i64, Signed>,
     completes: Shards<Transaction, i64>,
     half_window: Duration,
+    digest_key: DigestKey,
 }
 
 impl Index {
-    pub fn new(window: Duration) -> Index {
+    /// `digest_key`: the ledger's, which its rows' digests were computed with.
+    pub fn new(window: Duration, digest_key: DigestKey) -> Index {
         let now = Instant::now();
         Index {
+            digest_key,
             signatures: (0..SHARDS)
                 .map(|_| Mutex::new(Generations::new(now)))
                 .collect(),
@@ -161,6 +167,15 @@ impl Index {
         }
     }
 
+    /// A verified callback's entry ([`bound_of`], under this index's digest key).
+    pub fn bound_of(
+        &self,
+        parsed: &crate::click::Parsed<'_>,
+        cb: &crate::click::Callback<'_>,
+    ) -> Option<Bound> {
+        bound_of(&self.digest_key, parsed, cb)
+    }
+
     /// Entries held, rule 1's and rule 2's.
     pub fn len(&self) -> (usize, usize) {
         (
@@ -202,13 +217,6 @@ pub fn key(service_id: u64, sign: &str) -> Option<i64> {
         bits = bits << 4 | u64::from(v);
     }
     Some((bits ^ service_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64)
-}
-
-/// The first 64 bits of a message's SHA-256 digest ([`crate::click::digest::digest`]).
-pub fn short_digest(digest: &[u8; 32]) -> i64 {
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    i64::from_le_bytes(first)
 }
 
 /// A Complete's `error` as the index keeps it.
@@ -306,19 +314,27 @@ impl<K: Copy + Ord, V: Copy> Frozen<K, V> {
     }
 }
 
-/// The guard's entry of a verified callback, from its message's canonical text
-/// ([`crate::click::digest::canonical`]): its signature's key, its message's digest, and a
+/// The guard's entry of a verified callback, under the ledger's digest key: its signature's
+/// key, its message's digest ([`crate::click::digest::keyed`] of every decoded field), and a
 /// Complete's `error` (`None` for a `sign_string` that is not hex, which never verifies).
-pub fn bound_of(canonical: &str, cb: &crate::click::Callback<'_>) -> Option<Bound> {
+pub fn bound_of(
+    digest_key: &DigestKey,
+    parsed: &crate::click::Parsed<'_>,
+    cb: &crate::click::Callback<'_>,
+) -> Option<Bound> {
     Some(Bound {
         key: key(cb.service_id, cb.sign_string)?,
-        digest: short_digest(&crate::click::digest::digest(canonical)),
+        digest: crate::click::digest::keyed(digest_key, &parsed.fields()),
         complete_error: (cb.action == crate::click::Action::Complete).then(|| error_code(cb.error)),
     })
 }
 
 /// [`bound_of`] for a stored body (a migration's): parsed and read as the data path does.
-pub fn bound_of_body(content_type: Option<&str>, body: &[u8]) -> Option<Bound> {
+pub fn bound_of_body(
+    digest_key: &DigestKey,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Option<Bound> {
     use crate::click::{FormKind, KeySet, Parsed};
     let kind = content_type
         .and_then(|ct| FormKind::from_content_type(ct).ok())
@@ -327,5 +343,5 @@ pub fn bound_of_body(content_type: Option<&str>, body: &[u8]) -> Option<Bound> {
     let keys = KeySet::default();
     let verdict = parsed.judge(&keys);
     let cb = verdict.callback?;
-    bound_of(&crate::click::digest::of(&parsed), &cb)
+    bound_of(digest_key, &parsed, &cb)
 }

@@ -33,6 +33,7 @@ use super::model::{
     PRUNE_REFUSED, REFUSED_FOR_SIGNATURE, SCHEMA_VERSION,
 };
 use super::record::{micros, unix_micros, Answer, Bound};
+use crate::click::digest::DigestKey;
 pub use crate::config::Synchronous;
 
 /// `PRAGMA application_id` of a ledger ("ClKG"), so a file that is some other program's
@@ -231,22 +232,38 @@ impl SqliteStore {
                 model::indexes_v3(Dialect::Sqlite)
             ))
             .map_err(err)?;
-            if version > 0 {
-                let filled = Self::fill_guard_columns(&tx).map_err(err)?;
-                tracing::info!(ledger = %path.display(), from = version, rows_bound = filled, "ledger: migrated to schema v3 (one narrow row per callback, answers apart, the guard's entries in the rows)");
-            }
             // Pragmas take no parameters; both values are constants of this file.
             tx.execute_batch(&format!(
                 "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
             ))
             .map_err(err)?;
         }
+        // The guard's digest key, made once with the file (see `DigestKey`); rows that predate
+        // it (an older schema's) get their entries computed under it.
+        let (a, b) = DigestKey::random_halves();
+        let made = tx
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('digest_key_0', ?1), ('digest_key_1', ?2)",
+                params![a, b],
+            )
+            .map_err(err)?
+            > 0;
+        if made && version > 0 {
+            let key = digest_key(&tx).map_err(err)?;
+            let filled = Self::fill_guard_columns(&tx, &key).map_err(err)?;
+            tracing::info!(ledger = %path.display(), from = version, rows_bound = filled, "ledger: migrated to schema v3 (one narrow row per callback, answers apart, the guard's entries in the rows)");
+        }
         tx.commit().map_err(err)
+    }
+
+    /// The guard's digest key of this ledger (made when the file was).
+    pub fn digest_key(&self) -> Result<DigestKey, LedgerError> {
+        digest_key(&self.conn).map_err(|source| self.query_err(source))
     }
 
     /// The guard's entry of every verified row of an older ledger, computed from its body as
     /// the data path does (a migration's one pass); returns how many rows got one.
-    fn fill_guard_columns(tx: &Connection) -> rusqlite::Result<usize> {
+    fn fill_guard_columns(tx: &Connection, key: &DigestKey) -> rusqlite::Result<usize> {
         let rows: Vec<(i64, Option<String>, Vec<u8>)> = tx
             .prepare("SELECT id, content_type, body FROM callbacks WHERE verdict = 'verified'")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -256,7 +273,7 @@ impl SqliteStore {
         )?;
         let mut filled = 0;
         for (id, content_type, body) in rows {
-            if let Some(bound) = super::index::bound_of_body(content_type.as_deref(), &body) {
+            if let Some(bound) = super::index::bound_of_body(key, content_type.as_deref(), &body) {
                 update.execute(params![id, bound.key, bound.digest, bound.complete_error])?;
                 filled += 1;
             }
@@ -729,6 +746,18 @@ fn first_id_at(conn: &Connection, us: i64) -> rusqlite::Result<i64> {
         }
     }
     Ok(lo)
+}
+
+fn digest_key(conn: &Connection) -> rusqlite::Result<DigestKey> {
+    let half = |name: &str| -> rusqlite::Result<i64> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [name], |r| {
+            r.get(0)
+        })
+    };
+    Ok(DigestKey::from_halves(
+        half("digest_key_0")?,
+        half("digest_key_1")?,
+    ))
 }
 
 /// A SQLite row, read by position for [`Stored::from_row`].
