@@ -33,8 +33,8 @@ VECTOR_KEY_70001 = "fake+key/with=chars&x"
 # got this was forwarded.
 FORWARDED = '"merchant_prepare_id":5001'
 NOTES = {-1: "SIGN CHECK FAILED!", -3: "Action not found", -8: "Error in request from click"}
-# Near misses of the first vector that must get -1 (click-protocol.md): amount hashed as
-# 1000, as 1000.0, sign_time with its '+' kept, sign_time left encoded.
+# Near misses of the first vector that must get -1 (the same four as tests/vectors.rs): amount
+# hashed as 1000, as 1000.0, sign_time with its '+' kept, sign_time left encoded.
 NEAR_MISSES = ["98bccec0b93a8c704d1daef634aeecb4", "8ec41dc0f1a8c1cb8955d2dced13e809",
                "1fe497622140d77fe18c1bcc7614b5fe", "03ef60ca3c406a74b005c9df9fb5a3be"]
 

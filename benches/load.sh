@@ -105,7 +105,7 @@ $(tls_listen "${TLS_PORT[nginx-lua]}" "$work/cert.pem" "$work/key.pem")" "$work/
 # the arguments of its "# serve-args:" line, if any. A variant whose section the gateway does
 # not know yet is skipped with a note; any other problem stops the run.
 gateways=()
-declare -A SERVE_ARGS
+declare -A SERVE_ARGS USES_PG
 # @PG_URL@: a PostgreSQL cluster of Debian's postgresql, started here (initdb in the scratch
 # directory, as the postgres user: it refuses root), with its defaults (fsync and
 # synchronous_commit on), for the variants whose ledger is on PostgreSQL.
@@ -129,6 +129,10 @@ for v in $VARIANTS; do
     dir=$work/gw-$v; mkdir -p "$dir"
     ln -s "$work/cert.pem" "$work/key.pem" "$work/keys.toml" "$dir/"
     port=$(free_port); tls=$(free_port)
+    if grep -q "@PG_URL@" "$fragment"; then
+        [ -n "$PG_URL" ] || start_postgres
+        USES_PG[gw-$v]=1
+    fi
     {
         cat <<EOF
 [server]
@@ -142,7 +146,6 @@ pool_max_idle = $UPSTREAM_KEEPALIVE
 [click]
 keys_file = "keys.toml"
 EOF
-        if grep -q "@PG_URL@" "$fragment" && [ -z "$PG_URL" ]; then start_postgres; fi
         sed -e "s|@DIR@|$dir|g" -e "s|@ADMIN_PORT@|$(free_port)|g" -e "s|@PG_URL@|$PG_URL|g" \
             "$fragment"
     } > "$dir/gateway.toml"
@@ -226,12 +229,16 @@ measure() {
     esac
     rm -f "$work/h2.log"
     local user0 sys0 up0 upsys0 user1 sys1 up1 upsys1 out
+    # A ledger on PostgreSQL: the server's CPU (postmaster and its backends) as well, apart.
+    local pg0=0 pgsys0=0 pg1=0 pgsys1=0
+    [ -n "${USES_PG[$target]:-}" ] && read -r pg0 pgsys0 <<< "$(proc_ticks "$PG_PID")"
     read -r user0 sys0 <<< "$(proc_ticks "${ROOT[$target]}")"
     read -r up0 upsys0 <<< "$(proc_ticks "${ROOT[direct]}")"
     out=$("${cmd[@]}" 2>&1)
     read -r user1 sys1 <<< "$(proc_ticks "${ROOT[$target]}")"
     read -r up1 upsys1 <<< "$(proc_ticks "${ROOT[direct]}")"
-    OUT=$out python3 - "$tool" "$scenario" "$target" "$round" \
+    [ -n "${USES_PG[$target]:-}" ] && read -r pg1 pgsys1 <<< "$(proc_ticks "$PG_PID")"
+    OUT=$out PG_TICKS=$(( pg1 + pgsys1 - pg0 - pgsys0 )) python3 - "$tool" "$scenario" "$target" "$round" \
         $(( user1 + sys1 - user0 - sys0 )) $(( sys1 - sys0 )) $(( up1 + upsys1 - up0 - upsys0 )) \
         "$TICK" "$POOL" "$work/h2.log" >> "$results" <<'EOF'
 import os, re, sys
@@ -281,6 +288,8 @@ else:
     m = re.search(r"Server Temp Key: (\S+)", out)
     note.append(" ".join(tls + ([m[1]] if m else []) + [need(r"Application protocol: (\S+)")[1]]))
 us = lambda t: t * 1e6 / tick / n if n else 0.0
+if int(os.environ.get("PG_TICKS", "0")) > 0:
+    note.append("postgres %.1f us/req" % us(int(os.environ["PG_TICKS"])))
 print("\t".join([scenario, target, rnd, str(n), "%.0f" % rps, "%.3f" % p50, "%.3f" % p99,
                  "%.1f" % us(ticks), "%.1f" % us(sys_ticks), "%.1f" % us(up_ticks), str(bad),
                  "; ".join(note)]))

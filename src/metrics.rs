@@ -397,7 +397,7 @@ impl Metrics {
         };
         registry.register(
             "callbacks",
-            "Click callbacks by service, action and outcome (verified, rejected, would_reject) with the rejection reason and hint",
+            "Click callbacks, each counted once however it ended, by service, action and outcome (verified; rejected: answered with a Click error; would_reject: shadow mode, forwarded; refused: no answer from the backend for a transport reason or a ledger row that could not be written, the reason saying which) with the reason and hint",
             m.callbacks.clone(),
         );
         registry.register(
@@ -412,12 +412,12 @@ impl Metrics {
         );
         registry.register(
             "upstream_errors",
-            "Backend failures by kind: connect, connect_timeout, timeout (no response headers in time), closed (connection closed or reset before the response), retried (an idempotent request resent after closed; it may then have succeeded), stalled (response body stopped and was cut), bad_uri",
+            "Backend failures by kind: connect, connect_timeout, timeout (no response headers in time), closed (connection closed or reset before the response), retried (an idempotent request resent after closed; it may then have succeeded), stalled (response body stopped and was cut), bad_uri, busy (no backend connection free within the response timeout, upstream.max_connections: 503)",
             m.upstream_errors.clone(),
         );
         registry.register(
             "requests_refused",
-            "Requests refused before reaching the backend for transport reasons (body_too_large, body_timeout, body_aborted, busy)",
+            "Requests refused before reaching the backend, by reason: body_too_large, body_timeout, body_aborted, busy (no memory left for bodies), address_memory (the client address's share of it), address_streams (its HTTP/2 streams at server.http2_max_streams_per_address), store_unavailable (a callback's ledger row not written within guard.timeout; guard.on_store_error = refuse)",
             m.refused.clone(),
         );
         registry.register(

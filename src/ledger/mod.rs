@@ -19,6 +19,21 @@
 //! (`ledger_dropped_total`) and logged once a minute, never a callback's time.
 //!
 //! Never a key: rows name the key that verified them by slot and fingerprint.
+//!
+//! **Where this differs from the design sketch** (`design.md`, "The payment path"), and why:
+//! - entries nobody waits for (answers, refused rows) wait up to 2 ms for a write-ahead batch
+//!   to share a commit with ([`writer`]): a commit costs about as much for one row as for
+//!   sixteen, and an answer committed on its own doubled the writer's work per callback at
+//!   moderate load (`benches/store.rs`). A callback still never waits for a timer;
+//! - the guard's window is a setting of its own (`guard.window`, at most `ledger.retention`),
+//!   not derived from `click.max_sign_age`, so that the index's memory is the operator's
+//!   choice; a signature older than the window binds anew (the README says so);
+//! - rule 1's digest on SQLite is a keyed SipHash kept in the row (the key in the file's
+//!   `meta` table), on PostgreSQL a SHA-256 of the canonical text in the bindings table: the
+//!   keyed hash costs a fifth and needs a secret no other gateway shares, which PostgreSQL's
+//!   several gateways would have to;
+//! - PostgreSQL keeps a `(service_id, time)` index that SQLite does not: its ids come from a
+//!   sequence several gateways draw from, so a range of ids is not a window of time there.
 
 pub mod binding;
 mod error;
