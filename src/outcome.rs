@@ -57,7 +57,8 @@ pub enum Upstream {
     Failed(&'static str, u16),
 }
 
-/// What the ledger keeps of a callback's head, taken when it arrives (only with a ledger).
+/// What the ledger keeps of a callback's head, taken when it arrives (its content type only
+/// with a ledger).
 #[derive(Debug)]
 pub struct Arrival {
     pub time: SystemTime,
@@ -68,22 +69,16 @@ pub struct Arrival {
 }
 
 impl Arrival {
-    /// `keep`: whether a ledger will keep it. Without one the head is not copied (the bare
-    /// gateway's callback pays nothing for the ledger it does not have).
+    /// `keep`: whether a ledger will keep it. Without one the content type is not copied (the
+    /// bare gateway's callback pays nothing for the ledger it does not have); the path is, for
+    /// the log line of a body that stopped arriving.
     pub fn of(parts: &Parts, keep: bool) -> Arrival {
-        if !keep {
-            return Arrival {
-                time: SystemTime::now(),
-                path: String::new(),
-                content_type: None,
-            };
-        }
         Arrival {
             time: SystemTime::now(),
             path: parts.uri.path().to_owned(),
-            content_type: parts
-                .headers
-                .get(header::CONTENT_TYPE)
+            content_type: keep
+                .then(|| parts.headers.get(header::CONTENT_TYPE))
+                .flatten()
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         }
     }

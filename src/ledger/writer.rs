@@ -642,10 +642,11 @@ impl Writer {
     }
 
     /// Measures the ledger against `ledger.max_size` and `ledger.min_free` (after every
-    /// [`MEASURE_BYTES`] of rows, and every [`SIZE_EVERY`]); returns whether it is at its bound. At either bound,
-    /// refused callbacks stop being recorded and the oldest refused rows are pruned, a batch per
-    /// look (forwarded rows are always recorded: they find the pages pruning frees). Below 90 %
-    /// of `max_size` with `min_free` free again, refused callbacks are recorded again.
+    /// [`MEASURE_BYTES`] of rows, and every [`SIZE_EVERY`]); returns whether it is at its
+    /// bound. At either bound, refused callbacks stop being recorded and the oldest refused rows
+    /// are pruned, a batch per look (forwarded rows are always recorded: they find the pages
+    /// pruning frees). Below 90 % of `max_size` with `min_free` free again, refused callbacks
+    /// are recorded again.
     fn measure(&mut self) -> bool {
         self.unmeasured = 0;
         let Some(store) = &self.store else {
