@@ -4,8 +4,9 @@
 //! runs), builds a whole new [`Runtime`] off to the side and only then stores it in the
 //! `ArcSwap`. Requests that already loaded the old snapshot finish with it; the next request
 //! sees the new one. On any problem nothing is stored: the previous keys stay in force.
-//! Listeners, connections and the upstream pool are not touched; `server` and `upstream`
-//! settings therefore need a restart, and a reload that changes them says so.
+//! Listeners, connections, the upstream pool, the ledger's writer and the guard's index are
+//! not touched; `server`, `upstream`, `admin` and `ledger` settings and `guard.window`
+//! therefore need a restart, and a reload that changes them says so.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ pub struct ReloadReport {
     pub services: usize,
     /// One line per change: keys added, removed or replaced (by fingerprint), paths changed.
     pub changes: Vec<String>,
-    /// Settings that changed on disk but only apply after a restart.
+    /// Settings that changed on disk but only apply after a restart: sections, or one
+    /// setting (`guard.window`).
     pub restart_needed: Vec<&'static str>,
     pub warnings: Vec<String>,
 }
@@ -103,6 +105,13 @@ impl Reloader {
         }
         if loaded.settings.admin != self.started_with.admin {
             restart_needed.push("admin");
+        }
+        // The ledger's writer owns its store, and the guard's index is built at start.
+        if loaded.settings.ledger != self.started_with.ledger {
+            restart_needed.push("ledger");
+        }
+        if loaded.settings.guard.window != self.started_with.guard.window {
+            restart_needed.push("guard.window");
         }
         // (An HTTPS listener added or removed shows as a changed tls_listen above.)
         if let (Some(resolver), Some(tls)) = (&self.certificates, &loaded.tls) {

@@ -99,8 +99,15 @@ async fn reload(reloader: Arc<Reloader>) {
             for w in &report.warnings {
                 tracing::warn!("{w}");
             }
-            for section in &report.restart_needed {
-                tracing::warn!("[{section}] settings changed: they apply only after a restart");
+            for changed in &report.restart_needed {
+                match changed.split_once('.') {
+                    Some(_) => tracing::warn!(
+                        "{changed} changed: it applies only after a restart (systemctl restart click-gateway)"
+                    ),
+                    None => tracing::warn!(
+                        "[{changed}] settings changed: they apply only after a restart (systemctl restart click-gateway)"
+                    ),
+                }
             }
             format!("serving generation {}", report.generation)
         }

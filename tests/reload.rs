@@ -428,6 +428,12 @@ async fn a_reload_applies_click_settings_and_says_which_need_a_restart() {
     );
     s.gw.wait_log(|l| l.contains("[server] settings changed: they apply only after a restart"))
         .await;
+    // The guard's window (its index is built at start) says so too.
+    let windowed = format!("{changed}\n[guard]\nwindow = \"1d\"\n");
+    write_atomic(&path, &windowed);
+    s.gw.signal(libc::SIGHUP);
+    s.gw.wait_log(|l| l.contains("guard.window changed: it applies only after a restart"))
+        .await;
     // The new path is a callback path; the old one is now ordinary traffic.
     let resp = callback(
         s.gw.addr,

@@ -57,7 +57,8 @@ pub struct Settings {
     pub guard: GuardSettings,
 }
 
-/// `[guard]`: one signature, one message (see [`crate::guard`]). Reloadable.
+/// `[guard]`: one signature, one message (see [`crate::guard`]). Reloadable, but for `window`
+/// (the index is built at start).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardSettings {
