@@ -14,8 +14,8 @@
 //!
 //! `cargo bench --bench store` (a temporary directory on the disk `TMPDIR` names; `ROWS`,
 //! 50,000 by default; `REBUILD`, 1,000,000; `IN_FLIGHT=1,2` for those write-ahead batches
-//! alone). Not a criterion bench: criterion times wall-clock,
-//! which here would be the disk's; CPU time comes from `/proc/self/task/*/schedstat`.
+//! alone). Not a criterion bench: criterion times wall-clock, which here would be the disk's;
+//! CPU time comes from `/proc/self/task/*/schedstat`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
