@@ -415,7 +415,8 @@ fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(io::stderr)
-                    .with_ansi(false),
+                    .with_ansi(false)
+                    .fmt_fields(click_gateway::log_fields::LogFields),
             )
             .try_init(),
         LogFormat::Json => registry
