@@ -398,6 +398,25 @@ async fn kill_9_under_load_loses_no_callback_the_backend_received() {
     assert_eq!(gw.wait_exit().await, Some(0));
 }
 
+/// A Prepare bound before: `flipped` (its signature over other unsigned fields) is refused and
+/// never reaches the backend; `original` again (Click's retry) is forwarded.
+async fn replay_refused_and_retry_forwarded(
+    gw: std::net::SocketAddr,
+    up: &mut TestUpstream,
+    original: &str,
+    flipped: &str,
+) {
+    let resp = callback(gw, "/click/prepare/", flipped).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
+    assert!(
+        up.try_next().is_none(),
+        "the flipped replay reached the backend"
+    );
+    let resp = callback(gw, "/click/prepare/", original).await;
+    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
+    assert_eq!(up.next().await.body, original.as_bytes());
+}
+
 /// The guard's index is rebuilt from the rows at start: a binding made just before a
 /// `kill -9` still holds. The flipped replay is refused, the identical retry forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,16 +444,7 @@ async fn a_binding_survives_kill_9_the_flipped_replay_is_refused_and_the_retry_f
         flipped, original,
         "the body has a click_paydoc_id to change"
     );
-    let resp = callback(gw.addr, "/click/prepare/", &flipped).await;
-    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
-    assert!(
-        up.try_next().is_none(),
-        "the flipped replay reached the backend"
-    );
-    // Click's retry of the very same message goes through.
-    let resp = callback(gw.addr, "/click/prepare/", &original).await;
-    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
-    assert_eq!(up.next().await.body, original.as_bytes());
+    replay_refused_and_retry_forwarded(gw.addr, &mut up, &original, &flipped).await;
     // One database file and its WAL: no guard file beside it.
     let mut files: Vec<String> = std::fs::read_dir(config.dir.path())
         .unwrap()
@@ -704,15 +714,7 @@ async fn a_ledger_and_guard_file_of_the_previous_release_open_with_their_rows_an
     let original = String::from_utf8(body).unwrap();
     let flipped = original.replace("click_paydoc_id=77", "click_paydoc_id=78");
     assert_ne!(flipped, original);
-    let resp = callback(gw.addr, "/click/prepare/", &flipped).await;
-    assert_eq!(verdict(resp.status, &resp.body), Verdict::SignRejected);
-    assert!(
-        up.try_next().is_none(),
-        "the flipped replay reached the backend"
-    );
-    let resp = callback(gw.addr, "/click/prepare/", &original).await;
-    assert_eq!(verdict(resp.status, &resp.body), Verdict::Forwarded);
-    assert_eq!(up.next().await.body, original.as_bytes());
+    replay_refused_and_retry_forwarded(gw.addr, &mut up, &original, &flipped).await;
 
     // The old guard file is as it was.
     gw.signal(libc::SIGTERM);
