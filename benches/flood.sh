@@ -13,13 +13,13 @@
 #   benches/flood.sh                       # every scenario, about 5 minutes
 #   SCENARIOS=burst,hold benches/flood.sh  # some of them
 #
-# Installs what it needs (nginx, wrk, sqlite3), builds the release binary, and stops every
+# Installs what it needs (nginx, wrk), builds the release binary, and stops every
 # process it started, by pid, on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . benches/common.sh
-install_missing nginx:nginx wrk:wrk sqlite3:sqlite3 python3:python3
+install_missing nginx:nginx wrk:wrk python3:python3
 cargo build --release --quiet
 # Thousands of connections from the clients, as many in the gateway.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
