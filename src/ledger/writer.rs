@@ -10,8 +10,8 @@
 //!   commit of their own.
 //!
 //! **Group commit without a window.** Each round takes everything waiting (up to [`BATCH`]
-//! rows; only [`RIDE`] of the row queue along with write-ahead rows, which should not wait for
-//! hundreds of refusals) and commits it in one transaction, then answers the waiters: the
+//! rows, and about [`MEASURE_BYTES`] of the row queue's bodies; only [`RIDE`] of the row queue
+//! along with write-ahead rows, which should not wait for hundreds of refusals) and commits it in one transaction, then answers the waiters: the
 //! next round gathers while a commit is in flight, and nothing ever waits for a timer. Before
 //! each round the writer checks that the path still names the file it has open (a deleted or
 //! replaced database would otherwise swallow rows into an unlinked inode) and recreates it if
@@ -277,9 +277,7 @@ impl Shared {
     /// Queues a refused callback's row (not while the ledger is at its size bound: counted
     /// instead); returns its id when queued and the gateway numbers rows.
     pub(super) fn record(&self, mut rec: Record) -> Option<i64> {
-        if matches!(rec.verdict, Verdict::Rejected | Verdict::Refused)
-            && self.refused_full.load(Ordering::Relaxed)
-        {
+        if gives_way(&rec) && self.refused_full.load(Ordering::Relaxed) {
             self.unrecorded_size.inc();
             return None;
         }
@@ -737,8 +735,14 @@ impl Writer {
         let mut answers = Vec::new();
         let mut corrections = Vec::new();
         let mut flushes = Vec::new();
+        // Refused rows queued before the bound was found give way too: a queue full of
+        // 16 KiB refusals is more than `ledger.min_free` may be asked to absorb.
+        let full = self.shared.refused_full.load(Ordering::Relaxed);
         for q in queued {
             match q {
+                Queued::Row(_, r) if full && gives_way(&r) => {
+                    self.shared.unrecorded_size.inc();
+                }
                 Queued::Row(id, r) => records.push((id, r)),
                 Queued::Answer(a) => answers.push(a),
                 Queued::Correction(c) => corrections.push(c),
@@ -946,17 +950,27 @@ pub(super) fn prune_batch(
     }
 }
 
-/// Queue entries making up one batch: up to `cap` rows and answers, flush markers riding
-/// along.
+/// Whether a row stops being recorded at the ledger's size bound: a refused callback's.
+fn gives_way(rec: &Record) -> bool {
+    matches!(rec.verdict, Verdict::Rejected | Verdict::Refused)
+}
+
+/// Queue entries making up one batch: up to `cap` rows and answers, and rows' bodies of at
+/// most about [`MEASURE_BYTES`] (so the size bounds are measured at least that often: a round
+/// of 512 refused 16 KiB bodies would be 8 MiB past them), flush markers riding along.
 fn batch_len(rows: &VecDeque<Queued>, cap: usize) -> usize {
     let mut n = 0;
     let mut taken = 0;
+    let mut bytes = 0;
     for q in rows {
         if !matches!(q, Queued::Flush(_)) {
-            if taken == cap {
+            if taken == cap || bytes >= MEASURE_BYTES {
                 break;
             }
             taken += 1;
+            if let Queued::Row(_, r) = q {
+                bytes += r.body.len() + ROW_OVERHEAD;
+            }
         }
         n += 1;
     }
@@ -1092,5 +1106,43 @@ mod tests {
         // 512 rows and the 6 flush markers among them; the 513th row starts the next batch.
         assert_eq!(batch_len(&rows, BATCH), BATCH + 6);
         assert_eq!(batch_len(&rows, RIDE), RIDE + 1);
+        // Bodies of 16 KiB: a batch ends once it holds a measure's worth of bytes.
+        let rows: VecDeque<Queued> = (0..BATCH)
+            .map(|_| {
+                let mut r = sample("big", SystemTime::now());
+                r.body = bytes::Bytes::from(vec![b'x'; MAX_CALLBACK_BODY]);
+                Queued::Row(None, Box::new(r))
+            })
+            .collect();
+        let row = MAX_CALLBACK_BODY + ROW_OVERHEAD;
+        assert_eq!(batch_len(&rows, BATCH), MEASURE_BYTES.div_ceil(row));
+    }
+
+    #[test]
+    fn refused_rows_queued_before_the_size_bound_was_found_give_way_and_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, mut w) = writer(dir.path(), 2 * BATCH);
+        for i in 0..10 {
+            shared.record(sample(&format!("r{i}"), SystemTime::now()));
+        }
+        let mut shadowed = sample("s", SystemTime::now());
+        shadowed.verdict = Verdict::WouldReject;
+        shared.record(shadowed);
+        // The bound is found while they are queued (and not measured again in this test).
+        shared.refused_full.store(true, Ordering::Relaxed);
+        w.next_size_check = Instant::now() + Duration::from_secs(3600);
+        let round = w.take();
+        assert_eq!(round.rows.len(), 11);
+        w.commit(round.waited, round.rows);
+        assert_eq!(shared.unrecorded_size.get(), 10);
+        let conn = rusqlite::Connection::open(dir.path().join("l.db")).unwrap();
+        let verdicts: Vec<String> = conn
+            .prepare("SELECT verdict FROM callbacks")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(verdicts, ["would_reject"]);
     }
 }
