@@ -10,7 +10,7 @@
 //!   commit of their own.
 //!
 //! **Group commit without a window.** Each round takes everything waiting (up to [`BATCH`]
-//! rows, and about [`MEASURE_BYTES`] of the row queue's bodies; only [`RIDE`] of the row queue
+//! rows, and about a megabyte (`MEASURE_BYTES`) of the row queue's bodies; only [`RIDE`] of the row queue
 //! along with write-ahead rows, which should not wait for hundreds of refusals) and commits it in one transaction, then answers the waiters: the
 //! next round gathers while a commit is in flight, and nothing ever waits for a timer. Before
 //! each round the writer checks that the path still names the file it has open (a deleted or
