@@ -10,17 +10,17 @@
 //!   commit of their own.
 //!
 //! **Group commit without a window.** Each round takes everything waiting (up to [`BATCH`]
-//! rows, and about a megabyte (`MEASURE_BYTES`) of the row queue's bodies; only [`RIDE`] of the row queue
-//! along with write-ahead rows, which should not wait for hundreds of refusals) and commits it in one transaction, then answers the waiters: the
-//! next round gathers while a commit is in flight, and nothing ever waits for a timer. Before
-//! each round the writer checks that the path still names the file it has open (a deleted or
-//! replaced database would otherwise swallow rows into an unlinked inode) and recreates it if
-//! not. When the database fails, the round's rows are counted lost, waiters get the error (and
-//! `guard.on_store_error` decides for their callbacks), and the writer retries with a backoff
-//! (a write-ahead row triggers an attempt at once) until it works again; meanwhile the row
-//! queue waits, and beyond its capacity entries are counted `write_failed`. Failures are
-//! logged when they start and when they end, and lost rows once a minute, never a line per
-//! callback.
+//! rows, and about a megabyte (`MEASURE_BYTES`) of the row queue's bodies; only [`RIDE`] of the
+//! row queue along with write-ahead rows, which should not wait for hundreds of refusals) and
+//! commits it in one transaction, then answers the waiters: the next round gathers while a
+//! commit is in flight, and nothing ever waits for a timer. Before each round the writer checks
+//! that the path still names the file it has open (a deleted or replaced database would
+//! otherwise swallow rows into an unlinked inode) and recreates it if not. When the database
+//! fails, the round's rows are counted lost, waiters get the error (and `guard.on_store_error`
+//! decides for their callbacks), and the writer retries with a backoff (a write-ahead row
+//! triggers an attempt at once) until it works again; meanwhile the row queue waits, and beyond
+//! its capacity entries are counted `write_failed`. Failures are logged when they start and
+//! when they end, and lost rows once a minute, never a line per callback.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
