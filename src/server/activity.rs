@@ -5,7 +5,7 @@
 //! Updates are counters and timestamps only (no lock, no wake-up on the request path); the
 //! readers compute what they need when they look.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -55,10 +55,16 @@ pub struct Activity {
     reading: AtomicUsize,
     /// Milliseconds from `started` to the start of the latest body read.
     reading_since_ms: AtomicU64,
-    /// Set once, when the pressure valve chose this connection to close.
-    evicted: AtomicBool,
+    /// [`OPEN`], then [`EVICTED`] when the pressure valve chose this connection to close,
+    /// and [`CLOSED`] once its place is given back: one place, so that the valve's count of
+    /// connections leaving is given back exactly when it was taken, whichever comes first.
+    state: AtomicU8,
     evict: Notify,
 }
+
+const OPEN: u8 = 0;
+const EVICTED: u8 = 1;
+const CLOSED: u8 = 2;
 
 /// When an HTTP/2 response body last handed a piece to hyper without being asked for the next
 /// one yet: `NOT_WAITING` while hyper is asking.
@@ -92,7 +98,7 @@ impl Activity {
             streams: Mutex::new(Vec::new()),
             reading: AtomicUsize::new(0),
             reading_since_ms: AtomicU64::new(0),
-            evicted: AtomicBool::new(false),
+            state: AtomicU8::new(OPEN),
             evict: Notify::new(),
         })
     }
@@ -124,33 +130,40 @@ impl Activity {
 
     /// What the connection is doing now; `None` once it has been chosen to close.
     pub fn standing(&self) -> Option<Standing> {
-        if self.evicted.load(Ordering::Relaxed) {
-            return None;
-        }
+        (self.state.load(Ordering::Relaxed) == OPEN).then(|| self.doing())
+    }
+
+    /// What the connection is doing now, chosen to close or not.
+    pub(super) fn doing(&self) -> Standing {
         if self.requests.load(Ordering::Relaxed) == 0 {
-            return Some(Standing::Waiting {
+            return Standing::Waiting {
                 since: self.started,
-            });
+            };
         }
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         if in_flight == 0 {
             let done = self.last_done_ms.load(Ordering::Relaxed);
-            return Some(Standing::Idle {
+            return Standing::Idle {
                 since: self.at(done),
-            });
+            };
         }
         if self.reading.load(Ordering::Relaxed) >= in_flight {
             let since = self.reading_since_ms.load(Ordering::Relaxed);
-            return Some(Standing::Waiting {
+            return Standing::Waiting {
                 since: self.at(since),
-            });
+            };
         }
-        Some(Standing::Busy)
+        Standing::Busy
     }
 
-    /// Asks the connection to close (once): true when this call did.
+    /// Asks the connection to close (once, and not once its place is given back): true when
+    /// this call did.
     pub fn evict(&self) -> bool {
-        if self.evicted.swap(true, Ordering::Relaxed) {
+        if self
+            .state
+            .compare_exchange(OPEN, EVICTED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return false;
         }
         self.evict.notify_one();
@@ -158,7 +171,12 @@ impl Activity {
     }
 
     pub fn is_evicted(&self) -> bool {
-        self.evicted.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) == EVICTED
+    }
+
+    /// Its place is given back: true when it had been chosen to close (and counted leaving).
+    pub(super) fn close(&self) -> bool {
+        self.state.swap(CLOSED, Ordering::AcqRel) == EVICTED
     }
 
     /// Resolves once the connection has been chosen to close.
@@ -276,6 +294,13 @@ mod tests {
             a.standing(),
             None,
             "a connection on its way out is not chosen again"
+        );
+        assert!(a.close(), "it had been chosen");
+        let b = Activity::new();
+        assert!(!b.close(), "never chosen");
+        assert!(
+            !b.evict(),
+            "a connection whose place is given back is not chosen"
         );
     }
 

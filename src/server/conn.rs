@@ -43,7 +43,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::watch;
 
-use super::activity::{Activity, Deadlines, InFlight, StreamClock, NOT_WAITING};
+use super::activity::{Activity, Deadlines, InFlight, Standing, StreamClock, NOT_WAITING};
 use super::admission::StreamHold;
 use super::client::Client;
 use super::send_deadline::SendDeadline;
@@ -338,6 +338,8 @@ impl Watch {
         }
         // Once the gateway has asked an idle connection to close: when to stop waiting for it.
         let mut close_by: Option<Instant> = None;
+        // Chosen to make room, and acted on.
+        let mut evicted_seen = false;
         // The connection's one timer, reset to each deadline.
         let timer = tokio::time::sleep_until(activity.next_deadline(timers.now()).into());
         tokio::pin!(timer);
@@ -366,7 +368,10 @@ impl Watch {
                     if !closing && drained.as_mut().poll(&mut cx).is_ready() {
                         return Poll::Ready(Event::Drain);
                     }
-                    if close_by.is_none() && evicted.as_mut().poll(&mut cx).is_ready() {
+                    if !evicted_seen
+                        && close_by.is_none()
+                        && evicted.as_mut().poll(&mut cx).is_ready()
+                    {
                         return Poll::Ready(Event::Evicted);
                     }
                     if !closing && !pressure_gone {
@@ -399,14 +404,22 @@ impl Watch {
                     conn.as_mut().graceful_shutdown();
                 }
                 // Chosen to make room at the cap (counted by the chooser): an idle HTTP/2
-                // connection gets a GOAWAY and a moment; anything else, idle or still waiting
-                // for its client, is dropped now.
+                // connection gets a GOAWAY and a moment; one whose request began since it was
+                // chosen finishes that request under its usual deadlines, then closes;
+                // anything else, idle or still waiting for its client, is dropped now.
                 Event::Evicted => {
-                    let idle = activity.in_flight.load(Ordering::Relaxed) == 0
-                        && activity.requests.load(Ordering::Relaxed) > 0;
-                    if !(idle && activity.h2.load(Ordering::Relaxed)) {
-                        tracing::debug!(peer = %log_addr, "closed to make room at server.max_connections");
-                        return;
+                    evicted_seen = true;
+                    let h2 = activity.h2.load(Ordering::Relaxed);
+                    match activity.doing() {
+                        Standing::Busy => {
+                            conn.as_mut().graceful_shutdown();
+                            continue;
+                        }
+                        Standing::Idle { .. } if h2 => {}
+                        Standing::Idle { .. } | Standing::Waiting { .. } => {
+                            tracing::debug!(peer = %log_addr, "closed to make room at server.max_connections");
+                            return;
+                        }
                     }
                     closing = true;
                     let by = Instant::now() + EVICT_GRACE;

@@ -44,6 +44,12 @@ const IDLE_BATCH: usize = 16;
 /// few round trips) is not cut for one that arrived a moment later.
 const MIN_WAITING: Duration = Duration::from_millis(500);
 
+/// After a look for room found nothing to close, the next look comes no sooner than this (or
+/// than the first waiting connection is old enough): at the cap with everything busy, every
+/// accept would otherwise read every connection, so that a connect flood cost the whole table
+/// per refused connection.
+const QUIET: Duration = Duration::from_millis(20);
+
 /// Open connections, the cap, and every connection's [`Activity`].
 #[derive(Debug)]
 pub struct Pressure {
@@ -62,6 +68,9 @@ pub struct Pressure {
     per_worker: Box<[AtomicUsize]>,
     registries: Box<[Mutex<Registry>]>,
     next_id: AtomicU64,
+    /// Milliseconds from `epoch` before which a look for room finds nothing (see [`QUIET`]).
+    quiet_until_ms: AtomicU64,
+    epoch: Instant,
     under: AtomicBool,
     signal: watch::Sender<bool>,
     gauge: Gauge,
@@ -98,7 +107,7 @@ impl Pressure {
             cap,
             headroom: cap / 16,
             high: (cap * 9 / 10).max(1),
-            low: cap * 8 / 10,
+            low: (cap * 8 / 10).max(1),
             open: AtomicUsize::new(0),
             leaving: AtomicUsize::new(0),
             per_worker: (0..workers.max(1))
@@ -108,6 +117,8 @@ impl Pressure {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             next_id: AtomicU64::new(0),
+            quiet_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             under: AtomicBool::new(false),
             signal: watch::Sender::new(false),
             gauge: metrics.open_connections.clone(),
@@ -190,8 +201,13 @@ impl Pressure {
     /// Chooses at least `need` connections to close (see the module docs); returns how many
     /// it chose.
     fn make_room(&self, need: usize, now: Instant) -> usize {
+        let ms = |t: Instant| u64::try_from(t.saturating_duration_since(self.epoch).as_millis());
+        if ms(now).is_ok_and(|now| now < self.quiet_until_ms.load(Ordering::Relaxed)) {
+            return 0;
+        }
         let mut idle = Vec::new();
         let mut waiting = Vec::new();
+        let mut next_look = now + QUIET;
         for registry in self.registries.iter() {
             for activity in lock(registry).values().filter_map(Weak::upgrade) {
                 match activity.standing() {
@@ -199,7 +215,10 @@ impl Pressure {
                     Some(Standing::Waiting { since }) if since + MIN_WAITING <= now => {
                         waiting.push((since, activity));
                     }
-                    Some(Standing::Waiting { .. } | Standing::Busy) | None => {}
+                    Some(Standing::Waiting { since }) => {
+                        next_look = next_look.min(since + MIN_WAITING);
+                    }
+                    Some(Standing::Busy) | None => {}
                 }
             }
         }
@@ -207,6 +226,11 @@ impl Pressure {
         chosen += self.close_oldest(idle, need.max(IDLE_BATCH), &self.closed_idle);
         if chosen < need {
             chosen += self.close_oldest(waiting, need - chosen, &self.closed_waiting);
+        }
+        if chosen == 0 {
+            if let Ok(next) = ms(next_look) {
+                self.quiet_until_ms.store(next, Ordering::Relaxed);
+            }
         }
         chosen
     }
@@ -224,10 +248,15 @@ impl Pressure {
         }
         let mut closed = 0;
         for (_, activity) in candidates {
+            // Counted leaving before it is marked, so that its place, given back at any
+            // moment from the mark on, always finds the count it takes back.
+            self.leaving.fetch_add(1, Ordering::AcqRel);
             if activity.evict() {
-                self.leaving.fetch_add(1, Ordering::Relaxed);
                 counter.inc();
                 closed += 1;
+            } else {
+                // Already chosen by another look, or closed since it was read.
+                self.leaving.fetch_sub(1, Ordering::AcqRel);
             }
         }
         closed
@@ -266,8 +295,8 @@ impl Drop for Slot {
         if let Some(mine) = p.per_worker.get(self.worker) {
             mine.fetch_sub(1, Ordering::Relaxed);
         }
-        if self.activity.is_evicted() {
-            p.leaving.fetch_sub(1, Ordering::Relaxed);
+        if self.activity.close() {
+            p.leaving.fetch_sub(1, Ordering::AcqRel);
         }
         let open = p.open.fetch_sub(1, Ordering::Relaxed) - 1;
         p.gauge.dec();
@@ -343,12 +372,20 @@ mod tests {
             "no idle one left: the waiting one goes"
         );
         drop(waiting);
-        let _busy_last = last.activity.begin(false);
+        let busy_last = last.activity.begin(false);
+        let then = later + MIN_WAITING;
         assert!(
-            p.admit_at(0, later + MIN_WAITING).is_none(),
+            p.admit_at(0, then).is_none(),
             "everything is busy: the newcomer is refused ({} open)",
             p.open()
         );
+        drop(busy_last);
+        assert!(
+            p.admit_at(0, then).is_none(),
+            "after a look that found nothing, the next waits a moment"
+        );
+        assert!(p.admit_at(0, then + QUIET).is_some(), "the idle one goes");
+        assert!(last.activity.is_evicted());
     }
 
     #[test]
