@@ -93,15 +93,17 @@ async fn collect(
             return Err(BodyError::TooLarge(limit));
         }
         meter.take(data.len()).await?;
-        match (&first, &mut rest) {
-            (None, _) => first = Some(data),
+        // Once a second piece comes, the first is copied and let go: a slice of hyper's read
+        // buffer would keep that whole buffer for as long as the body takes to arrive.
+        match (first.take(), rest.as_mut()) {
+            (_, Some(buf)) => buf.extend_from_slice(&data),
+            (None, None) => first = Some(data),
             (Some(head), None) => {
                 let mut buf = BytesMut::with_capacity(len.max(head.len() * 2));
-                buf.extend_from_slice(head);
+                buf.extend_from_slice(&head);
                 buf.extend_from_slice(&data);
                 rest = Some(buf);
             }
-            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
         }
     }
     Ok(match (first, rest) {
