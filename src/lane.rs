@@ -316,16 +316,12 @@ mod tests {
 
     #[tokio::test]
     async fn one_address_holds_a_sixteenth_of_a_lane_and_gives_it_back() {
-        use crate::server::admission::{Admission, Limits};
+        use crate::server::admission::Admission;
         let b = budgets();
-        let admission = Admission::new(
-            Limits {
-                connections: 100,
-                streams: 100,
-            },
-            Vec::new(),
-        );
-        let ticket = admission.admit("192.0.2.1".parse().unwrap()).unwrap();
+        let admission = Admission::new(100);
+        let ticket = admission
+            .admit("192.0.2.1".parse().unwrap(), false)
+            .unwrap();
         let address = ticket.address.clone().unwrap();
         // 128 KiB / 16 = 8 KiB, but never less than one 16 KiB callback.
         let one = hold(&b, Lane::Callback, None, Some(&address), 16 * 1024)
@@ -335,7 +331,9 @@ mod tests {
             hold(&b, Lane::Callback, None, Some(&address), 1).await,
             Err(BodyError::AddressShare)
         ));
-        let other = admission.admit("192.0.2.2".parse().unwrap()).unwrap();
+        let other = admission
+            .admit("192.0.2.2".parse().unwrap(), false)
+            .unwrap();
         assert!(hold(&b, Lane::Callback, None, other.address.as_ref(), 1)
             .await
             .is_ok());

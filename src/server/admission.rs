@@ -21,8 +21,6 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::config::cidr::{any_contains, Cidr};
-
 /// Shards of the table: accepts on different workers rarely meet on one lock.
 const SHARDS: usize = 16;
 
@@ -59,13 +57,6 @@ pub struct Address {
     body_kib: [AtomicU64; 2],
 }
 
-/// The limits admission applies.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub connections: u32,
-    pub streams: u32,
-}
-
 /// Why an address was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -80,8 +71,8 @@ type Shard = HashMap<AddressKey, Arc<Address>>;
 pub struct Admission {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    limits: Limits,
-    trusted: Vec<Cidr>,
+    /// `server.max_connections_per_address`.
+    connections: u32,
 }
 
 /// A connection's hold on its address, released when dropped; `address` is `None` for a
@@ -93,12 +84,11 @@ pub struct Ticket {
 }
 
 impl Admission {
-    pub fn new(limits: Limits, trusted: Vec<Cidr>) -> Arc<Admission> {
+    pub fn new(connections_per_address: u32) -> Arc<Admission> {
         Arc::new(Admission {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
-            limits,
-            trusted,
+            connections: connections_per_address,
         })
     }
 
@@ -109,9 +99,10 @@ impl Admission {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a new connection from `ip` against its address, or refuses it.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
-        if any_contains(&self.trusted, ip) {
+    /// Counts a new connection from `ip` against its address, or refuses it; a `trusted`
+    /// peer (`server.trusted_proxies`) is counted against nothing.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, trusted: bool) -> Result<Ticket, Refusal> {
+        if trusted {
             return Ok(Ticket {
                 admission: self.clone(),
                 address: None,
@@ -128,7 +119,7 @@ impl Admission {
             })
         });
         // Changed only under the shard's lock, so the check and the count are one step.
-        if address.connections.load(Ordering::Relaxed) >= self.limits.connections {
+        if address.connections.load(Ordering::Relaxed) >= self.connections {
             return Err(Refusal::Connections);
         }
         address.connections.fetch_add(1, Ordering::Relaxed);
@@ -138,16 +129,13 @@ impl Admission {
         })
     }
 
-    /// Addresses with a connection open (for tests and metrics).
-    pub fn addresses(&self) -> usize {
+    /// Addresses with a connection open.
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 }
 
@@ -208,48 +196,49 @@ impl Drop for StreamHold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::cidr::{any_contains, Cidr};
 
     fn admission(connections: u32) -> Arc<Admission> {
-        Admission::new(
-            Limits {
-                connections,
-                streams: 2,
-            },
-            vec![Cidr::parse("10.0.0.0/8").unwrap()],
-        )
+        Admission::new(connections)
     }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
+    /// A peer as the accept loop sees it: 10.0.0.0/8 is a trusted proxy here.
+    fn admit(a: &Arc<Admission>, s: &str) -> Result<Ticket, Refusal> {
+        let trusted = any_contains(&[Cidr::parse("10.0.0.0/8").unwrap()], ip(s));
+        a.admit(ip(s), trusted)
+    }
+
     #[test]
     fn one_address_is_capped_and_others_are_not_affected() {
         let a = admission(2);
-        let held: Vec<_> = (0..2).map(|_| a.admit(ip("192.0.2.1")).unwrap()).collect();
-        assert_eq!(a.admit(ip("192.0.2.1")).unwrap_err(), Refusal::Connections);
-        assert!(a.admit(ip("192.0.2.2")).is_ok());
+        let held: Vec<_> = (0..2).map(|_| admit(&a, "192.0.2.1").unwrap()).collect();
+        assert_eq!(admit(&a, "192.0.2.1").unwrap_err(), Refusal::Connections);
+        assert!(admit(&a, "192.0.2.2").is_ok());
         drop(held);
         assert_eq!(
             a.addresses(),
             0,
             "an address leaves the table with its last connection"
         );
-        assert!(a.admit(ip("192.0.2.1")).is_ok());
+        assert!(admit(&a, "192.0.2.1").is_ok());
     }
 
     #[test]
     fn an_ipv6_client_is_its_slash_64_and_a_trusted_proxy_is_exempt() {
         let a = admission(1);
-        let _first = a.admit(ip("2001:db8:1:2::1")).unwrap();
-        assert!(a.admit(ip("2001:db8:1:2:ffff::9")).is_err(), "same /64");
-        assert!(a.admit(ip("2001:db8:1:3::1")).is_ok(), "another /64");
-        let _v4 = a.admit(ip("192.0.2.7")).unwrap();
+        let _first = admit(&a, "2001:db8:1:2::1").unwrap();
+        assert!(admit(&a, "2001:db8:1:2:ffff::9").is_err(), "same /64");
+        assert!(admit(&a, "2001:db8:1:3::1").is_ok(), "another /64");
+        let _v4 = admit(&a, "192.0.2.7").unwrap();
         assert!(
-            a.admit(ip("::ffff:192.0.2.7")).is_err(),
+            admit(&a, "::ffff:192.0.2.7").is_err(),
             "an IPv4-mapped address is the IPv4 address"
         );
-        let edge: Vec<_> = (0..5).map(|_| a.admit(ip("10.1.2.3")).unwrap()).collect();
+        let edge: Vec<_> = (0..5).map(|_| admit(&a, "10.1.2.3").unwrap()).collect();
         assert!(edge.iter().all(|t| t.address.is_none()));
         assert_eq!(
             AddressKey::of(ip("2001:db8:1:2::1")).to_string(),
@@ -260,8 +249,8 @@ mod tests {
     #[test]
     fn streams_and_body_memory_are_counted_per_address() {
         let a = admission(8);
-        let t1 = a.admit(ip("192.0.2.1")).unwrap();
-        let t2 = a.admit(ip("192.0.2.1")).unwrap();
+        let t1 = admit(&a, "192.0.2.1").unwrap();
+        let t2 = admit(&a, "192.0.2.1").unwrap();
         let (x, y) = (t1.address.clone().unwrap(), t2.address.clone().unwrap());
         let s1 = x.stream(2).unwrap();
         let _s2 = y.stream(2).unwrap();

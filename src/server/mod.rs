@@ -29,7 +29,7 @@ use crate::gateway::Gateway;
 use crate::metrics::ReasonLabels;
 use crate::proxy::Scheme;
 use activity::Deadlines;
-use admission::{Admission, Limits};
+use admission::Admission;
 use client::{Client, Peer};
 use conn::{Proto, Protocols};
 use pressure::{Pressure, Slot};
@@ -192,12 +192,7 @@ pub async fn run(
         gateway: gateway.clone(),
         protocols: protocols(&settings),
         admission: Admission::new(
-            Limits {
-                connections: u32::try_from(settings.max_connections_per_address)
-                    .unwrap_or(u32::MAX),
-                streams: u32::try_from(settings.http2_max_streams_per_address).unwrap_or(u32::MAX),
-            },
-            gateway.trusted_proxies.clone(),
+            u32::try_from(settings.max_connections_per_address).unwrap_or(u32::MAX),
         ),
         pressure: Pressure::new(settings.max_connections, workers_n, &gateway.metrics),
         deadlines: Deadlines {
@@ -398,7 +393,12 @@ impl AcceptLoop {
                 });
             }
         };
-        let ticket = match shared.admission.admit(addr.ip()) {
+        let scheme = match self.listener.tls {
+            None => Scheme::Http,
+            Some(_) => Scheme::Https,
+        };
+        let peer = Peer::new(addr, scheme, &self.gateway.trusted_proxies);
+        let ticket = match shared.admission.admit(addr.ip(), peer.trusted) {
             Ok(ticket) => ticket,
             Err(admission::Refusal::Connections) => return refuse(stream, "address_cap"),
         };
@@ -406,11 +406,6 @@ impl AcceptLoop {
             return refuse(stream, "global_cap");
         };
         let _ = stream.set_nodelay(true);
-        let scheme = match self.listener.tls {
-            None => Scheme::Http,
-            Some(_) => Scheme::Https,
-        };
-        let peer = Peer::new(addr, scheme, &self.gateway.trusted_proxies);
         let client = Client::new(peer, ticket, slot.activity.clone());
         let connection = Connection {
             gateway: self.gateway.clone(),
