@@ -317,7 +317,8 @@ pub struct ServerSettings {
     pub listen_backlog: u32,
     /// Open client connections at most. A connection accepted at the cap makes room by closing
     /// an idle one (the oldest first), else one still waiting for its request (see
-    /// [`crate::server::pressure`]); with nothing to close it is closed itself, at once.
+    /// [`crate::server::pressure`]); with nothing to close yet it is still taken up to a
+    /// sixteenth above the cap, and beyond that closed itself, at once.
     pub max_connections: usize,
     /// Open connections one client address may hold (IPv6: one /64); beyond, a new one is
     /// closed at once. Peers in `trusted_proxies` are exempt: the edge has its own limits,
