@@ -151,6 +151,10 @@ fn with_ports(text: &str, ports: &[u16; 3]) -> String {
     out
 }
 
+/// Held by a test from [`free_ports`] until its script has ended: the ports are free when
+/// found, and another test of this file must not be handed them before they are bound.
+static PORTS_IN_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_ports() -> [u16; 3] {
     let listeners: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -325,6 +329,9 @@ fn the_readme_s_runnable_blocks_run_as_shown() {
     );
 
     let dir = scratch();
+    let _ports = PORTS_IN_USE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ports = free_ports();
     let out = dir.path().join(".readme-steps");
     fs::create_dir_all(&out).unwrap();
@@ -433,6 +440,9 @@ fn the_two_commands_at_the_top_run_the_gateway_and_the_ci_s_tests() {
         .expect("the first command is `cargo run --release -- <args>`");
     assert!(args.contains("config/gateway.toml"), "{args}");
     let dir = scratch();
+    let _ports = PORTS_IN_USE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ports = free_ports();
     let script = format!(
         "{PRELUDE}target/debug/click-gateway {args} 2>serve.log &\n\
