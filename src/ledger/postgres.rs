@@ -188,9 +188,15 @@ fn migrations(found: i64) -> Vec<String> {
 
 /// Pruning skips rows another gateway is deleting (`SKIP LOCKED`): it never waits, so it can
 /// never deadlock with another instance's pruning or admissions. Answers go with their rows.
+/// The rows due are those below the first id that is not (ids follow time to within a
+/// commit's length; a row out of step goes in the next round): found by reading the primary
+/// key from its start, as far as the rows due reach, with no time index to keep up to date on
+/// every admission.
 const PRUNE: [&str; 4] = [
     "DELETE FROM callbacks WHERE id IN
-     (SELECT id FROM callbacks WHERE time < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+     (SELECT id FROM callbacks WHERE id < coalesce(
+        (SELECT id FROM callbacks WHERE time >= $1 ORDER BY id LIMIT 1), 9223372036854775807)
+      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
     "DELETE FROM answers WHERE callback < (SELECT coalesce(min(id), 9223372036854775807) FROM callbacks)
      AND $1::bigint IS NOT NULL AND $2::bigint IS NOT NULL",
     "DELETE FROM bindings WHERE (service_id, sign) IN
