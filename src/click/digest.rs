@@ -71,6 +71,12 @@ impl DigestKey {
         DigestKey(key)
     }
 
+    /// The two halves [`DigestKey::from_halves`] takes.
+    pub fn halves(&self) -> (i64, i64) {
+        let half = |h: &[u8]| i64::from_le_bytes(h.try_into().unwrap_or([0; 8]));
+        (half(&self.0[..8]), half(&self.0[8..]))
+    }
+
     /// A new random key, as two halves for the ledger's `meta` table.
     pub fn random_halves() -> (i64, i64) {
         use ring::rand::{SecureRandom, SystemRandom};

@@ -261,6 +261,29 @@ impl SqliteStore {
         digest_key(&self.conn).map_err(|source| self.query_err(source))
     }
 
+    /// Opened anew in the middle of a run whose guard digests are under `key` (the file the
+    /// writer had was deleted or replaced): a file without rows takes that key, so that the
+    /// rows of the rest of the run agree with the index that the next start rebuilds from
+    /// them. Returns the highest row id, after which the run's ids go on.
+    pub fn continue_run(&mut self, key: &DigestKey) -> Result<i64, LedgerError> {
+        let max_id = self.max_id()?;
+        if self.digest_key()? != *key {
+            if max_id == 0 {
+                let (a, b) = key.halves();
+                self.conn
+                    .execute(
+                        "UPDATE meta SET value = CASE key WHEN 'digest_key_0' THEN ?1 ELSE ?2 END
+                         WHERE key IN ('digest_key_0', 'digest_key_1')",
+                        params![a, b],
+                    )
+                    .map_err(|source| self.query_err(source))?;
+            } else {
+                tracing::warn!(ledger = %self.path.display(), "ledger: the file opened anew is another ledger, with rows of its own: the guard's digests of this run's rows in it will not match its key, so identical retries of them may be refused as changed after the next start (guard.window). Put the gateway's own file back, or restart the gateway on this one");
+            }
+        }
+        Ok(max_id)
+    }
+
     /// The guard's entry of every verified row of an older ledger, computed from its body as
     /// the data path does (a migration's one pass); returns how many rows got one.
     fn fill_guard_columns(tx: &Connection, key: &DigestKey) -> rusqlite::Result<usize> {

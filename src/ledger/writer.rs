@@ -35,6 +35,7 @@ use super::model::Location;
 use super::model::{Admitted, Correction, Op, OpResult, Row, StoredBody};
 use super::record::{unix_micros, Answer, ClickFields, Record, Verdict};
 use super::store::Store;
+use crate::click::digest::DigestKey;
 use crate::click::MAX_CALLBACK_BODY;
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
@@ -216,6 +217,13 @@ impl Shared {
         if n > 0 {
             self.dropped[reason as usize].inc_by(n);
             self.unlogged[reason as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The gateway's count goes on after `max_id` (a file opened anew that holds rows).
+    fn ids_after(&self, max_id: i64) {
+        if self.next_id.load(Ordering::Relaxed) != 0 {
+            self.next_id.fetch_max(max_id + 1, Ordering::Relaxed);
         }
     }
 
@@ -405,6 +413,9 @@ pub(super) struct Writer {
     refused_pruned_out: bool,
     /// Rows' bytes written since the last measure (see [`MEASURE_BYTES`]).
     unmeasured: usize,
+    /// The guard's digest key of the file the run started with (SQLite), which a file made
+    /// anew takes.
+    run_key: Option<DigestKey>,
 }
 
 /// Marks the writer exited however its thread ends, so nothing waits for it in vain: pending
@@ -448,7 +459,12 @@ impl Writer {
         prune_soon: bool,
     ) -> Writer {
         let now = Instant::now();
+        let run_key = match &store {
+            Store::Sqlite(s) => s.digest_key().ok(),
+            Store::Postgres(_) => None,
+        };
         Writer {
+            run_key,
             shared,
             location,
             synchronous,
@@ -862,7 +878,11 @@ impl Writer {
             let store = match &mut self.store {
                 Some(store) => store,
                 None => {
-                    let store = Store::open_writer(&self.location, self.synchronous)?;
+                    let mut store = Store::open_writer(&self.location, self.synchronous)?;
+                    if let (Store::Sqlite(s), Some(key)) = (&mut store, &self.run_key) {
+                        let max_id = s.continue_run(key)?;
+                        self.shared.ids_after(max_id);
+                    }
                     self.shared.metrics.ledger_reopens.inc();
                     self.store.insert(store)
                 }
@@ -1116,6 +1136,51 @@ mod tests {
             .collect();
         let row = MAX_CALLBACK_BODY + ROW_OVERHEAD;
         assert_eq!(batch_len(&rows, BATCH), MEASURE_BYTES.div_ceil(row));
+    }
+
+    #[test]
+    fn a_file_made_anew_mid_run_takes_the_run_s_digest_key_and_ids_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let (shared, mut w) = writer(dir.path(), 16);
+        w.next_size_check = Instant::now() + Duration::from_secs(3600);
+        let key = w.run_key.expect("a SQLite ledger's key");
+        for name in ["a", "b"] {
+            if name == "b" {
+                // Deleted under the running writer: the next round makes it anew.
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            shared.record(sample(name, SystemTime::now()));
+            let round = w.take();
+            w.commit(round.waited, round.rows);
+        }
+        w.store = None;
+        let reader = crate::ledger::sqlite::SqliteStore::open_reader(&path).unwrap();
+        assert_eq!(reader.digest_key().unwrap(), key);
+        assert_eq!(reader.max_id().unwrap(), 2, "row b, with the run's next id");
+
+        // A file with rows of its own keeps its key, and the run's ids go on after its rows.
+        let other = tempfile::tempdir().unwrap();
+        let (other_shared, mut o) = writer(other.path(), 16);
+        for i in 0..5 {
+            other_shared.record(sample(&format!("o{i}"), SystemTime::now()));
+        }
+        let round = o.take();
+        o.commit(round.waited, round.rows);
+        o.store = None;
+        std::fs::rename(other.path().join("l.db"), &path).unwrap();
+        // (A row numbered before the file was swapped would collide: its round fails and is
+        // counted lost; from the reopening on, ids go on after the file's.)
+        w.attempt(&[]).unwrap();
+        shared.record(sample("c", SystemTime::now()));
+        let round = w.take();
+        w.commit(round.waited, round.rows);
+        w.store = None;
+        let reader = crate::ledger::sqlite::SqliteStore::open_reader(&path).unwrap();
+        assert_ne!(reader.digest_key().unwrap(), key);
+        assert_eq!(reader.max_id().unwrap(), 6, "row c after the file's five");
     }
 
     #[test]
