@@ -175,7 +175,8 @@ pub struct CallbackLabels {
     pub service_id: ServiceLabel,
     /// `prepare`, `complete`, or `unknown` when the body did not say.
     pub action: &'static str,
-    /// `verified`, `rejected`, or `would_reject` (shadow mode: forwarded anyway).
+    /// `verified`, `rejected`, `would_reject` (shadow mode: forwarded anyway), or `refused` (no
+    /// answer from the backend for a transport reason, or no record written).
     pub outcome: &'static str,
     /// `none` when verified, otherwise the rejection reason.
     pub reason: &'static str,
@@ -462,7 +463,7 @@ impl Metrics {
         );
         registry.register(
             "ledger_unrecorded",
-            "Refused callbacks not recorded in the ledger, by reason (rate: over ledger.refused_per_second for their address; size: the ledger at ledger.max_size or its disk below ledger.min_free)",
+            "Callbacks not recorded in the ledger, by reason (rate: refused, over ledger.refused_per_second for their address; size: refused, the ledger at ledger.max_size or its disk below ledger.min_free; store_error: forwarded without a record, guard.on_store_error allowing it)",
             m.ledger_unrecorded.clone(),
         );
         registry.register(
