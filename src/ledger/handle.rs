@@ -93,7 +93,7 @@ impl Ledger {
         let (first_id, index) = match &mut store {
             Store::Sqlite(s) => {
                 if let Some(n) = s.begin_run()?.filter(|n| *n > 0) {
-                    tracing::warn!(ledger = %location, unanswered = n, "ledger: the last run did not end cleanly: {n} forwarded callback(s) have no recorded answer (the gateway stopped while they were at the backend, which has them; `click-gateway payments` shows each as forwarded with no answer)");
+                    tracing::warn!(ledger = %location, unanswered = n, "ledger: the last run did not end cleanly (it was killed, or lost rows or answers it was recording): {n} forwarded callback(s) have no recorded answer (the backend has them; `click-gateway payments` shows each as forwarded with no answer)");
                 }
                 (
                     Some(s.max_id()? + 1),

@@ -490,8 +490,11 @@ impl Writer {
             self.housekeeping();
             if exit {
                 self.report_drops(true);
-                // Every answer that was coming is in: the next start need not count any.
-                if let Some(Store::Sqlite(s)) = &mut self.store {
+                // Every answer that was coming is in, unless one was lost (at the stop's
+                // deadline, or earlier): only then may the next start skip its count of
+                // forwarded callbacks without an answer.
+                let lost = self.shared.dropped.iter().any(|c| c.get() > 0);
+                if let (Some(Store::Sqlite(s)), false) = (&mut self.store, lost) {
                     if let Err(e) = s.end_run() {
                         tracing::warn!(ledger = %self.location, error = %e, "ledger: cannot mark the run ended");
                     }
@@ -1181,6 +1184,31 @@ mod tests {
         let reader = crate::ledger::sqlite::SqliteStore::open_reader(&path).unwrap();
         assert_ne!(reader.digest_key().unwrap(), key);
         assert_eq!(reader.max_id().unwrap(), 6, "row c after the file's five");
+    }
+
+    #[test]
+    fn a_run_that_lost_rows_or_answers_is_not_marked_clean() {
+        let ended_clean = |dir: &std::path::Path| -> Option<i64> {
+            let conn = rusqlite::Connection::open(dir.join("l.db")).unwrap();
+            conn.query_row(
+                "SELECT value FROM meta WHERE key = 'run_ended_clean'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+        };
+        for lose in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (shared, w) = writer(dir.path(), 1);
+            shared.record(sample("kept", SystemTime::now()));
+            if lose {
+                shared.record(sample("lost: the queue is full", SystemTime::now()));
+            }
+            shared.close(None);
+            w.run();
+            let expected = (!lose).then_some(1);
+            assert_eq!(ended_clean(dir.path()), expected, "lost a row: {lose}");
+        }
     }
 
     #[test]
