@@ -178,13 +178,20 @@ fn postgres(
     admitted: Admitted,
     record: impl Fn(&Judgment<'_>) -> Record,
 ) -> Admission {
+    // The row holds what was known before the statement (a shadowed failure, say): only a
+    // finding of the statement's corrects it.
+    let known = judgment.failure.as_ref().map(|r| r.label());
     if let Some(outcome) = admitted.outcome {
         judge(rules, cb, outcome, judgment, metrics);
     }
     let refused = matches!(judgment.decision(), Decision::Answer(_));
     match admitted.id {
         Some(id) => {
-            if let Some(reason) = &judgment.failure {
+            let found = judgment
+                .failure
+                .as_ref()
+                .filter(|r| Some(r.label()) != known);
+            if let Some(reason) = found {
                 ledger.correct(Correction {
                     callback: id,
                     verdict: judgment.verdict().as_str(),
