@@ -183,9 +183,13 @@ pub fn insert_callbacks(rows: usize, with_id: bool) -> String {
     insert("callbacks", CALLBACKS, rows, usize::from(!with_id))
 }
 
-/// `INSERT INTO answers (...) VALUES (...), ...` for `rows` rows.
+/// `INSERT INTO answers (...) VALUES (...), ...` for `rows` rows; an answer written twice (a
+/// retried batch) keeps the first (both databases read `ON CONFLICT ... DO NOTHING`).
 pub fn insert_answers(rows: usize) -> String {
-    insert("answers", ANSWERS, rows, 0)
+    format!(
+        "{} ON CONFLICT (callback) DO NOTHING",
+        insert("answers", ANSWERS, rows, 0)
+    )
 }
 
 fn insert(name: &str, columns: &[(&str, Kind, bool)], rows: usize, skip: usize) -> String {
@@ -498,6 +502,8 @@ mod tests {
         let pg = insert_callbacks(1, false);
         assert!(pg.starts_with("INSERT INTO callbacks (time, "), "{pg}");
         assert!(pg.ends_with(&format!("${})", CALLBACK_VALUES - 1)), "{pg}");
-        assert!(insert_answers(1).ends_with(&format!("${ANSWER_VALUES})")));
+        assert!(insert_answers(1).ends_with(&format!(
+            "${ANSWER_VALUES}) ON CONFLICT (callback) DO NOTHING"
+        )));
     }
 }

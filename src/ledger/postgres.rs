@@ -909,12 +909,9 @@ async fn insert_answers(
         ]);
     }
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as _).collect();
-    // An answer written twice (a retried batch) keeps the first.
-    let sql = format!(
-        "{} ON CONFLICT (callback) DO NOTHING",
-        model::insert_answers(answers.len())
-    );
-    let stmt = tx.prepare_cached(&sql).await?;
+    let stmt = tx
+        .prepare_cached(&model::insert_answers(answers.len()))
+        .await?;
     tx.execute(&stmt, &refs).await?;
     Ok(())
 }

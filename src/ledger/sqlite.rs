@@ -893,9 +893,7 @@ fn insert_answers(tx: &Connection, answers: &[Answer]) -> rusqlite::Result<()> {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     for chunk in answers.chunks(ROWS_PER_INSERT) {
         let sql = statements(model::insert_answers, &SQL, chunk.len());
-        // An answer written twice (a retried batch) keeps the first.
-        let sql = sql.replacen("INSERT INTO", "INSERT OR IGNORE INTO", 1);
-        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut stmt = tx.prepare_cached(sql)?;
         for (i, a) in chunk.iter().enumerate() {
             let base = i * model::ANSWER_VALUES;
             let field = |get: fn(&super::record::BackendAnswer) -> &Option<String>| {
