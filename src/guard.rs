@@ -157,10 +157,7 @@ async fn first_fields(rules: &Rules, ledger: &Ledger, first: i64, canonical: &st
     let Ok(Ok(Some((content_type, body)))) = read else {
         return Vec::new();
     };
-    let kind = content_type
-        .as_deref()
-        .and_then(|ct| crate::click::FormKind::from_content_type(ct).ok())
-        .unwrap_or(crate::click::FormKind::UrlEncoded);
+    let kind = crate::click::FormKind::of_stored(content_type.as_deref());
     match Parsed::parse(&kind, &body) {
         Ok(parsed) => digest::differing(&digest::of(&parsed), canonical),
         Err(_) => Vec::new(),

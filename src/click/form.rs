@@ -42,6 +42,14 @@ pub enum FormKind {
 }
 
 impl FormKind {
+    /// How a stored body is read again: as its recorded `Content-Type` says, urlencoded when
+    /// none was recorded or it cannot be read (Click's own encoding).
+    pub fn of_stored(content_type: Option<&str>) -> FormKind {
+        content_type
+            .and_then(|ct| FormKind::from_content_type(ct).ok())
+            .unwrap_or(FormKind::UrlEncoded)
+    }
+
     /// Reads a `Content-Type` value (RFC 9110 §8.3), as narrowly as Django reads it: the type
     /// and subtype compared case-insensitively (RFC 9110 §8.3.1; Django lowercases them
     /// before comparing), at most a `charset` that is UTF-8 in any case (the signature is

@@ -336,9 +336,7 @@ pub fn bound_of_body(
     body: &[u8],
 ) -> Option<Bound> {
     use crate::click::{FormKind, KeySet, Parsed};
-    let kind = content_type
-        .and_then(|ct| FormKind::from_content_type(ct).ok())
-        .unwrap_or(FormKind::UrlEncoded);
+    let kind = FormKind::of_stored(content_type);
     let parsed = Parsed::parse(&kind, body).ok()?;
     let keys = KeySet::default();
     let verdict = parsed.judge(&keys);

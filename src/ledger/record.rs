@@ -239,9 +239,7 @@ impl ClickFields {
         if body.is_empty() {
             return ClickFields::default();
         }
-        let kind = content_type
-            .and_then(|ct| FormKind::from_content_type(ct).ok())
-            .unwrap_or(FormKind::UrlEncoded);
+        let kind = FormKind::of_stored(content_type);
         // The callback fast path first (one pass, no field list): what nearly every body is.
         if kind == FormKind::UrlEncoded {
             if let Some(slots) = crate::click::callback::slot_fields(body) {
