@@ -13,9 +13,10 @@
 //! **The window** (`guard.window`): entries live in three generations, a hash map taking the
 //! new ones and two sorted arrays (binary search; 24 and 24 bytes an entry, no spare
 //! capacity); every half window the youngest array becomes the oldest, the map becomes the
-//! youngest array, and the oldest is dropped. So an entry is kept at least one window and at
-//! most one and a half; a signature older than the window is the guard's to refuse by its
-//! `sign_time` ([`crate::guard`]).
+//! youngest array, and the oldest is dropped (both arrays, when a shard saw no callback for a
+//! whole window). So an entry is kept at least one window and at most one and a half, two for
+//! the rows a start rebuilds from (they all go in the youngest array); a signature older than
+//! the window is the guard's to refuse by its `sign_time` ([`crate::guard`]).
 //!
 //! 64-bit keys and digests: two genuine messages of one window colliding is a chance of about
 //! one in 2^64 / n per callback (n entries); forging a changed message with the same digest
@@ -256,7 +257,8 @@ impl<K: Copy + Ord + Hash, V: Copy> Generations<K, V> {
     }
 
     fn rotate(&mut self, now: Instant, half_window: Duration) {
-        if now.saturating_duration_since(self.rotated) < half_window {
+        let since = now.saturating_duration_since(self.rotated);
+        if since < half_window {
             return;
         }
         self.rotated = now;
@@ -264,7 +266,13 @@ impl<K: Copy + Ord + Hash, V: Copy> Generations<K, V> {
             .into_iter()
             .map(|(k, v)| (k, v, 0))
             .collect();
-        self.old = std::mem::replace(&mut self.young, Frozen::first_of(live));
+        let young = std::mem::replace(&mut self.young, Frozen::first_of(live));
+        // A shard nobody touched for a whole window: its young entries are a window old too.
+        self.old = if since < half_window * 2 {
+            young
+        } else {
+            Frozen::default()
+        };
     }
 
     fn len(&self) -> usize {
@@ -342,4 +350,29 @@ pub fn bound_of_body(
     let verdict = parsed.judge(&keys);
     let cb = verdict.callback?;
     bound_of(digest_key, &parsed, &cb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_lives_a_window_to_a_window_and_a_half_and_an_idle_shard_forgets_at_once() {
+        let start = Instant::now();
+        let half = Duration::from_secs(30);
+        let mut g: Generations<i64, i64> = Generations::new(start);
+        g.insert(1, 10);
+        g.rotate(start + half, half);
+        g.insert(2, 20);
+        g.rotate(start + half * 2, half);
+        assert_eq!((g.get(&1), g.get(&2)), (Some(10), Some(20)));
+        g.rotate(start + half * 3, half);
+        assert_eq!((g.get(&1), g.get(&2)), (None, Some(20)));
+        // Nothing for a whole window: what was young is a window old as well.
+        g.insert(3, 30);
+        g.rotate(start + half * 4, half);
+        assert_eq!((g.get(&2), g.get(&3)), (None, Some(30)));
+        g.rotate(start + half * 6, half);
+        assert_eq!(g.get(&3), None, "{} left", g.len());
+    }
 }
