@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use common::binary::{bin, run_with_stdin};
 use common::*;
@@ -14,17 +14,7 @@ fn repo() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    let (out, err) = (
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    (status.code().unwrap_or(-1), out, err)
+    common::binary::run_with_stdin(cmd, "")
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

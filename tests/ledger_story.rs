@@ -201,7 +201,7 @@ async fn refused_for_a_missing_key_rechecked_fixed_and_shown_as_a_timeline() {
     // What happened to order 82, oldest first, with the backend's answers (appended without
     // waiting: read once they are in).
     let timeline = answered(&cfg, "order-82").await;
-    assert_eq!(timeline.len(), 3, "{out}");
+    assert_eq!(timeline.len(), 3, "{timeline:?}");
     let pick = |row: &serde_json::Value, keys: &[&str]| -> Vec<serde_json::Value> {
         keys.iter().map(|k| row[*k].clone()).collect()
     };

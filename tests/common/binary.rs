@@ -24,7 +24,9 @@ pub fn bin() -> std::process::Command {
 }
 
 /// Runs `cmd` with `stdin` written to it; its exit code, stdout and stderr (UTF-8, or the test
-/// fails), failing the test if it panicked.
+/// fails), failing the test if it panicked, or if it is still running after [`PATIENCE`] (it
+/// is killed then: a command that should have stopped fails its test instead of hanging the
+/// suite).
 pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> (i32, String, String) {
     use std::io::Write;
     let mut child = cmd
@@ -39,10 +41,27 @@ pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &str) -> (i32, Str
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
+    let pid = child.id().to_string();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let late =
+            finished.recv_timeout(PATIENCE) == Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+        if late {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+        }
+        late
+    });
     let out = child.wait_with_output().unwrap();
+    drop(done);
     let (stdout, stderr) = (
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(
+        !watchdog.join().unwrap(),
+        "still running after {PATIENCE:?}, killed:\n{stdout}{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     (out.status.code().unwrap_or(-1), stdout, stderr)
