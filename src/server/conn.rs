@@ -207,7 +207,6 @@ pub struct Protocols {
 
 /// Serves one connection until it ends, it breaks a deadline, it is chosen to make room, or
 /// the drain asks it to finish.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve<I>(
     protocols: &Protocols,
     proto: Proto,
@@ -215,11 +214,11 @@ pub async fn serve<I>(
     client: Arc<Client>,
     gateway: Arc<Gateway>,
     timers: Timers,
-    activity: Arc<Activity>,
     drain: watch::Receiver<bool>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
+    let activity = client.activity.clone();
     let tracker = activity.clone();
     let metrics = gateway.metrics.clone();
     let log_addr = client.peer.addr;

@@ -470,7 +470,6 @@ impl Connection {
             client,
             self.gateway.clone(),
             timers,
-            self.slot.activity.clone(),
             self.drain.clone(),
         )
         .await;
