@@ -618,6 +618,45 @@ fn database_from_dump(path: &Path, dump: &str, shift_tables: &[&str]) {
     }
 }
 
+/// The upgrade of a ledger of thousands of verified rows: converted a thousand rows at a time,
+/// every one of them bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_release_s_ledger_of_thousands_of_rows_is_converted_in_full() {
+    let up = TestUpstream::start().await;
+    let config = ConfigDir::with_click(
+        up.addr,
+        KEYS_TOML,
+        "",
+        "",
+        "[ledger]\ndatabase = \"ledger.db\"\n",
+    );
+    let db = config.dir.path().join("ledger.db");
+    database_from_dump(&db, include_str!("data/ledger-v2.sql"), &["callbacks"]);
+    {
+        // The dump's two verified rows, 1,251 times each.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TEMP TABLE verified AS SELECT * FROM callbacks WHERE verdict = 'verified';",
+        )
+        .unwrap();
+        for _ in 0..1250 {
+            conn.execute_batch(
+                "UPDATE verified SET id = id + 100; INSERT INTO callbacks SELECT * FROM verified;",
+            )
+            .unwrap();
+        }
+    }
+    let mut gw = GatewayProcess::start(&config).await;
+    let log = gw.log_text();
+    let migrated = log
+        .lines()
+        .find(|l| l.contains("migrated to schema v3"))
+        .unwrap_or_else(|| panic!("no migration in {log}"));
+    assert!(migrated.contains("rows_bound=2502"), "{migrated}");
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit().await, Some(0));
+}
+
 /// The upgrade: a ledger and its guard file written by the release before the write-ahead
 /// ledger (fb60095, schema v2: `tests/data/ledger-v2*.sql`) open under this one. The ledger is
 /// migrated in place, its rows kept for `payments` and `recheck`, its bindings kept (computed

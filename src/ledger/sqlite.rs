@@ -286,22 +286,34 @@ impl SqliteStore {
 
     /// The guard's entry of every verified row of an older ledger, computed from its body as
     /// the data path does (a migration's one pass); returns how many rows got one.
+    /// A thousand rows at a time, in id order: a ledger of millions of rows is converted
+    /// without holding their bodies in memory together.
     fn fill_guard_columns(tx: &Connection, key: &DigestKey) -> rusqlite::Result<usize> {
-        let rows: Vec<(i64, Option<String>, Vec<u8>)> = tx
-            .prepare("SELECT id, content_type, body FROM callbacks WHERE verdict = 'verified'")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
+        let mut select = tx.prepare(
+            "SELECT id, content_type, body FROM callbacks WHERE verdict = 'verified' AND id > ?1
+             ORDER BY id LIMIT 1000",
+        )?;
         let mut update = tx.prepare(
             "UPDATE callbacks SET guard_key = ?2, guard_digest = ?3, complete_error = ?4 WHERE id = ?1",
         )?;
         let mut filled = 0;
-        for (id, content_type, body) in rows {
-            if let Some(bound) = super::index::bound_of_body(key, content_type.as_deref(), &body) {
-                update.execute(params![id, bound.key, bound.digest, bound.complete_error])?;
-                filled += 1;
+        let mut after = i64::MIN;
+        loop {
+            let rows: Vec<(i64, Option<String>, Vec<u8>)> = select
+                .query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let Some(last) = rows.last().map(|(id, _, _)| *id) else {
+                return Ok(filled);
+            };
+            after = last;
+            for (id, content_type, body) in rows {
+                let bound = super::index::bound_of_body(key, content_type.as_deref(), &body);
+                if let Some(bound) = bound {
+                    update.execute(params![id, bound.key, bound.digest, bound.complete_error])?;
+                    filled += 1;
+                }
             }
         }
-        Ok(filled)
     }
 
     pub fn open_reader(path: &Path) -> Result<SqliteStore, LedgerError> {
