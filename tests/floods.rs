@@ -411,13 +411,7 @@ fn rows_from(db: &std::path::Path, client: &str) -> i64 {
 async fn a_flood_of_forged_callbacks_from_one_address_costs_bounded_log_and_ledger() {
     let _attack = ONE_ATTACK.lock().await;
     let mut up = TestUpstream::start().await;
-    let config = ConfigDir::with_click(
-        up.addr,
-        KEYS_TOML,
-        "",
-        "",
-        "[ledger]\ndatabase = \"ledger.db\"\n",
-    );
+    let config = ConfigDir::with_ledger(up.addr);
     let db = config.dir.path().join("ledger.db");
     let gw = TestGateway::start_with(config).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -480,13 +474,7 @@ async fn a_flood_of_forged_callbacks_from_one_address_costs_bounded_log_and_ledg
 async fn an_outage_at_click_s_pace_is_recorded_in_full_and_rechecked() {
     let _attack = ONE_ATTACK.lock().await;
     let up = TestUpstream::start().await;
-    let config = ConfigDir::with_click(
-        up.addr,
-        KEYS_TOML,
-        "",
-        "",
-        "[ledger]\ndatabase = \"ledger.db\"\n",
-    );
+    let config = ConfigDir::with_ledger(up.addr);
     let db = config.dir.path().join("ledger.db");
     let path = config.path();
     let gw = TestGateway::start_with(config).await;

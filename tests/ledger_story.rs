@@ -422,13 +422,7 @@ async fn replay_refused_and_retry_forwarded(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_survives_kill_9_the_flipped_replay_is_refused_and_the_retry_forwarded() {
     let mut up = TestUpstream::start().await;
-    let config = ConfigDir::with_click(
-        up.addr,
-        KEYS_TOML,
-        "",
-        "",
-        "[ledger]\ndatabase = \"ledger.db\"\n",
-    );
+    let config = ConfigDir::with_ledger(up.addr);
     let mut gw = GatewayProcess::start(&config).await;
     let original = signed_prepare(4242, "o-bind", "1000.00");
     let resp = callback(gw.addr, "/click/prepare/", &original).await;
@@ -538,13 +532,7 @@ async fn a_deleted_database_is_recreated_and_an_unusable_one_costs_what_on_store
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payments_and_recheck_run_while_the_gateway_writes() {
     let mut up = TestUpstream::start().await;
-    let config = ConfigDir::with_click(
-        up.addr,
-        KEYS_TOML,
-        "",
-        "",
-        "[ledger]\ndatabase = \"ledger.db\"\n",
-    );
+    let config = ConfigDir::with_ledger(up.addr);
     let gw = GatewayProcess::start(&config).await;
     let admin = gw.admin_addr.unwrap();
     let addr = gw.addr;
@@ -618,18 +606,19 @@ fn database_from_dump(path: &Path, dump: &str, shift_tables: &[&str]) {
     }
 }
 
+/// The start's log line that says the ledger was migrated to v3.
+fn migration_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("migrated to schema v3"))
+        .unwrap_or_else(|| panic!("no migration in {log}"))
+}
+
 /// The upgrade of a ledger of thousands of verified rows: converted a thousand rows at a time,
 /// every one of them bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_release_s_ledger_of_thousands_of_rows_is_converted_in_full() {
     let up = TestUpstream::start().await;
-    let config = ConfigDir::with_click(
-        up.addr,
-        KEYS_TOML,
-        "",
-        "",
-        "[ledger]\ndatabase = \"ledger.db\"\n",
-    );
+    let config = ConfigDir::with_ledger(up.addr);
     let db = config.dir.path().join("ledger.db");
     database_from_dump(&db, include_str!("data/ledger-v2.sql"), &["callbacks"]);
     {
@@ -648,10 +637,7 @@ async fn a_previous_release_s_ledger_of_thousands_of_rows_is_converted_in_full()
     }
     let mut gw = GatewayProcess::start(&config).await;
     let log = gw.log_text();
-    let migrated = log
-        .lines()
-        .find(|l| l.contains("migrated to schema v3"))
-        .unwrap_or_else(|| panic!("no migration in {log}"));
+    let migrated = migration_line(&log);
     assert!(migrated.contains("rows_bound=2502"), "{migrated}");
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait_exit().await, Some(0));
@@ -665,13 +651,7 @@ async fn a_previous_release_s_ledger_of_thousands_of_rows_is_converted_in_full()
 async fn a_ledger_and_guard_file_of_the_previous_release_open_with_their_rows_and_bindings() {
     use serde_json::json;
     let mut up = TestUpstream::start().await;
-    let config = ConfigDir::with_click(
-        up.addr,
-        KEYS_TOML,
-        "",
-        "",
-        "[ledger]\ndatabase = \"ledger.db\"\n",
-    );
+    let config = ConfigDir::with_ledger(up.addr);
     let cfg = config.path();
     let dir = config.dir.path();
     database_from_dump(
@@ -689,10 +669,7 @@ async fn a_ledger_and_guard_file_of_the_previous_release_open_with_their_rows_an
     let mut gw = GatewayProcess::start(&config).await;
     // Logged before the gateway is ready.
     let log = gw.log_text();
-    let migrated = log
-        .lines()
-        .find(|l| l.contains("migrated to schema v3"))
-        .unwrap_or_else(|| panic!("no migration in {log}"));
+    let migrated = migration_line(&log);
     assert!(migrated.contains("rows_bound=2"), "{migrated}");
     assert!(log.contains("is no longer used"), "{log}");
 

@@ -1148,42 +1148,42 @@ mod tests {
         let (shared, mut w) = writer(dir.path(), 16);
         w.next_size_check = Instant::now() + Duration::from_secs(3600);
         let key = w.run_key.expect("a SQLite ledger's key");
-        for name in ["a", "b"] {
-            if name == "b" {
-                // Deleted under the running writer: the next round makes it anew.
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
+        // Records `names` and commits them in one round.
+        let commit = |shared: &Shared, w: &mut Writer, names: &[&str]| {
+            for name in names {
+                shared.record(sample(name, SystemTime::now()));
             }
-            shared.record(sample(name, SystemTime::now()));
             let round = w.take();
             w.commit(round.waited, round.rows);
+        };
+        // The file as the writer left it (closed, so everything is in it).
+        let read = |w: &mut Writer| {
+            w.store = None;
+            crate::ledger::sqlite::SqliteStore::open_reader(&path).unwrap()
+        };
+        commit(&shared, &mut w, &["a"]);
+        // Deleted under the running writer: the next round makes it anew.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
-        w.store = None;
-        let reader = crate::ledger::sqlite::SqliteStore::open_reader(&path).unwrap();
-        assert_eq!(reader.digest_key().unwrap(), key);
-        assert_eq!(reader.max_id().unwrap(), 2, "row b, with the run's next id");
+        commit(&shared, &mut w, &["b"]);
+        let file = read(&mut w);
+        assert_eq!(file.digest_key().unwrap(), key);
+        assert_eq!(file.max_id().unwrap(), 2, "row b, with the run's next id");
 
         // A file with rows of its own keeps its key, and the run's ids go on after its rows.
         let other = tempfile::tempdir().unwrap();
         let (other_shared, mut o) = writer(other.path(), 16);
-        for i in 0..5 {
-            other_shared.record(sample(&format!("o{i}"), SystemTime::now()));
-        }
-        let round = o.take();
-        o.commit(round.waited, round.rows);
+        commit(&other_shared, &mut o, &["o1", "o2", "o3", "o4", "o5"]);
         o.store = None;
         std::fs::rename(other.path().join("l.db"), &path).unwrap();
         // (A row numbered before the file was swapped would collide: its round fails and is
         // counted lost; from the reopening on, ids go on after the file's.)
         w.attempt(&[]).unwrap();
-        shared.record(sample("c", SystemTime::now()));
-        let round = w.take();
-        w.commit(round.waited, round.rows);
-        w.store = None;
-        let reader = crate::ledger::sqlite::SqliteStore::open_reader(&path).unwrap();
-        assert_ne!(reader.digest_key().unwrap(), key);
-        assert_eq!(reader.max_id().unwrap(), 6, "row c after the file's five");
+        commit(&shared, &mut w, &["c"]);
+        let file = read(&mut w);
+        assert_ne!(file.digest_key().unwrap(), key);
+        assert_eq!(file.max_id().unwrap(), 6, "row c after the file's five");
     }
 
     #[test]

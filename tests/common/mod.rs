@@ -362,6 +362,17 @@ impl ConfigDir {
         Self::with_click(upstream, keys_toml, server_extra, upstream_extra, "")
     }
 
+    /// The test keys and a SQLite ledger at `ledger.db` beside the config, defaults elsewhere.
+    pub fn with_ledger(upstream: SocketAddr) -> ConfigDir {
+        Self::with_click(
+            upstream,
+            KEYS_TOML,
+            "",
+            "",
+            "[ledger]\ndatabase = \"ledger.db\"\n",
+        )
+    }
+
     /// As [`ConfigDir::new`], with settings for the `[click]` section too.
     pub fn with_click(
         upstream: SocketAddr,
